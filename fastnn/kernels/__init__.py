@@ -1,0 +1,1 @@
+"""Compiled (numba) kernels.  Everything in this package is @njit code only."""

@@ -1,0 +1,160 @@
+"""Output layers with their losses, and the loss gradient dL/dz of the last layer.
+
+Three pairings, each chosen so that the gradient with respect to the logits z is
+simply (prediction - target), scaled by the sample's weight over the batch weight:
+
+* SOFTMAX:  p = softmax(z), L_i = -sum_j t_ij log p_ij       (cross-entropy)
+* LINEAR:   y = z,          L_i = 1/2 sum_j (z_ij - t_ij)^2  (squared error)
+* SIGMOID:  p = sigmoid(z), L_i = sum_j BCE(t_ij, p_ij)      (multi-label)
+
+With weights w_i (all 1 by default), L = sum_i w_i L_i / sum_i w_i and
+delta_i = w_i (p_i - t_i) / sum_i w_i, which is (p - onehot(y)) / n for w = 1.
+Losses are formed from z directly (log-sum-exp, softplus), never from log p, so
+they stay finite for logits of +-1e4 in float32.  Loss sums are float64.
+"""
+import numpy as np
+
+from .._jit import jit
+from .activations import sigmoid
+
+SOFTMAX = 0
+LINEAR = 1
+SIGMOID = 2
+
+CODES = {"softmax": SOFTMAX, "linear": LINEAR, "sigmoid": SIGMOID}
+NAMES = {SOFTMAX: "softmax", LINEAR: "linear", SIGMOID: "sigmoid"}
+
+
+@jit
+def softmax_rows(Z):
+    """Z = softmax(Z) row by row, in place; the row max is subtracted first."""
+    m, n = Z.shape
+    for i in range(m):
+        row = Z[i]
+        mx = row[0]
+        for j in range(1, n):
+            mx = max(mx, row[j])
+        total = row.dtype.type(0)
+        for j in range(n):
+            row[j] = np.exp(row[j] - mx)
+            total += row[j]
+        inv = row.dtype.type(1) / total
+        for j in range(n):
+            row[j] *= inv
+
+
+@jit
+def sigmoid_rows(Z):
+    """Z = sigmoid(Z) elementwise, in place."""
+    m, n = Z.shape
+    for i in range(m):
+        for j in range(n):
+            Z[i, j] = sigmoid(Z[i, j])
+
+
+@jit
+def output_transform(Z, output):
+    """Turn the last layer's logits into predictions, in place."""
+    if output == SOFTMAX:
+        softmax_rows(Z)
+    elif output == SIGMOID:
+        sigmoid_rows(Z)
+
+
+@jit
+def _argmax(row):
+    best = 0
+    for j in range(1, row.shape[0]):
+        if row[j] > row[best]:
+            best = j
+    return best
+
+
+@jit
+def softmax_xent_grad(Z, T, w, scale):
+    """Cross-entropy of softmax(Z) against targets T; Z becomes delta in place.
+
+    Returns (sum_i w_i L_i, number of rows whose argmax matches the target's).
+    delta_i = w_i * scale * (softmax(z_i) - t_i), scale being 1 / sum of weights.
+    """
+    m, n = Z.shape
+    loss = 0.0
+    correct = 0
+    for i in range(m):
+        row = Z[i]
+        t = T[i]
+        if _argmax(row) == _argmax(t):
+            correct += 1
+        mx = row[0]
+        for j in range(1, n):
+            mx = max(mx, row[j])
+        total = row.dtype.type(0)
+        t_dot_z = 0.0
+        t_sum = 0.0
+        for j in range(n):
+            t_dot_z += np.float64(t[j]) * np.float64(row[j] - mx)
+            t_sum += np.float64(t[j])
+            row[j] = np.exp(row[j] - mx)
+            total += row[j]
+        # L_i = sum_j t_j (lse - z_j) with lse - mx = log(total)
+        loss += np.float64(w[i]) * (t_sum * np.log(np.float64(total)) - t_dot_z)
+        coef = w[i] * scale / total
+        ws = w[i] * scale
+        for j in range(n):
+            row[j] = row[j] * coef - ws * t[j]
+    return loss, correct
+
+
+@jit
+def squared_error_grad(Z, T, w, scale):
+    """Half squared error of Z against T; Z becomes delta = w scale (Z - T)."""
+    m, n = Z.shape
+    loss = 0.0
+    for i in range(m):
+        ws = w[i] * scale
+        row_loss = 0.0
+        for j in range(n):
+            r = Z[i, j] - T[i, j]
+            row_loss += np.float64(r) * np.float64(r)
+            Z[i, j] = ws * r
+        loss += 0.5 * np.float64(w[i]) * row_loss
+    return loss, 0
+
+
+@jit
+def sigmoid_xent_grad(Z, T, w, scale):
+    """Binary cross-entropy of sigmoid(Z) per column; Z becomes delta in place.
+
+    The loss uses softplus(z) - t z = max(z, 0) - t z + log1p(exp(-|z|)).  A row
+    counts as correct when every label is predicted right (exact match).
+    """
+    m, n = Z.shape
+    loss = 0.0
+    correct = 0
+    half = Z.dtype.type(0.5)
+    for i in range(m):
+        ws = w[i] * scale
+        row_loss = 0.0
+        all_right = True
+        for j in range(n):
+            z = np.float64(Z[i, j])
+            t = np.float64(T[i, j])
+            row_loss += max(z, 0.0) - t * z + np.log1p(np.exp(-abs(z)))
+            p = sigmoid(Z[i, j])
+            if (p > half) != (T[i, j] > half):
+                all_right = False
+            Z[i, j] = ws * (p - T[i, j])
+        if all_right:
+            correct += 1
+        loss += np.float64(w[i]) * row_loss
+    return loss, correct
+
+
+@jit
+def loss_grad(Z, T, w, scale, output):
+    """Dispatch on the output code; see the three functions above."""
+    if output == SOFTMAX:
+        return softmax_xent_grad(Z, T, w, scale)
+    if output == SIGMOID:
+        return sigmoid_xent_grad(Z, T, w, scale)
+    return squared_error_grad(Z, T, w, scale)

@@ -1,0 +1,177 @@
+"""A multilayer perceptron: layer sizes, activations, the flat parameter buffer.
+
+All weights and biases live in one contiguous array ``params``; ``weights`` and
+``biases`` are views into it.  That keeps the optimizer a single loop, makes
+save/load one array, and lets the compiled step address layers by offset.
+"""
+import numpy as np
+
+from . import _validation as V
+from .kernels import activations as act_k
+from .kernels import losses as loss_k
+from .kernels.step import predict_rows
+
+# Rows per block in prediction; fixed so that results do not depend on threads.
+PREDICT_BLOCK = 128
+PREDICT_SLOTS = 8
+
+
+class Network:
+    """A dense feed-forward network with a softmax, linear or sigmoid output.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Units per layer, input first and output last, e.g. ``[2, 100, 3]``.
+    activation : str or sequence of str
+        Hidden-layer activation ('relu', 'sigmoid' (alias 'logistic'), 'tanh',
+        'identity'), one name for all hidden layers or one per hidden layer.
+    output : {'softmax', 'linear', 'sigmoid'}
+        Output layer and loss: softmax cross-entropy (classification), linear
+        with squared error (regression), sigmoid with binary cross-entropy
+        (multi-label).
+    dtype : 'float32' (default) or 'float64'
+    seed : int or None
+        Seed of the initial weights (He for relu, Glorot otherwise).
+    """
+
+    def __init__(self, sizes, activation="relu", output="softmax", dtype="float32", seed=None):
+        sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else None
+        if sizes is None or len(sizes) < 2:
+            raise ValueError("sizes must list at least an input and an output size, "
+                             f"e.g. [2, 100, 3]; got {sizes!r}")
+        self.sizes = tuple(V.check_positive_int(s, f"sizes[{i}]") for i, s in enumerate(sizes))
+        n_hidden = len(self.sizes) - 2
+        names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(names) != n_hidden:
+            raise ValueError(f"activation lists {len(names)} names for {n_hidden} hidden layers")
+        for i, name in enumerate(names):
+            if name not in act_k.CODES:
+                raise ValueError(f"activation[{i}] must be one of "
+                                 f"{sorted(act_k.CODES)}, got {name!r}")
+        self.activations = tuple(act_k.NAMES[act_k.CODES[n]] for n in names)
+        if output not in loss_k.CODES:
+            raise ValueError(f"output must be one of {sorted(loss_k.CODES)}, got {output!r}")
+        self.output = output
+        self.dtype = V.check_dtype(dtype)
+        self._build_layout()
+        self.params = np.zeros(self.n_params, dtype=self.dtype)
+        self.initialize(seed)
+
+    # ------------------------------------------------------------------ layout
+    def _build_layout(self):
+        dims = np.asarray(self.sizes, dtype=np.int64)
+        sizes_per_layer = dims[:-1] * dims[1:] + dims[1:]
+        self._dims = dims
+        self._offs = np.concatenate([[0], np.cumsum(sizes_per_layer)[:-1]]).astype(np.int64)
+        self.n_params = int(sizes_per_layer.sum())
+        codes = [act_k.CODES[a] for a in self.activations] + [act_k.IDENTITY]
+        self._acts = np.asarray(codes, dtype=np.int64)
+        self._output_code = np.int64(loss_k.CODES[self.output])
+        # Segments of the flat buffer: each W (decayed by L2) then each b (not).
+        lo, hi, decay = [], [], []
+        for l in range(self.n_layers):
+            w_end = self._offs[l] + dims[l] * dims[l + 1]
+            lo += [self._offs[l], w_end]
+            hi += [w_end, w_end + dims[l + 1]]
+            decay += [True, False]
+        self._seg_lo = np.asarray(lo, dtype=np.int64)
+        self._seg_hi = np.asarray(hi, dtype=np.int64)
+        self._seg_decay = np.asarray(decay, dtype=np.bool_)
+
+    @property
+    def n_layers(self):
+        """Number of weight layers (hidden layers + 1)."""
+        return len(self.sizes) - 1
+
+    @property
+    def weights(self):
+        """List of weight matrices W_l (fan_in x fan_out), views into ``params``."""
+        return [self._view(l)[0] for l in range(self.n_layers)]
+
+    @property
+    def biases(self):
+        """List of bias vectors b_l, views into ``params``."""
+        return [self._view(l)[1] for l in range(self.n_layers)]
+
+    def _view(self, l, buffer=None):
+        buffer = self.params if buffer is None else buffer
+        k, n = self.sizes[l], self.sizes[l + 1]
+        start = self._offs[l]
+        return (buffer[start:start + k * n].reshape(k, n),
+                buffer[start + k * n:start + k * n + n])
+
+    def initialize(self, seed=None):
+        """Draw fresh weights from ``seed``: He-normal for relu layers, Glorot-uniform
+        for the others; biases start at zero."""
+        rng = np.random.default_rng(seed)
+        for l in range(self.n_layers):
+            W, b = self._view(l)
+            fan_in, fan_out = W.shape
+            is_relu = l < self.n_layers - 1 and self.activations[l] == "relu"
+            if is_relu:
+                W[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=W.shape)
+            else:
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                W[...] = rng.uniform(-limit, limit, size=W.shape)
+            b[...] = 0
+        return self
+
+    def copy(self):
+        """An independent copy (parameters included)."""
+        clone = Network.__new__(Network)
+        clone.__dict__.update(self.__dict__)
+        clone.params = self.params.copy()
+        return clone
+
+    # -------------------------------------------------------------- inference
+    def _check_X(self, X, name="X"):
+        return V.as_float_matrix(X, name, self.dtype, n_features=self.sizes[0])
+
+    def _forward_checked(self, X):
+        n = X.shape[0]
+        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
+        slots = min(PREDICT_SLOTS, -(-n // PREDICT_BLOCK))
+        ws = np.empty((slots, PREDICT_BLOCK * int(self._dims[1:].sum())), dtype=self.dtype)
+        act_off = PREDICT_BLOCK * np.concatenate([[0], np.cumsum(self._dims[1:-1])]).astype(np.int64)
+        predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
+                     X, out, ws, act_off, PREDICT_BLOCK)
+        return out
+
+    def forward(self, X):
+        """Network output for X: class probabilities (softmax), label
+        probabilities (sigmoid) or the regression values (linear)."""
+        return self._forward_checked(self._check_X(X))
+
+    def predict_proba(self, X):
+        """Class (or label) probabilities, shape (n_samples, n_outputs)."""
+        if self.output == "linear":
+            raise AttributeError("predict_proba needs a softmax or sigmoid output; "
+                                 "this network is a regressor (output='linear')")
+        return self.forward(X)
+
+    def predict(self, X):
+        """Class indices (softmax), 0/1 label matrix (sigmoid) or values (linear)."""
+        out = self.forward(X)
+        if self.output == "softmax":
+            return out.argmax(axis=1)
+        if self.output == "sigmoid":
+            return (out > 0.5).astype(np.int64)
+        return out
+
+    def score(self, X, y):
+        """Accuracy (classification, exact match for multi-label) or R^2 (regression)."""
+        pred = self.predict(X)
+        y = np.asarray(y)
+        if self.output == "linear":
+            y = y.reshape(pred.shape).astype(np.float64)
+            ss_res = ((y - pred) ** 2).sum(axis=0)
+            ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+            return float(np.mean(1.0 - ss_res / np.where(ss_tot == 0, 1.0, ss_tot)))
+        if self.output == "sigmoid":
+            return float(np.mean(np.all(pred == y.reshape(pred.shape), axis=1)))
+        return float(np.mean(pred == y.reshape(-1)))
+
+    def __repr__(self):
+        return (f"Network(sizes={list(self.sizes)}, activation={list(self.activations)}, "
+                f"output={self.output!r}, dtype={self.dtype.name!r})")

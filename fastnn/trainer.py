@@ -1,0 +1,252 @@
+"""The thin Python training loop: epochs, shuffling, validation, history.
+
+All per-sample and per-batch work happens in one compiled call per epoch
+(kernels.step.train_epoch); Python only shuffles, records and reports.
+"""
+import numpy as np
+
+from . import _validation as V
+from .kernels.step import UPDATE_CHUNK, train_epoch
+from .optimizers import SGD
+
+# Shards per mini-batch, and the fewest rows worth giving a shard.  They fix
+# the order of every floating-point sum, so they must not depend on threads.
+MAX_SHARDS = 4
+MIN_SHARD_ROWS = 16
+
+
+class History:
+    """Per-epoch record: loss and accuracy on the training rows (averaged over
+    the epoch's mini-batches as they were trained), and on validation data when
+    given.  Accuracy entries are None for regression."""
+
+    def __init__(self):
+        self.loss = []
+        self.accuracy = []
+        self.val_loss = []
+        self.val_accuracy = []
+
+    def as_dict(self):
+        """The history as a dict of lists."""
+        return {"loss": list(self.loss), "accuracy": list(self.accuracy),
+                "val_loss": list(self.val_loss), "val_accuracy": list(self.val_accuracy)}
+
+    def __len__(self):
+        return len(self.loss)
+
+
+def make_targets(network, y, name="y"):
+    """Targets T (n x n_outputs, the network's dtype) from labels or values.
+
+    softmax: class indices 0..C-1 (1-D) or per-class probabilities (2-D);
+    linear: values (1-D for one output, or 2-D); sigmoid: a 0/1 label matrix.
+    """
+    n_out = network.sizes[-1]
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers; got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if network.output == "softmax" and arr.ndim == 1:
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must hold integer class indices 0..{n_out - 1}")
+        labels = arr.astype(np.int64)
+        if labels.min() < 0 or labels.max() >= n_out:
+            raise ValueError(f"{name} must hold class indices in 0..{n_out - 1}; found "
+                             f"{labels.min()}..{labels.max()}")
+        T = np.zeros((labels.shape[0], n_out), dtype=network.dtype)
+        T[np.arange(labels.shape[0]), labels] = 1
+        return T
+    if arr.ndim == 1 and n_out == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[1] != n_out:
+        raise ValueError(f"{name} must have shape (n_samples, {n_out}) for this network; "
+                         f"got {arr.shape}")
+    T = np.ascontiguousarray(arr, dtype=network.dtype)
+    if not np.isfinite(T).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return T
+
+
+class Workspace:
+    """Every buffer a training epoch touches, made once per fit and reused."""
+
+    def __init__(self, network, batch_size, n_features, n_outputs, max_shards, min_rows):
+        dt = network.dtype
+        sizes = np.arange(1, batch_size + 1)
+        shards = np.minimum(max_shards, np.maximum(1, -(-sizes // min_rows)))
+        cap = int((-(-sizes // shards)).max())   # most rows any shard can get
+        widths = network._dims[1:]
+        self.act_off = cap * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
+        self.act_ws = np.empty((max_shards, cap * int(widths.sum())), dtype=dt)
+        self.delta_ws = np.empty((max_shards, 2, cap * int(network._dims.max())), dtype=dt)
+        self.grads = np.empty((max_shards, network.n_params), dtype=dt)
+        self.Xb = np.empty((batch_size, n_features), dtype=dt)
+        self.Tb = np.empty((batch_size, n_outputs), dtype=dt)
+        self.wb = np.empty(batch_size, dtype=dt)
+        self.l2_parts = np.empty(-(-network.n_params // UPDATE_CHUNK), dtype=np.float64)
+        self.shard_loss = np.empty(max_shards, dtype=np.float64)
+        self.shard_correct = np.empty(max_shards, dtype=np.int64)
+
+
+class Trainer:
+    """Trains a :class:`~fastnn.Network` by mini-batch backpropagation.
+
+    Parameters
+    ----------
+    network : Network
+    optimizer : SGD or Adam (default SGD(lr=0.01))
+    batch_size : int, rows per mini-batch (clipped to the number of samples)
+    l2 : float, L2 penalty lambda: loss + lambda/2 sum ||W||^2 (weights only)
+    shuffle : bool, reshuffle the rows every epoch
+    seed : int or None, seed of the shuffling
+    """
+
+    def __init__(self, network, optimizer=None, batch_size=200, l2=0.0, shuffle=True, seed=None):
+        self.network = network
+        self.optimizer = SGD() if optimizer is None else optimizer
+        self.batch_size = V.check_positive_int(batch_size, "batch_size")
+        self.l2 = V.check_float(l2, "l2", low=0.0)
+        self.shuffle = bool(shuffle)
+        self.rng = np.random.default_rng(seed)
+        self.state1 = np.zeros(network.n_params, dtype=network.dtype)
+        self.state2 = np.zeros(network.n_params, dtype=network.dtype)
+        self.steps = 0
+        self.history = History()
+        self._workspace = None
+
+    def _get_workspace(self, batch_size, n_features, n_outputs):
+        key = (batch_size, n_features, n_outputs)
+        if self._workspace is None or self._workspace[0] != key:
+            ws = Workspace(self.network, batch_size, n_features, n_outputs,
+                           MAX_SHARDS, MIN_SHARD_ROWS)
+            self._workspace = (key, ws)
+        return self._workspace[1]
+
+    def run_epoch(self, X, T, w):
+        """One compiled pass over (X, T, w); returns (loss, accuracy, finite)."""
+        net = self.network
+        dt = net.dtype.type
+        n = X.shape[0]
+        batch = min(self.batch_size, n)
+        ws = self._get_workspace(batch, X.shape[1], T.shape[1])
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        momentum, beta1, beta2, eps = self.optimizer.hyper()
+        loss, weight, correct, steps, finite = train_epoch(
+            net.params, net._offs, net._dims, net._acts, net._output_code, X, T, w,
+            order.astype(np.int64), batch, MAX_SHARDS, MIN_SHARD_ROWS,
+            ws.act_ws, ws.act_off, ws.delta_ws, ws.grads, ws.Xb, ws.Tb, ws.wb,
+            net._seg_lo, net._seg_hi, net._seg_decay, dt(self.l2),
+            self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.optimizer.lr),
+            dt(momentum), dt(beta1), dt(beta2), dt(eps), np.int64(self.steps),
+            ws.l2_parts, ws.shard_loss, ws.shard_correct)
+        self.steps += int(steps)
+        mean_loss = loss / weight if weight > 0 else float("nan")
+        accuracy = correct / n if net.output != "linear" else None
+        return mean_loss, accuracy, bool(finite)
+
+    def evaluate(self, X, y):
+        """(loss, accuracy) of the network on (X, y), without training.
+
+        The loss is the training objective's data term in float64 (no L2).
+        """
+        net = self.network
+        X = net._check_X(X, "X_val")
+        T = make_targets(net, y, "y_val").astype(np.float64)
+        out = net._forward_checked(X).astype(np.float64)
+        if net.output == "softmax":
+            loss = -np.mean(np.sum(T * np.log(np.maximum(out, 1e-300)), axis=1))
+            acc = float(np.mean(out.argmax(1) == T.argmax(1)))
+        elif net.output == "sigmoid":
+            p = np.clip(out, 1e-300, 1 - 1e-16)
+            loss = -np.mean(np.sum(T * np.log(p) + (1 - T) * np.log1p(-p), axis=1))
+            acc = float(np.mean(np.all((out > 0.5) == (T > 0.5), axis=1)))
+        else:
+            loss = 0.5 * np.mean(np.sum((out - T) ** 2, axis=1))
+            acc = None
+        return float(loss), acc
+
+    def fit(self, X, y, epochs=10, validation_data=None, sample_weight=None,
+            callbacks=(), progress=False):
+        """Train for ``epochs`` passes over (X, y); returns the :class:`History`.
+
+        callbacks: functions ``cb(trainer, epoch, logs)`` called after each epoch
+        with that epoch's logs (a dict); a callback returning True stops training.
+        progress: show a tqdm progress bar (needs tqdm installed).
+        Raises FloatingPointError if the loss stops being finite; the network
+        then keeps the parameters of the last finite step.
+        """
+        net = self.network
+        epochs = V.check_positive_int(epochs, "epochs")
+        X = net._check_X(X)
+        T = make_targets(net, y)
+        if T.shape[0] != X.shape[0]:
+            raise ValueError(f"X and y have different numbers of samples: {X.shape[0]} "
+                             f"and {T.shape[0]}")
+        w = self._sample_weight(sample_weight, X.shape[0])
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            self.evaluate(*validation_data)  # validate it now, before any training
+        bar = _progress_bar(epochs) if progress else None
+        try:
+            for epoch in range(epochs):
+                loss, acc, finite = self.run_epoch(X, T, w)
+                if not finite:
+                    raise FloatingPointError(
+                        f"the training loss became NaN or infinite in epoch "
+                        f"{len(self.history) + 1}; the network keeps the parameters of the "
+                        "last finite step. Lower the learning rate or scale the inputs.")
+                logs = {"loss": loss, "accuracy": acc}
+                if validation_data is not None:
+                    logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
+                self._record(logs)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if v is not None})
+                    bar.update(1)
+                if any(cb(self, len(self.history), logs) for cb in callbacks):
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    def _record(self, logs):
+        h = self.history
+        h.loss.append(logs["loss"])
+        h.accuracy.append(logs["accuracy"])
+        if "val_loss" in logs:
+            h.val_loss.append(logs["val_loss"])
+            h.val_accuracy.append(logs["val_accuracy"])
+
+    def _sample_weight(self, sample_weight, n):
+        if sample_weight is None:
+            return np.ones(n, dtype=self.network.dtype)
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf" or w.shape != (n,):
+            raise ValueError(f"sample_weight must be {n} numbers (one per sample); got "
+                             f"shape {w.shape}, dtype {w.dtype}")
+        w = np.ascontiguousarray(w, dtype=self.network.dtype)
+        if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("sample_weight must be finite, >= 0, and not all zero")
+        return w
+
+
+def _progress_bar(total):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+    return tqdm(total=total, unit="epoch")
+
+
+def train(network, X, y, epochs=10, optimizer=None, batch_size=200, l2=0.0, shuffle=True,
+          seed=None, validation_data=None, sample_weight=None, callbacks=(), progress=False):
+    """Train ``network`` on (X, y) in place and return the per-epoch History.
+
+    A shortcut for ``Trainer(network, ...).fit(X, y, ...)``; see :class:`Trainer`.
+    """
+    trainer = Trainer(network, optimizer=optimizer, batch_size=batch_size, l2=l2,
+                      shuffle=shuffle, seed=seed)
+    return trainer.fit(X, y, epochs=epochs, validation_data=validation_data,
+                       sample_weight=sample_weight, callbacks=callbacks, progress=progress)
