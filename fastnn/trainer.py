@@ -6,7 +6,7 @@ All per-sample and per-batch work happens in one compiled call per epoch
 import numpy as np
 
 from . import _validation as V
-from .kernels.step import UPDATE_CHUNK, train_epoch
+from .kernels.step import UPDATE_CHUNK, loss_gradient, train_epoch
 from .optimizers import SGD
 
 # Shards per mini-batch, and the fewest rows worth giving a shard.  They fix
@@ -145,6 +145,31 @@ class Trainer:
         accuracy = correct / n if net.output != "linear" else None
         return mean_loss, accuracy, bool(finite)
 
+    def loss_and_gradient(self, X, y, sample_weight=None):
+        """The training objective on all rows of (X, y) as one batch, and its
+        gradient with respect to ``network.params`` (a new flat array).
+
+        The same compiled arithmetic as a training step, without the update.
+        """
+        net = self.network
+        X, T, w = self._check_data(X, y, sample_weight)
+        ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1], MAX_SHARDS, MIN_SHARD_ROWS)
+        loss = loss_gradient(net.params, net._offs, net._dims, net._acts, net._output_code,
+                             X, T, w, MAX_SHARDS, MIN_SHARD_ROWS, ws.act_ws, ws.act_off,
+                             ws.delta_ws, ws.grads, net._seg_lo, net._seg_hi, net._seg_decay,
+                             net.dtype.type(self.l2), ws.l2_parts, ws.shard_loss,
+                             ws.shard_correct)
+        return float(loss), ws.grads[0].copy()
+
+    def _check_data(self, X, y, sample_weight):
+        net = self.network
+        X = net._check_X(X)
+        T = make_targets(net, y)
+        if T.shape[0] != X.shape[0]:
+            raise ValueError(f"X and y have different numbers of samples: {X.shape[0]} "
+                             f"and {T.shape[0]}")
+        return X, T, self._sample_weight(sample_weight, X.shape[0])
+
     def evaluate(self, X, y):
         """(loss, accuracy) of the network on (X, y), without training.
 
@@ -178,12 +203,7 @@ class Trainer:
         """
         net = self.network
         epochs = V.check_positive_int(epochs, "epochs")
-        X = net._check_X(X)
-        T = make_targets(net, y)
-        if T.shape[0] != X.shape[0]:
-            raise ValueError(f"X and y have different numbers of samples: {X.shape[0]} "
-                             f"and {T.shape[0]}")
-        w = self._sample_weight(sample_weight, X.shape[0])
+        X, T, w = self._check_data(X, y, sample_weight)
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")

@@ -96,8 +96,10 @@ def shard_count(m, max_shards, min_rows):
 
 @pjit
 def reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
-                      state1, state2, kind, lr, momentum, beta1, beta2, eps, l2_parts):
-    """Sum the shard gradients in order, add L2, and take one optimizer step.
+                      state1, state2, kind, lr, momentum, beta1, beta2, eps, l2_parts,
+                      apply_update):
+    """Sum the shard gradients in order into grads[0], add L2, and (when
+    ``apply_update``) take one optimizer step.
 
     Returns (lambda/2) sum ||W||^2 before the step (the L2 part of the loss).
     Each chunk of parameters is summed and updated by one iteration, so the
@@ -122,7 +124,9 @@ def reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
                 total[i] = g + decay * p
                 part += np.float64(decay) * np.float64(p) * np.float64(p)
         l2_parts[c] = part
-        update_range(params, total, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps)
+        if apply_update:
+            update_range(params, total, state1, state2, lo, hi, kind, lr, momentum,
+                         beta1, beta2, eps)
     l2_loss = 0.0
     for c in range(n_chunks):
         l2_loss += l2_parts[c]
@@ -130,6 +134,63 @@ def reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
 
 
 @pjit
+def shard_gradients(params, offs, dims, acts, output, X, T, w, scale, max_shards, min_rows,
+                    act_ws, act_off, delta_ws, grads, shard_loss, shard_correct):
+    """Gradients of the batch (X, T, w), one buffer per shard, shards in prange.
+
+    Returns (number of shards used, summed weighted loss, correct rows); the
+    per-shard gradients are left in grads[:n_shards] for reduce_and_update.
+    """
+    m = X.shape[0]
+    zero = params.dtype.type(0)
+    n_shards = shard_count(m, max_shards, min_rows)
+    rows = (m + n_shards - 1) // n_shards
+    for s in prange(n_shards):
+        shard_loss[s] = 0.0
+        shard_correct[s] = 0
+        g = grads[s]
+        for i in range(g.shape[0]):
+            g[i] = zero
+        r0 = min(m, s * rows)
+        r1 = min(m, r0 + rows)
+        if r1 > r0:
+            loss_s, correct_s = forward_backward(
+                params, offs, dims, acts, output, X[r0:r1], T[r0:r1], w[r0:r1],
+                scale, act_ws[s], act_off, delta_ws[s], g)
+            shard_loss[s] = loss_s
+            shard_correct[s] = correct_s
+    loss = 0.0
+    correct = 0
+    for s in range(n_shards):  # in shard order: same bits for any thread count
+        loss += shard_loss[s]
+        correct += shard_correct[s]
+    return n_shards, loss, correct
+
+
+@jit
+def loss_gradient(params, offs, dims, acts, output, X, T, w, max_shards, min_rows,
+                  act_ws, act_off, delta_ws, grads, seg_lo, seg_hi, seg_decay, l2,
+                  l2_parts, shard_loss, shard_correct):
+    """Loss of the whole batch (X, T, w), with L2, and its gradient in grads[0].
+
+    The same arithmetic as one training step, without the update: this is what
+    the finite-difference tests check.
+    """
+    weight = 0.0
+    for i in range(w.shape[0]):
+        weight += np.float64(w[i])
+    scale = params.dtype.type(1.0 / weight)
+    n_shards, loss, _ = shard_gradients(params, offs, dims, acts, output, X, T, w, scale,
+                                        max_shards, min_rows, act_ws, act_off, delta_ws,
+                                        grads, shard_loss, shard_correct)
+    l2_loss = reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
+                                params, params, 0, params.dtype.type(0), params.dtype.type(0),
+                                params.dtype.type(0), params.dtype.type(0), params.dtype.type(0),
+                                l2_parts, False)
+    return loss / weight + l2_loss
+
+
+@jit
 def train_epoch(params, offs, dims, acts, output, X, T, w, order, batch_size,
                 max_shards, min_rows, act_ws, act_off, delta_ws, grads,
                 Xb, Tb, wb, seg_lo, seg_hi, seg_decay, l2,
@@ -139,15 +200,14 @@ def train_epoch(params, offs, dims, acts, output, X, T, w, order, batch_size,
 
     Every array is a workspace made once per fit (see trainer.Workspace), so
     nothing is allocated here.  Returns (summed weighted loss, summed weight,
-    correct, steps taken, finite).  When a batch's loss is not finite the epoch stops *before* that
-    batch's update, so params hold the last finite step; ``finite`` is False.
+    correct, steps taken, finite).  When a batch's loss is not finite the epoch
+    stops *before* that batch's update, so params hold the last finite step.
     """
     n = order.shape[0]
     loss_total = 0.0
     weight_total = 0.0
     correct_total = 0
     steps = 0
-    zero = params.dtype.type(0)
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         batch_weight = 0.0
@@ -158,26 +218,10 @@ def train_epoch(params, offs, dims, acts, output, X, T, w, order, batch_size,
             wb[i] = w[src]
             batch_weight += np.float64(w[src])
         scale = params.dtype.type(1.0 / batch_weight)
-        n_shards = shard_count(m, max_shards, min_rows)
-        rows = (m + n_shards - 1) // n_shards
-        for s in prange(n_shards):
-            shard_loss[s] = 0.0
-            shard_correct[s] = 0
-            g = grads[s]
-            for i in range(g.shape[0]):
-                g[i] = zero
-            r0 = min(m, s * rows)
-            r1 = min(m, r0 + rows)
-            if r1 > r0:
-                loss_s, correct_s = forward_backward(
-                    params, offs, dims, acts, output, Xb[r0:r1], Tb[r0:r1], wb[r0:r1],
-                    scale, act_ws[s], act_off, delta_ws[s], g)
-                shard_loss[s] = loss_s
-                shard_correct[s] = correct_s
-        batch_loss = 0.0
-        for s in range(n_shards):
-            batch_loss += shard_loss[s]
-            correct_total += shard_correct[s]
+        n_shards, batch_loss, correct = shard_gradients(
+            params, offs, dims, acts, output, Xb[:m], Tb[:m], wb[:m], scale, max_shards,
+            min_rows, act_ws, act_off, delta_ws, grads, shard_loss, shard_correct)
+        correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
         step_lr = lr
@@ -186,7 +230,7 @@ def train_epoch(params, offs, dims, acts, output, X, T, w, order, batch_size,
                                                        np.float64(beta2), step + steps + 1))
         l2_loss = reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
                                     state1, state2, kind, step_lr, momentum, beta1, beta2, eps,
-                                    l2_parts)
+                                    l2_parts, True)
         steps += 1
         loss_total += batch_loss + l2_loss * batch_weight
         weight_total += batch_weight

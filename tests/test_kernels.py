@@ -1,0 +1,193 @@
+"""Each compiled kernel against a plain NumPy float64 reference."""
+import numpy as np
+import pytest
+
+from fastnn.kernels import activations as A
+from fastnn.kernels import losses as L
+from fastnn.kernels import optim as O
+from fastnn.kernels.gemm import gemm_nn, gemm_nt, gemm_tn_acc
+
+from .conftest import ODD_SIZES
+
+DTYPES = (np.float32, np.float64)
+# Relative tolerance on a product whose terms are O(1): K terms of rounding.
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    err = np.max(np.abs(actual.astype(np.float64) - expected), initial=0.0)
+    bound = TOL[dtype] * scale * max(1.0, np.max(np.abs(expected), initial=0.0))
+    assert err <= bound, f"max error {err:.3g} > {bound:.3g}"
+
+
+GEMM_SHAPES = [(m, k, n) for m in ODD_SIZES for k in (1, 33, 129) for n in (1, 7, 300)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_gemm_products(rng, dtype, m, k, n):
+    a = rand(rng, (m, k), dtype)          # activations a_{l-1}
+    W = rand(rng, (k, n), dtype)          # weights
+    d = rand(rng, (m, n), dtype)          # delta_l
+    a64, W64, d64 = (x.astype(np.float64) for x in (a, W, d))
+    z = np.full((m, n), np.nan, dtype)
+    gemm_nn(a, W, z)
+    assert_close(z, a64 @ W64, dtype, scale=np.sqrt(k))
+    G0 = rand(rng, (k, n), dtype)
+    G = G0.copy()
+    gemm_tn_acc(a, d, G)
+    assert_close(G, G0.astype(np.float64) + a64.T @ d64, dtype, scale=np.sqrt(m))
+    back = np.full((m, k), np.nan, dtype)
+    gemm_nt(d, W, back)
+    assert_close(back, d64 @ W64.T, dtype, scale=np.sqrt(n))
+
+
+def reference_activation(name, z):
+    return {"identity": z, "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z)),
+            "tanh": np.tanh(z)}[name]
+
+
+def reference_derivative(name, z):
+    return {"identity": np.ones_like(z), "relu": (z > 0).astype(float),
+            "sigmoid": np.exp(-z) / (1 + np.exp(-z)) ** 2, "tanh": 1 / np.cosh(z) ** 2}[name]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (129, 7)])
+def test_activation_and_derivative(rng, dtype, name, m, n):
+    code = A.CODES[name]
+    Z = rand(rng, (m, n), dtype) * 3
+    b = rand(rng, n, dtype)
+    z64 = Z.astype(np.float64) + b.astype(np.float64)
+    out = Z.copy()
+    A.add_bias_activate(out, b, code)
+    assert_close(out, reference_activation(name, z64), dtype)
+    # the derivative is computed from the output a = h(z), as in the notes
+    delta = rand(rng, (m, n), dtype)
+    scaled = delta.copy()
+    A.scale_by_derivative(scaled, out, code)
+    expected = delta.astype(np.float64) * reference_derivative(name, z64)
+    assert_close(scaled, expected, dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_is_finite_for_extreme_inputs(dtype):
+    Z = np.array([[-1e4, -100.0, 0.0, 100.0, 1e4]], dtype=dtype)
+    with np.errstate(over="raise"):
+        A.add_bias_activate(Z, np.zeros(5, dtype), A.SIGMOID)
+    assert np.all(np.isfinite(Z))
+    np.testing.assert_allclose(Z[0], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-30)
+
+
+def reference_softmax_xent(Z, T, w):
+    Z = Z.astype(np.float64)
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -(w * (T * logp).sum(axis=1)).sum()
+    delta = w[:, None] * (np.exp(logp) - T) / w.sum()
+    return loss, delta
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,c", [(1, 2), (7, 3), (33, 10), (129, 7)])
+def test_softmax_cross_entropy(rng, dtype, m, c):
+    Z = rand(rng, (m, c), dtype) * 4
+    y = rng.integers(0, c, m)
+    T = np.eye(c, dtype=dtype)[y]
+    w = rng.uniform(0.5, 2.0, m).astype(dtype)
+    scale = dtype(1.0 / w.astype(np.float64).sum())
+    D = Z.copy()
+    loss, correct = L.softmax_xent_grad(D, T, w, scale)
+    ref_loss, ref_delta = reference_softmax_xent(Z, T.astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(loss, ref_loss, rtol=TOL[dtype] * 10)
+    assert_close(D, ref_delta, dtype)
+    assert correct == int(np.sum(Z.argmax(1) == y))
+    P = Z.copy()
+    L.softmax_rows(P)
+    logits = Z.astype(np.float64)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    assert_close(P, expected / expected.sum(1, keepdims=True), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_extreme_logits(dtype):
+    Z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
+    T = np.eye(3, dtype=dtype)[[1, 0, 2]]
+    w = np.ones(3, dtype)
+    D = Z.copy()
+    loss, _ = L.softmax_xent_grad(D, T, w, dtype(1 / 3))
+    # rows: wrong by 2e4; uniform (log 3); wrong by 2e4 with two tied maxima (+log 2)
+    np.testing.assert_allclose(loss, 2e4 + np.log(3) + 2e4 + np.log(2), rtol=1e-6)
+    assert np.all(np.isfinite(D))
+    np.testing.assert_allclose(D[0], [1 / 3, -1 / 3, 0], atol=1e-7)
+    P = Z.copy()
+    L.softmax_rows(P)
+    assert np.all(np.isfinite(P))
+    np.testing.assert_allclose(P.sum(1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,c", [(1, 1), (7, 3), (129, 33)])
+def test_squared_error(rng, dtype, m, c):
+    Z = rand(rng, (m, c), dtype)
+    T = rand(rng, (m, c), dtype)
+    w = rng.uniform(0.5, 2.0, m).astype(dtype)
+    w64 = w.astype(np.float64)
+    D = Z.copy()
+    loss, _ = L.squared_error_grad(D, T, w, dtype(1 / w64.sum()))
+    r = Z.astype(np.float64) - T
+    np.testing.assert_allclose(loss, 0.5 * (w64 * (r**2).sum(1)).sum(), rtol=TOL[dtype] * 10)
+    assert_close(D, w64[:, None] * r / w64.sum(), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,c", [(1, 1), (7, 3), (129, 33)])
+def test_sigmoid_cross_entropy(rng, dtype, m, c):
+    Z = rand(rng, (m, c), dtype) * 5
+    Z[0, 0] = 1e4 if dtype is np.float64 else dtype(1e4)   # extreme logit stays finite
+    T = (rng.random((m, c)) < 0.5).astype(dtype)
+    w = np.ones(m, dtype)
+    D = Z.copy()
+    loss, correct = L.sigmoid_xent_grad(D, T, w, dtype(1 / m))
+    z = Z.astype(np.float64)
+    ref = (np.logaddexp(0, z) - T * z).sum()
+    np.testing.assert_allclose(loss, ref, rtol=TOL[dtype] * 10)
+    assert_close(D, (1 / (1 + np.exp(-z)) - T) / m, dtype)
+    assert correct == int(np.all((z > 0) == (T > 0.5), axis=1).sum())
+
+
+def reference_update(kind, p, g, s1, s2, lr, mu, b1, b2, eps, t):
+    p, g, s1, s2 = (x.astype(np.float64) for x in (p, g, s1, s2))
+    if kind == O.SGD:
+        return p - lr * g, s1, s2
+    if kind in (O.MOMENTUM, O.NESTEROV):
+        v = mu * s1 - lr * g
+        step = mu * v - lr * g if kind == O.NESTEROV else v
+        return p + step, v, s2
+    m = b1 * s1 + (1 - b1) * g
+    v = b2 * s2 + (1 - b2) * g * g
+    lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    return p - lr_t * m / (np.sqrt(v) + eps), m, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", [O.SGD, O.MOMENTUM, O.NESTEROV, O.ADAM])
+@pytest.mark.parametrize("size", [1, 33, 1000])
+def test_optimizer_updates(rng, dtype, kind, size):
+    p, g, s1 = (rand(rng, size, dtype) for _ in range(3))
+    s2 = np.abs(rand(rng, size, dtype))
+    lr, mu, b1, b2, eps, t = 0.05, 0.9, 0.9, 0.999, 1e-8, 3
+    ref = reference_update(kind, p, g, s1, s2, lr, mu, b1, b2, eps, t)
+    step_lr = O.adam_step_size(lr, b1, b2, t) if kind == O.ADAM else lr
+    lo = size // 3
+    before = p.copy()
+    O.update_range(p, g, s1, s2, lo, size, kind, dtype(step_lr), dtype(mu), dtype(b1),
+                   dtype(b2), dtype(eps))
+    np.testing.assert_array_equal(p[:lo], before[:lo])    # outside the range: untouched
+    for got, want in zip((p, s1, s2), ref):
+        assert_close(got[lo:], want[lo:], dtype, scale=10)

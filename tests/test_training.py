@@ -1,0 +1,185 @@
+"""The whole network: gradients against finite differences, reproducibility
+across thread counts, and the accuracy the derivation notes reach."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+
+
+def make_problem(rng, sizes, output, n):
+    X = rng.standard_normal((n, sizes[0]))
+    if output == "softmax":
+        y = rng.integers(0, sizes[-1], n)
+    elif output == "sigmoid":
+        y = (rng.random((n, sizes[-1])) < 0.5).astype(float)
+    else:
+        y = rng.standard_normal((n, sizes[-1]))
+    return X, y
+
+
+def finite_difference_error(trainer, X, y, w=None, h=1e-6):
+    """Max relative error between the analytic and central-difference gradients."""
+    params = trainer.network.params
+    _, grad = trainer.loss_and_gradient(X, y, w)
+    numeric = np.empty_like(grad)
+    for i in range(params.size):
+        keep = params[i]
+        params[i] = keep + h
+        up, _ = trainer.loss_and_gradient(X, y, w)
+        params[i] = keep - h
+        down, _ = trainer.loss_and_gradient(X, y, w)
+        params[i] = keep
+        numeric[i] = (up - down) / (2 * h)
+    return np.max(np.abs(numeric - grad)) / np.max(np.abs(grad))
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_gradient_matches_finite_differences(rng, activation, depth, l2):
+    sizes = [5] + [int(s) for s in rng.choice([1, 4, 7], size=depth - 1)] + [3]
+    net = fastnn.Network(sizes, activation=activation, dtype="float64",
+                         seed=int(rng.integers(2**31)))
+    # Biases start at zero, so a relu unit fed only by dead units sits exactly on
+    # its kink (z = 0), where the derivative is undefined: move them off it.
+    for b in net.biases:
+        b[:] = rng.uniform(0.05, 0.5, b.shape)
+    # 37 rows: several shards of unequal size, so the shard reduction is checked too
+    X, y = make_problem(rng, sizes, "softmax", 37)
+    err = finite_difference_error(fastnn.Trainer(net, l2=l2), X, y)
+    assert err < 1e-6, f"relative gradient error {err:.3g} for {sizes} {activation}"
+
+
+@pytest.mark.parametrize("output", ["linear", "sigmoid"])
+def test_gradient_other_outputs_and_sample_weights(rng, output):
+    sizes = [4, 7, 2]
+    net = fastnn.Network(sizes, activation="tanh", output=output, dtype="float64",
+                         seed=int(rng.integers(2**31)))
+    X, y = make_problem(rng, sizes, output, 33)
+    w = rng.uniform(0.1, 3.0, 33)
+    err = finite_difference_error(fastnn.Trainer(net, l2=0.1), X, y, w)
+    assert err < 1e-6
+
+
+def test_loss_matches_numpy_reference(rng):
+    """The compiled objective equals a direct float64 NumPy forward pass."""
+    net = fastnn.Network([6, 9, 4, 3], activation=["tanh", "sigmoid"], dtype="float64", seed=3)
+    X, y = make_problem(rng, net.sizes, "softmax", 50)
+    a = X
+    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
+        z = a @ W + b
+        a = z if l == net.n_layers - 1 else (np.tanh(z) if l == 0 else 1 / (1 + np.exp(-z)))
+    logp = a - a.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    l2 = 0.2
+    expected = -logp[np.arange(50), y].mean() + l2 / 2 * sum((W**2).sum() for W in net.weights)
+    loss, _ = fastnn.Trainer(net, l2=l2).loss_and_gradient(X, y)
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+    np.testing.assert_allclose(net.predict_proba(X), np.exp(logp), rtol=1e-10, atol=1e-15)
+
+
+TRAIN_SCRIPT = """
+import hashlib, json, sys
+import numpy as np, numba, fastnn
+rng = np.random.default_rng(5)
+X = rng.standard_normal((1000, 33)); y = rng.integers(0, 7, 1000)
+out = {"threads": numba.get_num_threads()}
+for dtype in ("float32", "float64"):
+    net = fastnn.Network([33, 129, 17, 7], activation=["relu", "tanh"], dtype=dtype, seed=1)
+    fastnn.train(net, X, y, epochs=3, batch_size=250, optimizer=fastnn.Adam(lr=0.01), seed=2)
+    out[dtype] = hashlib.sha256(net.params.tobytes()).hexdigest()
+    out[dtype + "_predict"] = hashlib.sha256(net.predict_proba(X).tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_same_seed_same_bits_with_one_and_two_threads():
+    results = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], env=env,
+                              capture_output=True, text=True, check=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [r.pop("threads") for r in results] == [1, 2]
+    assert results[0] == results[1]
+
+
+def test_spiral_reaches_098_training_accuracy():
+    X, y = fastnn.spiral()
+    net = fastnn.Network([2, 100, 3], activation="relu", seed=0)
+    history = fastnn.train(net, X, y, epochs=2000, batch_size=300, l2=1e-3,
+                           optimizer=fastnn.SGD(lr=1.0), seed=0)
+    assert net.score(X, y) >= 0.98
+    assert history.loss[-1] < history.loss[0]
+
+
+def test_digits_one_hidden_layer_reaches_096_test_accuracy():
+    datasets = pytest.importorskip("sklearn.datasets")
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    X, y = datasets.load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = model_selection.train_test_split(
+        X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+    net = fastnn.Network([64, 128, 10], activation="relu", seed=0)
+    fastnn.train(net, X_train, y_train, epochs=60, batch_size=32,
+                 optimizer=fastnn.Adam(lr=1e-3), l2=1e-4, seed=0,
+                 validation_data=(X_test, y_test))
+    assert net.score(X_test, y_test) >= 0.96
+
+
+def test_history_validation_and_callbacks_stop_training(rng):
+    X, y = make_problem(rng, [3, 5, 2], "softmax", 40)
+    net = fastnn.Network([3, 5, 2], seed=0)
+    seen = []
+
+    def stop_after_three(trainer, epoch, logs):
+        seen.append((epoch, sorted(logs)))
+        return epoch >= 3
+
+    hist = fastnn.train(net, X, y, epochs=10, batch_size=7, validation_data=(X, y),
+                        callbacks=[stop_after_three])
+    assert len(hist) == 3 and len(hist.val_loss) == 3
+    assert seen[-1] == (3, ["accuracy", "loss", "val_accuracy", "val_loss"])
+    assert all(0 <= a <= 1 for a in hist.accuracy + hist.val_accuracy)
+
+
+def test_diverging_training_stops_with_last_finite_parameters(rng):
+    X, y = make_problem(rng, [4, 8, 3], "softmax", 64)
+    net = fastnn.Network([4, 8, 3], seed=0)
+    with pytest.raises(FloatingPointError, match="last finite step"):
+        fastnn.train(net, X * 1e3, y, epochs=50, optimizer=fastnn.SGD(lr=1e30), batch_size=8)
+    assert np.all(np.isfinite(net.params))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 7, 129, 1000])
+def test_predict_shapes_and_probabilities(rng, dtype, n):
+    net = fastnn.Network([7, 33, 5], activation="sigmoid", dtype=dtype, seed=0)
+    X = rng.standard_normal((n, 7))
+    P = net.predict_proba(X)
+    assert P.shape == (n, 5) and P.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(P.sum(1), 1, rtol=1e-5)
+    assert np.array_equal(net.predict(X), P.argmax(1))
+
+
+def test_bad_input_is_refused_with_the_argument_name():
+    net = fastnn.Network([3, 4, 2])
+    with pytest.raises(ValueError, match="X has 4 features"):
+        net.predict(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="X contains NaN"):
+        fastnn.train(net, np.full((2, 3), np.nan), [0, 1])
+    with pytest.raises(ValueError, match="class indices"):
+        fastnn.train(net, np.zeros((2, 3)), [0, 2])
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        fastnn.train(net, np.zeros((3, 3)), [0, 1])
+    with pytest.raises(ValueError, match="batch_size"):
+        fastnn.Trainer(net, batch_size=0)
+    with pytest.raises(ValueError, match="activation"):
+        fastnn.Network([3, 4, 2], activation="swish")
+    with pytest.raises(ValueError, match="sizes"):
+        fastnn.Network([3, 0, 2])
