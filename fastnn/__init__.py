@@ -1,5 +1,6 @@
 """fastnn: train multilayer perceptrons on the CPU with Numba-compiled kernels."""
 from .datasets import load_csv, load_npz, spiral
+from .io import ModelFileError, load, save
 from .network import Network
 from .optimizers import SGD, Adam
 from .trainer import History, Trainer, train
@@ -7,4 +8,5 @@ from .trainer import History, Trainer, train
 __version__ = "0.1.0"
 
 __all__ = ["Network", "Trainer", "History", "train", "SGD", "Adam",
-           "spiral", "load_csv", "load_npz", "__version__"]
+           "spiral", "load_csv", "load_npz", "save", "load", "ModelFileError",
+           "__version__"]

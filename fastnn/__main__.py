@@ -1,0 +1,6 @@
+"""``python -m fastnn`` runs the command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
