@@ -7,6 +7,7 @@ save/load one array, and lets the compiled step address layers by offset.
 import numpy as np
 
 from . import _validation as V
+from ._parallel import parallel_region
 from .kernels import activations as act_k
 from .kernels import losses as loss_k
 from .kernels.step import predict_rows
@@ -134,8 +135,9 @@ class Network:
         slots = min(PREDICT_SLOTS, -(-n // PREDICT_BLOCK))
         ws = np.empty((slots, PREDICT_BLOCK * int(self._dims[1:].sum())), dtype=self.dtype)
         act_off = PREDICT_BLOCK * np.concatenate([[0], np.cumsum(self._dims[1:-1])]).astype(np.int64)
-        predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
-                     X, out, ws, act_off, PREDICT_BLOCK)
+        with parallel_region():
+            predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
+                         X, out, ws, act_off, PREDICT_BLOCK)
         return out
 
     def forward(self, X):

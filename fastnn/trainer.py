@@ -3,9 +3,12 @@
 All per-sample and per-batch work happens in one compiled call per epoch
 (kernels.step.train_epoch); Python only shuffles, records and reports.
 """
+import warnings
+
 import numpy as np
 
 from . import _validation as V
+from ._parallel import parallel_region
 from .kernels.step import UPDATE_CHUNK, loss_gradient, train_epoch
 from .optimizers import SGD
 
@@ -89,6 +92,36 @@ class Workspace:
         self.shard_correct = np.empty(max_shards, dtype=np.int64)
 
 
+class _Snapshot:
+    """The trainer's state at the start of an epoch, to roll back to if the
+    epoch does not complete (buffers allocated once, refilled each epoch)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.params = np.empty_like(trainer.network.params)
+        self.state1 = np.empty_like(trainer.state1)
+        self.state2 = np.empty_like(trainer.state2)
+
+    def take(self):
+        t = self.trainer
+        np.copyto(self.params, t.network.params)
+        np.copyto(self.state1, t.state1)
+        np.copyto(self.state2, t.state2)
+        self.steps = t.steps
+        self.rng_state = t.rng.bit_generator.state
+        self.n_epochs = len(t.history)
+
+    def restore(self):
+        t = self.trainer
+        np.copyto(t.network.params, self.params)
+        np.copyto(t.state1, self.state1)
+        np.copyto(t.state2, self.state2)
+        t.steps = self.steps
+        t.rng.bit_generator.state = self.rng_state
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            del getattr(t.history, name)[self.n_epochs:]
+
+
 class Trainer:
     """Trains a :class:`~fastnn.Network` by mini-batch backpropagation.
 
@@ -113,6 +146,7 @@ class Trainer:
         self.state2 = np.zeros(network.n_params, dtype=network.dtype)
         self.steps = 0
         self.history = History()
+        self.interrupted = False
         self._workspace = None
 
     def _get_workspace(self, batch_size, n_features, n_outputs):
@@ -132,14 +166,15 @@ class Trainer:
         ws = self._get_workspace(batch, X.shape[1], T.shape[1])
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         momentum, beta1, beta2, eps = self.optimizer.hyper()
-        loss, weight, correct, steps, finite = train_epoch(
-            net.params, net._offs, net._dims, net._acts, net._output_code, X, T, w,
-            order.astype(np.int64), batch, MAX_SHARDS, MIN_SHARD_ROWS,
-            ws.act_ws, ws.act_off, ws.delta_ws, ws.grads, ws.Xb, ws.Tb, ws.wb,
-            net._seg_lo, net._seg_hi, net._seg_decay, dt(self.l2),
-            self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.optimizer.lr),
-            dt(momentum), dt(beta1), dt(beta2), dt(eps), np.int64(self.steps),
-            ws.l2_parts, ws.shard_loss, ws.shard_correct)
+        with parallel_region():
+            loss, weight, correct, steps, finite = train_epoch(
+                net.params, net._offs, net._dims, net._acts, net._output_code, X, T, w,
+                order.astype(np.int64), batch, MAX_SHARDS, MIN_SHARD_ROWS,
+                ws.act_ws, ws.act_off, ws.delta_ws, ws.grads, ws.Xb, ws.Tb, ws.wb,
+                net._seg_lo, net._seg_hi, net._seg_decay, dt(self.l2),
+                self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.optimizer.lr),
+                dt(momentum), dt(beta1), dt(beta2), dt(eps), np.int64(self.steps),
+                ws.l2_parts, ws.shard_loss, ws.shard_correct)
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
@@ -154,11 +189,12 @@ class Trainer:
         net = self.network
         X, T, w = self._check_data(X, y, sample_weight)
         ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1], MAX_SHARDS, MIN_SHARD_ROWS)
-        loss = loss_gradient(net.params, net._offs, net._dims, net._acts, net._output_code,
-                             X, T, w, MAX_SHARDS, MIN_SHARD_ROWS, ws.act_ws, ws.act_off,
-                             ws.delta_ws, ws.grads, net._seg_lo, net._seg_hi, net._seg_decay,
-                             net.dtype.type(self.l2), ws.l2_parts, ws.shard_loss,
-                             ws.shard_correct)
+        with parallel_region():
+            loss = loss_gradient(net.params, net._offs, net._dims, net._acts, net._output_code,
+                                 X, T, w, MAX_SHARDS, MIN_SHARD_ROWS, ws.act_ws, ws.act_off,
+                                 ws.delta_ws, ws.grads, net._seg_lo, net._seg_hi, net._seg_decay,
+                                 net.dtype.type(self.l2), ws.l2_parts, ws.shard_loss,
+                                 ws.shard_correct)
         return float(loss), ws.grads[0].copy()
 
     def _check_data(self, X, y, sample_weight):
@@ -192,44 +228,88 @@ class Trainer:
         return float(loss), acc
 
     def fit(self, X, y, epochs=10, validation_data=None, sample_weight=None,
-            callbacks=(), progress=False):
+            callbacks=(), progress=False, checkpoint=None, checkpoint_every=1):
         """Train for ``epochs`` passes over (X, y); returns the :class:`History`.
 
         callbacks: functions ``cb(trainer, epoch, logs)`` called after each epoch
         with that epoch's logs (a dict); a callback returning True stops training.
         progress: show a tqdm progress bar (needs tqdm installed).
-        Raises FloatingPointError if the loss stops being finite; the network
-        then keeps the parameters of the last finite step.
+        checkpoint: a path; every ``checkpoint_every`` epochs the whole training
+        state is written there atomically (resume with :meth:`Trainer.resume`).
+
+        Failures never leave a half-trained epoch behind:
+
+        * if the loss stops being finite, FloatingPointError is raised and the
+          network keeps the parameters of the last finite step;
+        * Ctrl-C (KeyboardInterrupt) stops training with a warning, and the
+          network, optimizer state and history are those of the last
+          completed epoch (``trainer.interrupted`` is then True).
         """
-        net = self.network
         epochs = V.check_positive_int(epochs, "epochs")
+        checkpoint_every = V.check_positive_int(checkpoint_every, "checkpoint_every")
         X, T, w = self._check_data(X, y, sample_weight)
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             self.evaluate(*validation_data)  # validate it now, before any training
         bar = _progress_bar(epochs) if progress else None
+        self.interrupted = False
+        snapshot = _Snapshot(self)
         try:
-            for epoch in range(epochs):
-                loss, acc, finite = self.run_epoch(X, T, w)
-                if not finite:
-                    raise FloatingPointError(
-                        f"the training loss became NaN or infinite in epoch "
-                        f"{len(self.history) + 1}; the network keeps the parameters of the "
-                        "last finite step. Lower the learning rate or scale the inputs.")
-                logs = {"loss": loss, "accuracy": acc}
-                if validation_data is not None:
-                    logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
-                self._record(logs)
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if v is not None})
-                    bar.update(1)
-                if any(cb(self, len(self.history), logs) for cb in callbacks):
+            for _ in range(epochs):
+                snapshot.take()
+                try:
+                    logs = self._train_one_epoch(X, T, w, validation_data, snapshot)
+                except KeyboardInterrupt:
+                    snapshot.restore()   # the epoch did not complete: undo it all
+                    self._warn_interrupted()
+                    break
+                try:
+                    if checkpoint is not None and len(self.history) % checkpoint_every == 0:
+                        from .checkpoint import save_checkpoint
+                        save_checkpoint(self, checkpoint)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
+                                         if v is not None})
+                        bar.update(1)
+                    if any(cb(self, len(self.history), logs) for cb in callbacks):
+                        break
+                except KeyboardInterrupt:  # the epoch itself is complete: keep it
+                    self._warn_interrupted()
                     break
         finally:
             if bar is not None:
                 bar.close()
         return self.history
+
+    def _warn_interrupted(self):
+        self.interrupted = True
+        warnings.warn(f"training interrupted (KeyboardInterrupt); the network holds the "
+                      f"state after epoch {len(self.history)}", RuntimeWarning, stacklevel=3)
+
+    def _train_one_epoch(self, X, T, w, validation_data, snapshot):
+        """One epoch, committed to the history only once everything succeeded."""
+        loss, acc, finite = self.run_epoch(X, T, w)
+        if not finite:
+            if not np.isfinite(self.network.params).all():
+                snapshot.restore()  # an update overflowed: back to the epoch's start
+            raise FloatingPointError(
+                f"the training loss became NaN or infinite in epoch "
+                f"{len(self.history) + 1}; the network keeps the parameters of the "
+                "last finite step. Lower the learning rate or scale the inputs.")
+        logs = {"loss": loss, "accuracy": acc}
+        if validation_data is not None:
+            logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
+        self._record(logs)
+        return logs
+
+    @classmethod
+    def resume(cls, path):
+        """A Trainer (with its network) restored from a checkpoint written by
+        ``fit(checkpoint=path)``; continuing it gives the same bits as a run
+        that was never interrupted."""
+        from .checkpoint import load_checkpoint
+        return load_checkpoint(path)
 
     def _record(self, logs):
         h = self.history

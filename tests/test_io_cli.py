@@ -22,11 +22,11 @@ def test_save_load_restores_predictions_bit_for_bit(tmp_path, rng, dtype):
 def test_loading_something_else_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"definitely not a zip archive")
-    with pytest.raises(fastnn.ModelFileError, match="not a readable fastnn model"):
+    with pytest.raises(fastnn.ModelFileError, match="not a readable fastnn network file"):
         fastnn.load(bad)
     other = tmp_path / "other.npz"
     np.savez(other, X=np.zeros(3))
-    with pytest.raises(fastnn.ModelFileError, match="not a fastnn model"):
+    with pytest.raises(fastnn.ModelFileError, match="not a fastnn file"):
         fastnn.load(other)
     good = tmp_path / "good.npz"
     fastnn.save(fastnn.Network([2, 3, 2]), good)
