@@ -57,6 +57,9 @@ def as_float_matrix(X, name, dtype, n_features=None):
         raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
     if arr.dtype.kind not in "biuf":
         if arr.dtype.kind == "O":
+            if any(v is None for v in arr.flat):
+                raise TypeError(f"{name} must hold numbers; got an object array containing "
+                                "None (missing values: impute or drop them first)")
             try:
                 arr = arr.astype(np.float64)
             except (TypeError, ValueError):

@@ -50,8 +50,10 @@ def make_targets(network, y, name="y"):
         raise TypeError(f"{name} must hold numbers; got dtype {arr.dtype}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
     if network.output == "softmax" and arr.ndim == 1:
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        if np.any(arr != np.round(arr)):
             raise ValueError(f"{name} must hold integer class indices 0..{n_out - 1}")
         labels = arr.astype(np.int64)
         if labels.min() < 0 or labels.max() >= n_out:

@@ -1,0 +1,130 @@
+"""Bad input is refused before any work, with a message naming the argument;
+merely inconvenient input is converted; a failed call changes nothing."""
+import numpy as np
+import pytest
+
+import fastnn
+
+GOOD_X = np.arange(12, dtype=np.float64).reshape(4, 3) / 10
+GOOD_Y = np.array([0, 1, 1, 0])
+
+# (X, y, exception type, text the message must contain)
+BAD_DATA = {
+    "NaN in X": (np.where(GOOD_X > 0.5, np.nan, GOOD_X), GOOD_Y, ValueError, "X contains NaN"),
+    "inf in X": (np.where(GOOD_X > 0.5, np.inf, GOOD_X), GOOD_Y, ValueError, "X contains NaN or inf"),
+    "NaN in y": (GOOD_X, np.array([0, np.nan, 1, 0]), ValueError, "y contains NaN"),
+    "X 1-D": (GOOD_X[0], GOOD_Y[:1], ValueError, "X must be 2-D"),
+    "X 3-D": (GOOD_X[..., None], GOOD_Y, ValueError, "X must be 2-D"),
+    "lengths differ": (GOOD_X, GOOD_Y[:3], ValueError, "different numbers of samples"),
+    "empty X": (GOOD_X[:0], GOOD_Y[:0], ValueError, "X is empty"),
+    "no features": (np.zeros((4, 0)), GOOD_Y, ValueError, "X is empty"),
+    "strings in X": (GOOD_X.astype(str), GOOD_Y, TypeError, "X must hold numbers"),
+    "None in X": (np.array([[0.1, None, 0.2]] * 4, dtype=object), GOOD_Y, TypeError,
+                  "containing None"),
+    "ragged X": ([[1, 2, 3], [1, 2]], GOOD_Y[:2], ValueError, "X could not be read"),
+    "strings in y": (GOOD_X, np.array(["a", "b", "b", "a"]), TypeError, "y must hold numbers"),
+    "label out of range": (GOOD_X, np.array([0, 1, 2, 0]), ValueError, "class indices"),
+    "fractional label": (GOOD_X, np.array([0, 0.5, 1, 0]), ValueError, "class indices"),
+    "wrong feature count": (np.zeros((4, 5)), GOOD_Y, ValueError, "X has 5 features"),
+    "y of wrong width": (GOOD_X, np.zeros((4, 3)), ValueError, "y must have shape"),
+}
+
+
+def trained_trainer():
+    net = fastnn.Network([3, 5, 2], activation="tanh", seed=0)
+    trainer = fastnn.Trainer(net, optimizer=fastnn.Adam(lr=0.01), batch_size=2, seed=0)
+    trainer.fit(GOOD_X, GOOD_Y, epochs=2)
+    return trainer
+
+
+def state_of(trainer):
+    return (trainer.network.params.tobytes(), trainer.state1.tobytes(),
+            trainer.state2.tobytes(), trainer.steps, trainer.history.as_dict(),
+            trainer.rng.bit_generator.state)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_is_refused_and_changes_nothing(case):
+    X, y, exc, text = BAD_DATA[case]
+    trainer = trained_trainer()
+    before = state_of(trainer)
+    with pytest.raises(exc, match=text):
+        trainer.fit(X, y, epochs=1)
+    assert state_of(trainer) == before
+
+
+def test_bad_validation_data_and_weights_change_nothing():
+    trainer = trained_trainer()
+    before = state_of(trainer)
+    with pytest.raises(ValueError, match="X_val has 2 features"):
+        trainer.fit(GOOD_X, GOOD_Y, validation_data=(np.zeros((3, 2)), [0, 1, 0]))
+    with pytest.raises(ValueError, match="sample_weight"):
+        trainer.fit(GOOD_X, GOOD_Y, sample_weight=[1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="sample_weight"):
+        trainer.fit(GOOD_X, GOOD_Y, sample_weight=[1.0, 1.0])
+    assert state_of(trainer) == before
+
+
+@pytest.mark.parametrize("make, text", [
+    (lambda: fastnn.SGD(lr=0.0), "lr must be"),
+    (lambda: fastnn.SGD(lr=-0.1), "lr must be"),
+    (lambda: fastnn.SGD(lr=float("nan")), "lr must be"),
+    (lambda: fastnn.SGD(momentum=1.0), "momentum must be"),
+    (lambda: fastnn.Adam(beta1=1.5), "beta1 must be"),
+    (lambda: fastnn.Adam(eps=0.0), "eps must be"),
+    (lambda: fastnn.Trainer(fastnn.Network([2, 2]), l2=-1.0), "l2 must be"),
+    (lambda: fastnn.Trainer(fastnn.Network([2, 2]), batch_size=0), "batch_size must be"),
+    (lambda: fastnn.Trainer(fastnn.Network([2, 2]), batch_size=2.5), "batch_size must be"),
+    (lambda: fastnn.Network([3, 0, 2]), r"sizes\[1\] must be"),
+    (lambda: fastnn.Network([3]), "sizes must list"),
+    (lambda: fastnn.Network([3, 4, 2], activation="swish"), "activation"),
+    (lambda: fastnn.Network([3, 4, 2], activation=["relu", "tanh"]), "activation lists 2"),
+    (lambda: fastnn.Network([3, 2], output="hinge"), "output must be"),
+    (lambda: fastnn.Network([3, 2], dtype="float16"), "dtype must be"),
+])
+def test_invalid_hyperparameters_name_the_argument(make, text):
+    with pytest.raises((ValueError, TypeError), match=text):
+        make()
+
+
+def test_epochs_must_be_positive():
+    trainer = trained_trainer()
+    before = state_of(trainer)
+    with pytest.raises(ValueError, match="epochs must be"):
+        trainer.fit(GOOD_X, GOOD_Y, epochs=0)
+    assert state_of(trainer) == before
+
+
+def inconvenient_forms():
+    """The same data as GOOD_X / GOOD_Y in forms that must be converted."""
+    forms = {
+        "fortran": (np.asfortranarray(GOOD_X), GOOD_Y),
+        "strided": (np.repeat(GOOD_X, 2, axis=1)[:, ::2], GOOD_Y),
+        "float32": (GOOD_X.astype(np.float32), GOOD_Y),
+        "lists": (GOOD_X.tolist(), GOOD_Y.tolist()),
+        "float labels": (GOOD_X, GOOD_Y.astype(float)),
+        "object numbers": (GOOD_X.astype(object), GOOD_Y),
+    }
+    try:
+        import pandas as pd
+    except ImportError:
+        return forms
+    forms["pandas"] = (pd.DataFrame(GOOD_X, columns=list("abc")), pd.Series(GOOD_Y))
+    return forms
+
+
+def test_pandas_is_among_the_forms_tried():
+    # pandas is in the test extra: the conversion test below must cover it.
+    assert "pandas" in inconvenient_forms()
+
+
+@pytest.mark.parametrize("form", sorted(inconvenient_forms()))
+def test_inconvenient_input_is_converted_to_the_same_result(form):
+    X, y = inconvenient_forms()[form]
+    reference = trained_trainer()
+    trainer = trained_trainer()
+    reference.fit(GOOD_X, GOOD_Y, epochs=1)
+    trainer.fit(X, y, epochs=1)
+    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+    np.testing.assert_array_equal(trainer.network.predict_proba(X),
+                                  reference.network.predict_proba(GOOD_X))
