@@ -1,6 +1,8 @@
 """fastnn: train multilayer perceptrons on the CPU with Numba-compiled kernels."""
+from ._estimator_io import load_estimator
 from .datasets import load_csv, load_npz, spiral
 from .io import ModelFileError, load, save
+from .estimators import MLPClassifier, MLPRegressor
 from .network import Network
 from .optimizers import SGD, Adam
 from .trainer import History, Trainer, train
@@ -9,4 +11,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Network", "Trainer", "History", "train", "SGD", "Adam",
            "spiral", "load_csv", "load_npz", "save", "load", "ModelFileError",
-           "__version__"]
+           "MLPClassifier", "MLPRegressor", "load_estimator", "__version__"]
