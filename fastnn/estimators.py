@@ -459,9 +459,9 @@ class _BaseMLP(BaseEstimator):
                         np.take(X, order, axis=0, out=Xs)
                         np.take(T, order, axis=0, out=Ts)
                         np.take(w_full, order, out=ws)
-                        loss, _, finite = trainer.run_epoch(Xs, Ts, ws)
+                        loss, acc, finite = trainer.run_epoch(Xs, Ts, ws)
                     else:
-                        loss, _, finite = trainer.run_epoch(X, T, w_full)
+                        loss, acc, finite = trainer.run_epoch(X, T, w_full)
                 except KeyboardInterrupt:
                     np.copyto(net.params, start[0])
                     np.copyto(trainer.state1, start[1])
@@ -475,7 +475,9 @@ class _BaseMLP(BaseEstimator):
                 run.n_iter += 1
                 run.t += n
                 run.loss_curve.append(float(loss))
-                logs = {"epoch": len(run.loss_curve), "loss": float(loss),
+                # accuracy: on the training rows as they were trained (None for
+                # regression; for multi-label, of every label at once).
+                logs = {"epoch": len(run.loss_curve), "loss": float(loss), "accuracy": acc,
                         "learning_rate": trainer.optimizer.lr, "network": net}
                 if self.early_stopping:
                     score = self._score_outputs(net.forward(X_val), T_val, w_val,
@@ -609,8 +611,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     class_weight : None, 'balanced' or a dict label -> weight, multiplied
         into ``sample_weight``.
     callbacks : functions ``f(logs)`` called after each epoch with a dict
-        (``epoch``, ``loss``, ``learning_rate``, ``validation_score`` when
-        early stopping, ``network``); returning True stops training.
+        (``epoch``, ``loss``, ``accuracy`` (on the training rows during the
+        epoch), ``learning_rate``, ``validation_score`` when early stopping,
+        ``network``); returning True stops training.
 
     Binary targets train one logistic output, multi-class ones a softmax,
     a 2-D 0/1 ``y`` (multi-label) one logistic output per label.

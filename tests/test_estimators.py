@@ -406,3 +406,39 @@ def test_plot_history_of_an_estimator(tmp_path, rng):
     assert (tmp_path / "h.png").stat().st_size > 1000
     with pytest.raises(TypeError, match="plot_history"):
         fastnn.plot_history(object())
+
+
+# ------------------------------------------------------------ command line
+def test_cli_estimator_options_save_and_load(tmp_path, capsys):
+    from fastnn import cli
+    model = tmp_path / "m.npz"
+    assert cli.main(["train", "--epochs", "300", "--optimizer", "adam", "--lr", "0.01",
+                     "--hidden", "32,16", "--activation", "tanh,relu", "--early-stopping",
+                     "--validation-fraction", "0.2", "--n-iter-no-change", "20",
+                     "--batch-size", "64", "--threads", "1", "--save", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "validation" in out and "saved model" in out
+    est = fastnn.load_estimator(model)
+    assert isinstance(est, MLPClassifier) and est.hidden_layer_sizes == (32, 16)
+    assert est.early_stopping and est.validation_scores_ and est.callbacks is None
+    X, y = fastnn.spiral()
+    assert est.score(X, y) > 0.8
+    # continue training the saved model (architecture from the file)
+    assert cli.main(["train", "--load", str(model), "--epochs", "5", "--optimizer", "sgd",
+                     "--learning-rate", "invscaling", "--lr", "0.1", "--quiet"]) == 0
+    assert "training accuracy" in capsys.readouterr().out
+
+
+def test_cli_regression_and_mismatched_load(tmp_path, rng, capsys):
+    from fastnn import cli
+    X = rng.normal(size=(80, 2))
+    path = tmp_path / "r.csv"
+    np.savetxt(path, np.c_[X, X[:, 0] * 0.5 + 0.25], delimiter=",")
+    model = tmp_path / "r.npz"
+    assert cli.main(["train", "--data", str(path), "--hidden", "8", "--epochs", "50",
+                     "--lr", "0.05", "--alpha", "0.0", "--save", str(model), "--quiet"]) == 0
+    assert "training R^2" in capsys.readouterr().out
+    assert isinstance(MLPRegressor.load(model), MLPRegressor)
+    # a regressor cannot continue on classification data
+    assert cli.main(["train", "--load", str(model), "--epochs", "1", "--quiet"]) == 2
+    assert "MLPRegressor" in capsys.readouterr().err
