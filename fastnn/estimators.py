@@ -499,6 +499,8 @@ class _BaseMLP(BaseEstimator):
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.6f}")
                     bar.update(1)
+                elif self.verbose:   # no tqdm: scikit-learn's line per epoch
+                    print(f"Iteration {len(run.loss_curve)}, loss = {loss:.8f}")
                 if any(bool(cb(logs)) for cb in p["callbacks"]):
                     stopped = True
                     break
