@@ -56,11 +56,11 @@ def _check_random_state(seed):
 
 @contextlib.contextmanager
 def _num_threads(n):
-    """Run the block with ``n`` numba threads (None: leave as is), then restore."""
-    if n is None:
-        yield
-        return
+    """Run the block with ``n`` numba threads (None: all of numba's pool), then
+    restore the caller's setting."""
     import numba
+    if n is None:
+        n = numba.config.NUMBA_NUM_THREADS
     previous = numba.get_num_threads()
     numba.set_num_threads(n)
     try:

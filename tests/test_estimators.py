@@ -248,6 +248,22 @@ def test_threads_do_not_change_the_result_and_are_restored(rng):
         two.fit(X, y)
     assert np.array_equal(one.predict_proba(X), two.predict_proba(X))
     assert numba.get_num_threads() == before
+    seen = []
+    numba.set_num_threads(1)
+    try:    # n_threads=None uses the whole pool, then gives the caller back its setting
+        MLPClassifier(max_iter=1, callbacks=[lambda logs: seen.append(
+            numba.get_num_threads())]).fit(X, y)
+        assert seen == [numba.config.NUMBA_NUM_THREADS]
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_read_only_input_is_accepted(rng):
+    X, y = _blobs(rng)
+    X.setflags(write=False)
+    clf = MLPClassifier(max_iter=5, random_state=0, shuffle=False).fit(X, y)
+    assert clf.predict(X).shape == y.shape
 
 
 # ------------------------------------------------------------ persistence
