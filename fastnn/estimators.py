@@ -345,6 +345,10 @@ class _BaseMLP(BaseEstimator):
             if X.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} "
                                  f"is expecting {self.n_features_in_} features as input.")
+            if (list(self._network.sizes[1:-1]) != p["sizes"]
+                    or list(self._network.activations) != p["activations"]):
+                raise ValueError("hidden_layer_sizes or activation changed since the last "
+                                 "fit; fit with warm_start=False to start a new network")
             if p["dtype"] != self._network.dtype:
                 raise ValueError(f"dtype changed from {self._network.dtype.name} to "
                                  f"{p['dtype'].name}; refit without warm_start")

@@ -363,6 +363,13 @@ def test_a_failed_call_leaves_the_estimator_as_it_was(rng):
         finally:
             clf.set_params(**params)
 
+    def clone_with(**changes):
+        params = clf.get_params()
+        try:
+            clf.set_params(**changes).fit(X, y)
+        finally:
+            clf.set_params(**params)
+
     attempts = [
         lambda: clf.fit(X, bad_y),
         lambda: clf.fit(X[:, :3], y),                        # wrong feature count
@@ -371,6 +378,7 @@ def test_a_failed_call_leaves_the_estimator_as_it_was(rng):
         lambda: clf.partial_fit(X, np.full(len(y), 9)),      # unknown label
         overflow,                                            # non-finite weights
         lambda: clf.predict(X[:, :2]),
+        lambda: clone_with(hidden_layer_sizes=(7,)),         # warm start, other layers
     ]
     for attempt in attempts:
         with pytest.raises((ValueError, TypeError)):
