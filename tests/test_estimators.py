@@ -356,10 +356,13 @@ def test_a_failed_call_leaves_the_estimator_as_it_was(rng):
     bad_y = y.astype(float)
     bad_y[3] = np.nan
 
-    def overflow():   # float32 overflow in the first SGD steps
+    def overflow():   # inputs near float32's limit: the first layer's sums overflow
         params = clf.get_params()
         try:
-            clf.set_params(solver="sgd", learning_rate_init=1e3).fit(X * 1e30, y)
+            huge = X / np.abs(X).max() * 3e38
+            noisy = y[np.argsort(rng.random(len(y)))]   # shuffled labels: errors remain,
+            # so gradients ~ 1e38 * lr overflow
+            clf.set_params(solver="sgd", learning_rate_init=1e3).fit(huge, noisy)
         finally:
             clf.set_params(**params)
 
