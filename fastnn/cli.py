@@ -93,7 +93,9 @@ def _is_classification(y, task):
 
 def _estimator_params(args, n_samples):
     """Constructor parameters of the estimator from the command-line options."""
-    batch = args.batch_size or n_samples
+    if args.early_stopping:   # the whole training part, without the held-out rows
+        n_samples -= int(np.ceil(args.validation_fraction * n_samples))
+    batch = args.batch_size or max(n_samples, 1)
     patience = args.n_iter_no_change
     if patience is None:
         patience = 10 if args.early_stopping else max(args.epochs, 1)
