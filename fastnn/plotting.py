@@ -13,20 +13,44 @@ def _pyplot():
     return plt
 
 
+def _curves(source):
+    """(training loss, validation loss, validation score, score label) from a
+    Trainer History or a fitted MLPClassifier / MLPRegressor."""
+    if hasattr(source, "loss_curve_"):
+        scores = getattr(source, "validation_scores_", None) or []
+        label = "validation accuracy" if hasattr(source, "classes_") else "validation R^2"
+        return list(source.loss_curve_), [], list(scores), label
+    if hasattr(source, "loss") and hasattr(source, "val_loss"):
+        return list(source.loss), list(source.val_loss), [], ""
+    raise TypeError("plot_history needs a History (Trainer.fit) or a fitted estimator "
+                    f"(with loss_curve_); got {type(source).__name__}")
+
+
 def plot_history(history, path=None, ax=None):
-    """Plot training (and validation) loss per epoch; save to ``path`` if given."""
+    """Plot the training loss per epoch, and the validation loss (a Trainer
+    History) or validation score (an estimator fitted with early_stopping, on
+    a second axis); save to ``path`` if given.  Returns the loss axis."""
+    loss, val_loss, val_score, score_label = _curves(history)
     plt = _pyplot()
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = np.arange(1, len(history.loss) + 1)
-    ax.plot(epochs, history.loss, label="training loss")
-    if history.val_loss:
-        ax.plot(epochs, history.val_loss, label="validation loss")
+    epochs = np.arange(1, len(loss) + 1)
+    ax.plot(epochs, loss, label="training loss")
+    if val_loss:
+        ax.plot(epochs, val_loss, label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if val_score:
+        ax2 = ax.twinx()
+        ax2.plot(np.arange(1, len(val_score) + 1), val_score, color="tab:green",
+                 label=score_label)
+        ax2.set_ylabel(score_label)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels)
     if own and path is not None:
         fig.tight_layout()
         fig.savefig(path, dpi=100)

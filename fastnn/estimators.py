@@ -1,0 +1,860 @@
+"""scikit-learn-compatible ``MLPClassifier`` and ``MLPRegressor`` on fastnn's trainer.
+
+Parameter names and meanings follow ``sklearn.neural_network`` so that a
+script switches by changing its import.  The points where the arithmetic is
+defined by us rather than by scikit-learn:
+
+* ``alpha``: scikit-learn adds ``alpha / (2 * sw_sum) * sum ||W||^2`` to each
+  mini-batch's mean loss (``sw_sum`` = the batch's summed sample weight, i.e.
+  its row count without weights).  The trainer's objective is
+  ``mean loss + l2/2 * sum ||W||^2`` with one ``l2`` per epoch, so we pass
+  ``l2 = alpha / (batch_size * mean sample weight)``: identical for every full
+  mini-batch with unit weights; the last, shorter batch of an epoch gets the
+  full batch's (smaller) penalty instead of a larger one.
+* Initial weights: scikit-learn's Glorot-uniform draws (factor 6, 2 for
+  'logistic'), from ``numpy.random.RandomState(random_state)`` in the same
+  order, and the same per-epoch shuffling, so an integer ``random_state``
+  starts from the same weights and visits the rows in the same order as
+  scikit-learn.  Numbers still differ in rounding (float32 by default, other
+  summation order).
+* The early-stopping split is our own stratified shuffle split (same sizes as
+  scikit-learn's ``train_test_split``; not the same rows).
+* The reported loss of multi-output regression is ``1/2 mean_rows sum_outputs``
+  (scikit-learn also averages over outputs); gradients are the same.
+"""
+import contextlib
+import copy
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from . import _validation as V
+from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
+                      DataConversionWarning, NotFittedError, RegressorMixin)
+from .kernels import activations as act_k
+from .network import Network
+from .optimizers import SGD, Adam
+from .trainer import Trainer
+
+_SK_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid",
+                   "tanh": "tanh", "relu": "relu"}
+
+
+# ----------------------------------------------------------------- helpers
+def _check_random_state(seed):
+    """A RandomState from None (numpy's global one), an int or a RandomState."""
+    if seed is None:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return np.random.RandomState(int(seed))
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"random_state must be None, an int or a numpy RandomState; got {seed!r}")
+
+
+@contextlib.contextmanager
+def _num_threads(n):
+    """Run the block with ``n`` numba threads (None: all of numba's pool), then
+    restore the caller's setting."""
+    import numba
+    if n is None:
+        n = numba.config.NUMBA_NUM_THREADS
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _is_sparse(X):
+    return hasattr(X, "toarray") and hasattr(X, "nnz")
+
+
+def _feature_names(X):
+    """Column names of a data frame if they are all strings, else None."""
+    cols = getattr(X, "columns", None)
+    if cols is None or hasattr(X, "toarray"):
+        return None
+    names = np.asarray(list(cols), dtype=object)
+    if len(names) and all(isinstance(c, str) for c in names):
+        return names
+    return None
+
+
+def _as_2d_float(X, name, dtype):
+    """X as a C-contiguous 2-D float array, with scikit-learn's error wording
+    where its estimator checks look for it."""
+    if X is None:
+        raise ValueError(f"{name} is None; expected a 2-D array-like of numbers")
+    if _is_sparse(X):
+        raise TypeError(f"{name} is a sparse matrix; fastnn needs dense data: pass "
+                        f"{name}.toarray()")
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:
+        raise ValueError(f"{name} could not be read as a numeric array: {exc}") from None
+    if arr.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {arr.dtype}")
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name} must hold numbers ({exc})") from None
+    elif arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold numbers; got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"Expected a 2D array for {name}, got {arr.ndim}-D with shape "
+                         f"{arr.shape}. Reshape your data either using "
+                         "array.reshape(-1, 1) if your data has a single feature or "
+                         "array.reshape(1, -1) if it contains a single sample.")
+    if arr.shape[0] == 0:
+        raise ValueError(f"Found array with 0 sample(s) (shape={arr.shape}) while a "
+                         "minimum of 1 is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"Found array with 0 feature(s) (shape={arr.shape}) while a "
+                         "minimum of 1 is required.")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if not out.flags.writeable:
+        # numba compiles a separate (and here failing) specialisation for
+        # read-only arrays, e.g. memory-mapped data: hand it a private copy.
+        out = out.copy()
+    if not np.isfinite(out).all():
+        raise ValueError(f"Input {name} contains NaN or infinity (or values too large "
+                         f"for {np.dtype(dtype).name}).")
+    return out
+
+
+def _as_sample_weight(sample_weight, n):
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.dtype.kind not in "biuf" or w.shape != (n,):
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},): one number "
+                         "per sample")
+    w = w.astype(np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and >= 0")
+    if w.sum() <= 0:
+        raise ValueError("sample_weight must not be all zero")
+    return w
+
+
+def _stratified_split(n, strata, fraction, rng):
+    """(train, val) row indices: ceil(fraction * n) validation rows, drawn per
+    stratum in proportion to its size (largest remainders), or uniformly."""
+    n_val = int(math.ceil(fraction * n))
+    if strata is None:
+        perm = rng.permutation(n)
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    groups, inverse = np.unique(strata, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(groups))
+    exact = counts * n_val / n
+    take = np.floor(exact).astype(np.int64)
+    rest = n_val - take.sum()
+    take[np.argsort(-(exact - take), kind="stable")[:rest]] += 1
+    val = []
+    for g in range(len(groups)):
+        rows = np.flatnonzero(inverse == g)
+        val.append(rows[rng.permutation(len(rows))[:take[g]]])
+    val = np.sort(np.concatenate(val))
+    mask = np.ones(n, dtype=bool)
+    mask[val] = False
+    return np.flatnonzero(mask), val
+
+
+def _r2(y, pred, w):
+    y = y.astype(np.float64)
+    pred = pred.astype(np.float64)
+    w = np.ones(len(y)) if w is None else w
+    mean = np.average(y, axis=0, weights=w)
+    ss_res = (w[:, None] * (y - pred) ** 2).sum(axis=0)
+    ss_tot = (w[:, None] * (y - mean) ** 2).sum(axis=0)
+    safe = np.where(ss_tot > 0, ss_tot, 1.0)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / safe, np.where(ss_res > 0, 0.0, 1.0))
+    return float(r2.mean())
+
+
+class _Run:
+    """The mutable state of one fit call, built from copies so that the
+    estimator is only touched (in :meth:`commit`) once everything succeeded."""
+
+
+# ------------------------------------------------------------------- base
+class _BaseMLP(BaseEstimator):
+    """Shared fit / partial_fit machinery of the classifier and the regressor."""
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 n_iter_no_change=10, max_fun=15000, dtype="float32", n_threads=None,
+                 callbacks=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.dtype = dtype
+        self.n_threads = n_threads
+        self.callbacks = callbacks
+
+    # ------------------------------------------------------- validation
+    def _checked_params(self):
+        """Every hyperparameter checked (nothing is changed); returns a dict."""
+        p = {}
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):
+            sizes = [sizes]
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes must be an int or a sequence of ints; "
+                             f"got {self.hidden_layer_sizes!r}") from None
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+                raise ValueError(f"hidden_layer_sizes must hold integers >= 1; got "
+                                 f"{self.hidden_layer_sizes!r}")
+        p["sizes"] = [int(s) for s in sizes]
+        acts = [self.activation] * len(sizes) if isinstance(self.activation, str) \
+            else list(self.activation) if isinstance(self.activation, (list, tuple)) else None
+        if acts is None or len(acts) != len(sizes) or not all(
+                isinstance(a, str) and a in _SK_ACTIVATIONS for a in acts):
+            raise ValueError(f"activation must be one of {sorted(_SK_ACTIVATIONS)} or a "
+                             f"list of them, one per hidden layer ({len(sizes)}); got "
+                             f"{self.activation!r}")
+        p["activations"] = [_SK_ACTIVATIONS[a] for a in acts]
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' is not implemented in fastnn; use "
+                             "solver='adam' or solver='sgd'")
+        if self.solver not in ("sgd", "adam"):
+            raise ValueError(f"solver must be 'sgd' or 'adam'; got {self.solver!r}")
+        p["alpha"] = V.check_float(self.alpha, "alpha", low=0.0)
+        if self.batch_size != "auto":
+            V.check_positive_int(self.batch_size, "batch_size")
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or "
+                             f"'adaptive'; got {self.learning_rate!r}")
+        V.check_float(self.learning_rate_init, "learning_rate_init", low=0.0, low_open=True)
+        V.check_float(self.power_t, "power_t", low=0.0)
+        V.check_positive_int(self.max_iter, "max_iter")
+        V.check_float(self.tol, "tol", low=0.0)
+        V.check_float(self.momentum, "momentum", low=0.0, high=1.0)
+        V.check_float(self.validation_fraction, "validation_fraction", low=0.0, high=1.0,
+                      low_open=True, high_open=True)
+        V.check_float(self.beta_1, "beta_1", low=0.0, high=1.0, high_open=True)
+        V.check_float(self.beta_2, "beta_2", low=0.0, high=1.0, high_open=True)
+        V.check_float(self.epsilon, "epsilon", low=0.0, low_open=True)
+        V.check_positive_int(self.n_iter_no_change, "n_iter_no_change")
+        V.check_positive_int(self.max_fun, "max_fun")
+        for flag in ("shuffle", "verbose", "warm_start", "nesterovs_momentum",
+                     "early_stopping"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_, numbers.Integral)):
+                raise ValueError(f"{flag} must be a bool; got {getattr(self, flag)!r}")
+        p["dtype"] = V.check_dtype(self.dtype)
+        if self.n_threads is not None:
+            import numba
+            V.check_positive_int(self.n_threads, "n_threads")
+            if self.n_threads > numba.config.NUMBA_NUM_THREADS:
+                raise ValueError(f"n_threads must be <= {numba.config.NUMBA_NUM_THREADS} "
+                                 f"(numba's thread pool); got {self.n_threads}")
+        cbs = () if self.callbacks is None else self.callbacks
+        if callable(cbs):
+            cbs = (cbs,)
+        if not all(callable(cb) for cb in cbs):
+            raise ValueError("callbacks must be a function or a list of functions "
+                             "f(logs) -> bool")
+        p["callbacks"] = tuple(cbs)
+        p["rng"] = _check_random_state(self.random_state)
+        return p
+
+    def _check_fitted(self):
+        if not hasattr(self, "_network"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. "
+                                 "Call 'fit' with appropriate arguments before using this "
+                                 "estimator.")
+
+    def _check_X_predict(self, X):
+        self._check_fitted()
+        names = _feature_names(X)
+        fitted = getattr(self, "feature_names_in_", None)
+        if fitted is not None and names is None:
+            warnings.warn(f"X does not have valid feature names, but {type(self).__name__} "
+                          "was fitted with feature names", UserWarning)
+        elif fitted is None and names is not None:
+            warnings.warn(f"X has feature names, but {type(self).__name__} was fitted "
+                          "without feature names", UserWarning)
+        elif fitted is not None and not np.array_equal(names, fitted):
+            raise ValueError("The feature names should match those that were passed "
+                             "during fit.")
+        X = _as_2d_float(X, "X", self._network.dtype)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input.")
+        return X
+
+    def _forward(self, X):
+        X = self._check_X_predict(X)
+        with _num_threads(self.n_threads):
+            return self._network.forward(X)
+
+    # -------------------------------------------------------------- fit
+    def fit(self, X, y, sample_weight=None):
+        """Train on (X, y) for up to ``max_iter`` epochs; returns self.
+
+        With ``warm_start=True`` a fitted model continues from its weights.
+        A call that raises leaves the estimator exactly as it was.
+        """
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def _fit(self, X, y, sample_weight, incremental, classes=None):
+        p = self._checked_params()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                             "target y is None.")
+        names = _feature_names(X)
+        X = _as_2d_float(X, "X", p["dtype"])
+        reuse = hasattr(self, "_network") and (incremental or bool(self.warm_start))
+        if reuse:
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} "
+                                 f"is expecting {self.n_features_in_} features as input.")
+            if (list(self._network.sizes[1:-1]) != p["sizes"]
+                    or list(self._network.activations) != p["activations"]):
+                raise ValueError("hidden_layer_sizes or activation changed since the last "
+                                 "fit; fit with warm_start=False to start a new network")
+            if p["dtype"] != self._network.dtype:
+                raise ValueError(f"dtype changed from {self._network.dtype.name} to "
+                                 f"{p['dtype'].name}; refit without warm_start")
+        target = self._encode_targets(y, X.shape[0], p["dtype"], reuse, incremental, classes)
+        w = _as_sample_weight(sample_weight, X.shape[0])
+        w = self._apply_class_weight(w, target, incremental)
+        with _num_threads(self.n_threads):
+            run = self._train(X, target, w, p, reuse, incremental)
+        self._commit(run, target, names)
+        return self
+
+    def _build_network(self, n_features, n_outputs, p, rng, output):
+        """A new network with scikit-learn's Glorot-uniform initial weights drawn
+        from ``rng`` in scikit-learn's order (W then b, layer by layer)."""
+        sizes = [n_features, *p["sizes"], n_outputs]
+        net = Network(sizes, activation=p["activations"], output=output,
+                      dtype=p["dtype"], seed=0)
+        for l in range(net.n_layers):
+            W, b = net._view(l)
+            fan_in, fan_out = W.shape
+            # scikit-learn picks the factor from the (single) activation name.
+            factor = 2.0 if self.activation == "logistic" else 6.0
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            W[...] = rng.uniform(-bound, bound, (fan_in, fan_out))
+            b[...] = rng.uniform(-bound, bound, fan_out)
+        return net
+
+    def _make_optimizer(self, lr):
+        if self.solver == "adam":
+            return Adam(lr=lr, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+        return SGD(lr=lr, momentum=self.momentum, nesterov=bool(self.nesterovs_momentum))
+
+    def _train(self, X, target, w, p, reuse, incremental):
+        """All training on copies; returns the _Run to commit."""
+        T = target["T"]
+        n_out = T.shape[1]
+        run = _Run()
+        if reuse:
+            run.rng = copy.deepcopy(self._rng) if incremental else p["rng"]
+            run.net = self._network.copy()
+            run.loss_curve = list(self.loss_curve_)
+            run.t = self.t_
+            run.best_loss = self.best_loss_
+            run.val_scores = None if self.validation_scores_ is None \
+                else list(self.validation_scores_)
+            run.best_val = self.best_validation_score_
+            run.no_improve = self._no_improvement_count
+        else:
+            run.rng = p["rng"]
+            run.net = self._build_network(X.shape[1], n_out, p, run.rng,
+                                          target["output_name"])
+            run.loss_curve, run.t = [], 0
+            run.no_improve = 0
+            run.best_loss = None if self.early_stopping else np.inf
+            run.val_scores = [] if self.early_stopping else None
+            run.best_val = -np.inf if self.early_stopping else None
+        net = run.net
+        if self.early_stopping and run.val_scores is None:   # warm start switched it on
+            run.val_scores, run.best_val, run.best_loss = [], -np.inf, None
+        if not self.early_stopping and run.best_loss is None:
+            run.best_loss, run.val_scores, run.best_val = np.inf, None, None
+        # The early-stopping split (stratified for single-label classification).
+        if self.early_stopping:
+            strata = target.get("indices")
+            tr, va = _stratified_split(X.shape[0], strata, self.validation_fraction, run.rng)
+            if len(va) < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            X_val, T_val = X[va], T[va]
+            w_val = None if w is None else w[va]
+            X, T = X[tr], T[tr]
+            w = None if w is None else w[tr]
+        n = X.shape[0]
+        batch = min(200, n) if self.batch_size == "auto" else self.batch_size
+        if batch > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                          "It is going to be clipped")
+            batch = n
+        w_full = np.ones(n, dtype=net.dtype) if w is None else w.astype(net.dtype)
+        mean_w = float(w_full.mean()) if w is not None else 1.0
+        # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
+        l2 = p["alpha"] / (batch * mean_w)
+        prev = getattr(self, "_trainer", None) if incremental else None
+        lr = prev.optimizer.lr if prev is not None else float(self.learning_rate_init)
+        trainer = Trainer(net, optimizer=self._make_optimizer(lr), batch_size=batch, l2=l2,
+                          shuffle=False, seed=None)
+        if prev is not None:   # partial_fit keeps the optimizer state (as scikit-learn)
+            np.copyto(trainer.state1, prev.state1)
+            np.copyto(trainer.state2, prev.state2)
+            trainer.steps = prev.steps
+        run.trainer = trainer
+        # Buffers for the shuffled copy of the data, allocated once per fit.
+        Xs, Ts, ws = np.empty_like(X), np.empty_like(T), np.empty_like(w_full)
+        order = np.arange(n)
+        best_params = net.params.copy()
+        start = (net.params.copy(), trainer.state1.copy(), trainer.state2.copy())
+        epochs = 1 if incremental else int(self.max_iter)
+        bar = self._progress_bar(epochs) if self.verbose else None
+        run.n_iter = 0
+        stopped = False
+        try:
+            for _ in range(epochs):
+                np.copyto(start[0], net.params)
+                np.copyto(start[1], trainer.state1)
+                np.copyto(start[2], trainer.state2)
+                steps0 = trainer.steps
+                try:
+                    if self.shuffle:   # scikit-learn's utils.shuffle on the running order
+                        perm = np.arange(n)
+                        run.rng.shuffle(perm)
+                        order = order[perm]
+                        np.take(X, order, axis=0, out=Xs)
+                        np.take(T, order, axis=0, out=Ts)
+                        np.take(w_full, order, out=ws)
+                        loss, acc, finite = trainer.run_epoch(Xs, Ts, ws)
+                    else:
+                        loss, acc, finite = trainer.run_epoch(X, T, w_full)
+                except KeyboardInterrupt:
+                    np.copyto(net.params, start[0])
+                    np.copyto(trainer.state1, start[1])
+                    np.copyto(trainer.state2, start[2])
+                    trainer.steps = steps0
+                    raise
+                if not finite or not np.isfinite(net.params).all():
+                    raise ValueError("Solver produced non-finite parameter weights. The "
+                                     "input data may contain large values and need to be "
+                                     "preprocessed (or lower learning_rate_init).")
+                run.n_iter += 1
+                run.t += n
+                run.loss_curve.append(float(loss))
+                # accuracy: on the training rows as they were trained (None for
+                # regression; for multi-label, of every label at once).
+                logs = {"epoch": len(run.loss_curve), "loss": float(loss), "accuracy": acc,
+                        "learning_rate": trainer.optimizer.lr, "network": net}
+                if self.early_stopping:
+                    score = self._score_outputs(net.forward(X_val), T_val, w_val,
+                                                target["kind"])
+                    run.val_scores.append(score)
+                    logs["validation_score"] = score
+                    run.no_improve = run.no_improve + 1 \
+                        if score < run.best_val + self.tol else 0
+                    if score > run.best_val:
+                        run.best_val = score
+                        np.copyto(best_params, net.params)
+                else:
+                    run.no_improve = run.no_improve + 1 \
+                        if loss > run.best_loss - self.tol else 0
+                    run.best_loss = min(run.best_loss, float(loss))
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    trainer.optimizer.lr = float(self.learning_rate_init) / \
+                        (run.t + 1) ** float(self.power_t)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.6f}")
+                    bar.update(1)
+                elif self.verbose:   # no tqdm: scikit-learn's line per epoch
+                    print(f"Iteration {len(run.loss_curve)}, loss = {loss:.8f}")
+                if any(bool(cb(logs)) for cb in p["callbacks"]):
+                    stopped = True
+                    break
+                if run.no_improve > self.n_iter_no_change:
+                    if (self.solver == "sgd" and self.learning_rate == "adaptive"
+                            and trainer.optimizer.lr > 1e-6):
+                        trainer.optimizer.lr /= 5.0   # scikit-learn's adaptive schedule
+                        run.no_improve = 0
+                    else:
+                        stopped = True
+                        break
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user; the model holds the state after "
+                          f"epoch {len(run.loss_curve)}.")
+            stopped = True
+        finally:
+            if bar is not None:
+                bar.close()
+        if not incremental and not stopped and run.n_iter == self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                          "reached and the optimization hasn't converged yet.",
+                          ConvergenceWarning)
+        if self.early_stopping and run.val_scores:
+            np.copyto(net.params, best_params)   # restore the best validation weights
+        return run
+
+    @staticmethod
+    def _progress_bar(total):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, unit="epoch")
+
+    def _commit(self, run, target, names):
+        """Publish a successful run's results (nothing before this touches self)."""
+        net = run.net
+        self._network = net
+        self._trainer = run.trainer
+        self._rng = run.rng
+        self.coefs_ = net.weights
+        self.intercepts_ = net.biases
+        self.n_iter_ = run.n_iter
+        self.t_ = run.t
+        self.loss_curve_ = run.loss_curve
+        self.loss_ = run.loss_curve[-1] if run.loss_curve else None
+        self.best_loss_ = run.best_loss
+        self.validation_scores_ = run.val_scores
+        self.best_validation_score_ = run.best_val
+        self._no_improvement_count = run.no_improve
+        self.n_features_in_ = net.sizes[0]
+        self.n_layers_ = len(net.sizes)
+        self.n_outputs_ = target["n_outputs"]
+        self.out_activation_ = target["out_activation"]
+        for key, value in target.get("fitted", {}).items():
+            setattr(self, key, value)
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    # ------------------------------------------------------ persistence
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") \
+            else self.__dict__.copy()
+        state = dict(state)
+        state.pop("coefs_", None)       # views into the network: rebuilt on load
+        state.pop("intercepts_", None)
+        if state.get("_trainer") is not None:
+            trainer = copy.copy(state["_trainer"])
+            trainer._workspace = None   # scratch buffers, rebuilt on demand
+            state["_trainer"] = trainer
+        return state
+
+    def __setstate__(self, state):
+        if hasattr(super(), "__setstate__"):
+            super().__setstate__(state)
+        else:
+            self.__dict__.update(state)
+        if "_network" in self.__dict__:
+            self.coefs_ = self._network.weights
+            self.intercepts_ = self._network.biases
+
+    def save(self, path):
+        """Write the fitted estimator to ``path`` in fastnn's model format
+        (``.npz`` + JSON header, no pickle, written atomically); see
+        :mod:`fastnn._estimator_io`."""
+        from ._estimator_io import save_estimator
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """An estimator read from a file written by :meth:`save`; raises
+        ModelFileError on a file that is not one (or holds another estimator)."""
+        from ._estimator_io import load_estimator
+        return load_estimator(path, expected=cls)
+
+
+# ------------------------------------------------------------ classifier
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier, a drop-in for scikit-learn's.
+
+    Same parameters as ``sklearn.neural_network.MLPClassifier`` (solver
+    'adam' or 'sgd'; 'lbfgs' raises ValueError), plus:
+
+    dtype : 'float32' (default) or 'float64', the arithmetic of training and
+        prediction.
+    n_threads : int or None, numba threads during fit / predict (None: all).
+    activation : a name or a list of names, one per hidden layer.
+    class_weight : None, 'balanced' or a dict label -> weight, multiplied
+        into ``sample_weight``.
+    callbacks : functions ``f(logs)`` called after each epoch with a dict
+        (``epoch``, ``loss``, ``accuracy`` (on the training rows during the
+        epoch), ``learning_rate``, ``validation_score`` when early stopping,
+        ``network``); returning True stops training.
+
+    Binary targets train one logistic output, multi-class ones a softmax,
+    a 2-D 0/1 ``y`` (multi-label) one logistic output per label.
+    """
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 n_iter_no_change=10, max_fun=15000, dtype="float32", n_threads=None,
+                 callbacks=None, class_weight=None):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads, callbacks=callbacks)
+        self.class_weight = class_weight
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _encode_targets(self, y, n, dtype, reuse, incremental, classes):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn("A column-vector y was passed when a 1d array was expected. "
+                          "Please change the shape of y to (n_samples, ), for example "
+                          "using ravel().", DataConversionWarning, stacklevel=4)
+            y = y.ravel()
+        if y.shape[0] != n:
+            raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                             f"[{n}, {y.shape[0]}]")
+        if y.ndim == 2:
+            if y.dtype.kind not in "biuf" or not np.isin(y, (0, 1)).all():
+                raise ValueError("Unknown label type: a 2-D y must be a 0/1 multi-label "
+                                 "indicator matrix (multiclass-multioutput is not "
+                                 "supported)")
+            labels = np.arange(y.shape[1])
+            kind = "multilabel"
+        elif y.ndim == 1:
+            if y.dtype.kind == "f":
+                if not np.isfinite(y).all():
+                    raise ValueError("Input y contains NaN or infinity.")
+                if np.any(y != np.round(y)):
+                    raise ValueError("Unknown label type: continuous. Classification "
+                                     "needs discrete labels (use MLPRegressor for "
+                                     "continuous targets).")
+            if y.dtype.kind == "O":
+                kinds = {type(v) for v in y}
+                if len({str in k.__mro__ for k in kinds}) > 1:
+                    raise ValueError("Unknown label type: y mixes strings and numbers")
+            try:
+                labels = np.unique(y)
+            except TypeError as exc:
+                raise ValueError(f"Unknown label type: labels cannot be sorted ({exc})") \
+                    from None
+            kind = None
+        else:
+            raise ValueError(f"y must be 1-D labels or a 2-D indicator matrix; got shape "
+                             f"{y.shape}")
+        if reuse:
+            known = self.classes_
+            if kind == "multilabel" or self._kind == "multilabel":
+                if kind != self._kind or len(labels) != len(known):
+                    raise ValueError("y does not match the labels of the previous fit")
+            elif incremental:
+                if not np.isin(labels, known).all():
+                    raise ValueError(f"y holds labels {np.setdiff1d(labels, known)} that "
+                                     f"are not in classes_ {known}")
+            elif not np.array_equal(labels, known):
+                raise ValueError("warm_start can only be used where `y` has the same "
+                                 "classes as in the previous call to fit. Previously got "
+                                 f"{known}, `y` has {labels}")
+            classes_ = known
+            kind = self._kind
+        else:
+            if incremental and kind != "multilabel":
+                if classes is None:
+                    raise ValueError("classes must be passed on the first call to "
+                                     "partial_fit.")
+                classes_ = np.unique(np.asarray(classes))
+                if not np.isin(labels, classes_).all():
+                    raise ValueError(f"`classes={classes_}` does not hold every label of y "
+                                     f"({labels})")
+            else:
+                classes_ = labels
+            if kind != "multilabel":
+                if len(classes_) < 2:
+                    raise ValueError(f"{type(self).__name__} needs samples of at least 2 "
+                                     f"classes in the data, but the data contains only 1 "
+                                     f"class: {classes_[0]!r}")
+                kind = "binary" if len(classes_) == 2 else "multiclass"
+        target = {"kind": kind}
+        if kind == "multilabel":
+            T = np.ascontiguousarray(y, dtype=dtype)
+            target["indices"] = None
+            target["n_outputs"] = y.shape[1]
+            target["label_dtype"] = y.dtype
+        else:
+            idx = np.searchsorted(classes_, y)
+            target["indices"] = idx
+            if kind == "binary":
+                T = (idx == 1).astype(dtype).reshape(-1, 1)
+            else:
+                T = np.zeros((n, len(classes_)), dtype=dtype)
+                T[np.arange(n), idx] = 1
+            target["n_outputs"] = 1
+        target["T"] = T
+        target["out_activation"] = "softmax" if kind == "multiclass" else "logistic"
+        target["output_name"] = "softmax" if kind == "multiclass" else "sigmoid"
+        target["fitted"] = {"classes_": classes_, "_kind": kind,
+                            "_label_dtype": target.get("label_dtype", np.dtype(np.int64))}
+        return target
+
+    def _apply_class_weight(self, w, target, incremental):
+        cw = self.class_weight
+        if cw is None:
+            return w
+        if target["kind"] == "multilabel":
+            raise ValueError("class_weight is not supported for multi-label y")
+        classes = target["fitted"]["classes_"]
+        idx = target["indices"]
+        if isinstance(cw, str) and cw == "balanced":
+            if incremental:
+                raise ValueError("class_weight='balanced' needs the whole data set; pass a "
+                                 "dict to partial_fit")
+            counts = np.bincount(idx, minlength=len(classes)).astype(np.float64)
+            per_class = np.where(counts > 0, len(idx) / (len(classes) *
+                                                         np.maximum(counts, 1)), 0.0)
+        elif isinstance(cw, dict):
+            per_class = np.ones(len(classes))
+            for label, weight in cw.items():
+                hit = np.flatnonzero(classes == label) if np.ndim(classes == label) else []
+                if len(hit) == 0:
+                    raise ValueError(f"class_weight names label {label!r}, not in "
+                                     f"classes_ {classes}")
+                per_class[hit[0]] = V.check_float(weight, f"class_weight[{label!r}]",
+                                                  low=0.0)
+        else:
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict; got {cw!r}")
+        cwv = per_class[idx]
+        w = cwv if w is None else w * cwv
+        if w.sum() <= 0:
+            raise ValueError("class_weight and sample_weight leave no positive weight")
+        return w
+
+    def _score_outputs(self, out, T, w, kind):
+        if kind == "multilabel":
+            hit = np.all((out > 0.5) == (T > 0.5), axis=1)
+        elif T.shape[1] == 1:
+            hit = (out[:, 0] > 0.5) == (T[:, 0] > 0.5)
+        else:
+            hit = out.argmax(axis=1) == T.argmax(axis=1)
+        return float(np.average(hit, weights=w))
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over (X, y), continuing from the current state (optimizer
+        included).  ``classes`` (every label) is required on the first call."""
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes) (labels for multi-label)."""
+        out = self._forward(X)
+        if self._kind == "binary":
+            p = out[:, 0]
+            return np.column_stack([1 - p, p])
+        return out
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Predicted labels (from ``classes_``), or the 0/1 matrix for multi-label."""
+        out = self._forward(X)
+        if self._kind == "multilabel":
+            return (out > 0.5).astype(self._label_dtype)
+        if self._kind == "binary":
+            return self.classes_[(out[:, 0] > 0.5).astype(np.int64)]
+        return self.classes_[out.argmax(axis=1)]
+
+
+# ------------------------------------------------------------- regressor
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor (squared error, identity output), a
+    drop-in for scikit-learn's; parameters as :class:`MLPClassifier` without
+    ``class_weight``.  ``y`` may be 1-D or 2-D (several outputs)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _encode_targets(self, y, n, dtype, reuse, incremental, classes):
+        y = np.asarray(y)
+        if y.dtype.kind == "O":
+            try:
+                y = y.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"y must hold numbers ({exc})") from None
+        if y.dtype.kind not in "biuf":
+            raise ValueError(f"y must hold numbers; got dtype {y.dtype}")
+        if y.ndim not in (1, 2) or y.shape[0] != n:
+            raise ValueError(f"Found input variables with inconsistent numbers of samples "
+                             f"or a bad y shape: X has {n} rows, y has shape {y.shape}")
+        T = np.ascontiguousarray(y.reshape(n, -1), dtype=dtype)
+        if not np.isfinite(T).all():
+            raise ValueError("Input y contains NaN or infinity.")
+        if reuse and T.shape[1] != self._network.sizes[-1]:
+            raise ValueError(f"y has {T.shape[1]} outputs; the fitted model has "
+                             f"{self._network.sizes[-1]}")
+        n_outputs = 1 if y.ndim == 1 else y.shape[1]
+        return {"T": T, "indices": None, "n_outputs": n_outputs, "kind": "regression",
+                "out_activation": "identity", "output_name": "linear", "fitted": {}}
+
+    def _apply_class_weight(self, w, target, incremental):
+        return w
+
+    def _score_outputs(self, out, T, w, kind):
+        return _r2(T, out, w)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing from the current state."""
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predicted values: shape (n_samples,) for one output, else (n_samples, n_outputs)."""
+        # float64 like scikit-learn's regressors, whatever the training dtype.
+        out = self._forward(X).astype(np.float64)
+        return out.ravel() if self.n_outputs_ == 1 and out.shape[1] == 1 else out
