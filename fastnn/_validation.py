@@ -77,6 +77,10 @@ def as_float_matrix(X, name, dtype, n_features=None):
         raise ValueError(f"{name} has {arr.shape[1]} features, but the model expects "
                          f"{n_features}")
     out = np.ascontiguousarray(arr, dtype=dtype)
+    if not out.flags.writeable:
+        # numba types read-only arrays (e.g. memory-mapped files) separately and
+        # the kernels' workspaces are writable: hand them a private copy.
+        out = out.copy()
     if not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or infinity (or values too large for {dtype.name})")
     return out

@@ -128,3 +128,14 @@ def test_inconvenient_input_is_converted_to_the_same_result(form):
     assert trainer.network.params.tobytes() == reference.network.params.tobytes()
     np.testing.assert_array_equal(trainer.network.predict_proba(X),
                                   reference.network.predict_proba(GOOD_X))
+
+
+def test_read_only_input_is_accepted(tmp_path):
+    """Memory-mapped data arrives read-only; fit and predict must take it."""
+    path = tmp_path / "X.npy"
+    np.save(path, GOOD_X)
+    X = np.load(path, mmap_mode="r")
+    assert not X.flags.writeable
+    trainer = trained_trainer()
+    trainer.fit(X, GOOD_Y, epochs=1)
+    assert trainer.network.predict_proba(X).shape == (4, 2)
