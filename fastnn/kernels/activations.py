@@ -78,18 +78,6 @@ def scale_by_derivative(delta, A, code):
 
 
 @jit
-def activate(z, code):
-    """h(z) for one element (the forward product's epilogue)."""
-    if code == RELU:
-        return max(z, type(z)(0))
-    if code == SIGMOID:
-        return sigmoid(z)
-    if code == TANH:
-        return np.tanh(z)
-    return z
-
-
-@jit
 def times_derivative(d, a, code):
     """d * h'(z) for one element, from the output a = h(z) (the backward
     epilogue); relu selects rather than multiplies, like scale_by_derivative."""

@@ -1,5 +1,11 @@
 """Loop-level matrix products: the three shapes that training needs.
 
+Two families live here.  ``gemm_nn`` / ``gemm_tn_acc`` / ``gemm_nt`` below are
+the simple row-streaming loops (used by prediction).  ``gemm_abt`` further down
+is the packed, K-blocked kernel with an 8x4 register tile and fused epilogues
+that the training step uses for all three products (see its section comment).
+
+
 With rows as samples, a dense layer with weights ``W`` (k x n) needs
 
 * ``gemm_nn``     C  = A W      forward:   z = a W           (m x k)(k x n)
@@ -94,8 +100,11 @@ def gemm_nt(D, W, C):
 #   forward   z  = a W        -> gemm_abt(a, W^T, z)     W^T packed once per step
 #   gradient  dW += a^T delta -> gemm_abt(a^T, delta^T, dW)  a, delta transposed
 #   backward  dA = delta W^T  -> gemm_abt(delta, W, dA)  no packing needed
-# and the epilogue (applied once, after the last K block) fuses the
-# elementwise work that would otherwise be another pass over C:
+# and the epilogue, run on each 8-row strip of C right after its last K block
+# (while the strip is in L1), does the elementwise work that would otherwise
+# be another pass over C in memory (applying it per element inside the tile
+# was tried first: the branchy epilogue code around the 32 live accumulators
+# made the whole kernel about 10x slower, so it runs per strip instead):
 #   EPI_STORE      C = acc           (or C += acc with ``accumulate``)
 #   EPI_BIAS_ACT   C = h(acc + b)    forward: bias and activation
 #   EPI_DERIV      C = acc * h'(H)   backward: derivative from the outputs H
