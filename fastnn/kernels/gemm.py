@@ -268,14 +268,14 @@ def gemm_abt(A, BT, C, K, accumulate, mode, code, bias, H):
             for i in range(M):
                 for j in range(N):
                     C[i, j] = C.dtype.type(0)
-        _epilogue_rows(C, 0, M, mode, code, bias, H)
+        _epilogue_rows(C, np.int64(0), M, mode, code, bias, H)
         return
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)
         last = k1 == K
         for i0 in range(0, M, MR):
             i1 = min(M, i0 + MR)
-            _block(A, BT, C, i0, i1, k0, k1, accumulate or k0 > 0)
+            _block(A, BT, C, i0, i1, k0, k1, accumulate != 0 or k0 > 0)
             if last and mode != EPI_STORE:
                 _epilogue_rows(C, i0, i1, mode, code, bias, H)
 

@@ -89,6 +89,12 @@ def forward_backward(params, offs, dims, acts, output, X, T, w, scale,
     return loss, correct
 
 
+# Flags passed to gemm_abt as typed int64 values rather than literal constants:
+# numba compiles one specialisation per distinct literal argument, and every
+# extra copy of the GEMM costs cold-start compile time.
+NO_ACC = np.int64(0)
+
+
 @jit
 def pack_weights_t(params, offs, dims, WT):
     """WT_l = W_l^T for every layer, at the same offsets as in ``params``.
@@ -120,7 +126,7 @@ def forward_packed(params, WT, offs, dims, acts, X, act_ws, act_off):
         WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
         Z = act_ws[act_off[l]:act_off[l] + m * n].reshape((m, n))
         code = acts[l] if l < n_layers - 1 else IDENTITY
-        gemm_abt(a, WT_l, Z, k, False, EPI_BIAS_ACT, code, b, Z)
+        gemm_abt(a, WT_l, Z, k, NO_ACC, np.int64(EPI_BIAS_ACT), code, b, Z)
         a = Z
     return a
 
@@ -152,12 +158,13 @@ def forward_backward_packed(params, WT, offs, dims, acts, output, X, T, w, scale
         dT = tr_ws[1, :n * m].reshape((n, m))
         pack_transpose(a_in, aT, m, k)
         pack_transpose_colsum(delta, dT, m, n, gb)      # dL/db_l += sum_i delta_l[i, :]
-        gemm_abt(aT, dT, gW, m, True, EPI_STORE, IDENTITY, gb, gW)  # dW_l += a^T delta
+        # dL/dW_l += a_{l-1}^T delta_l
+        gemm_abt(aT, dT, gW, m, np.int64(1), np.int64(EPI_STORE), np.int64(IDENTITY), gb, gW)
         if l > 0:
             W, _ = layer_weights(params, offs, dims, l)
             nxt = delta_ws[(n_layers - 1 - l) % 2, :m * k].reshape((m, k))
             # delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}), h' in the epilogue
-            gemm_abt(delta, W, nxt, n, False, EPI_DERIV, acts[l - 1], gb, a_in)
+            gemm_abt(delta, W, nxt, n, NO_ACC, np.int64(EPI_DERIV), acts[l - 1], gb, a_in)
             delta = nxt
     return loss, correct
 
