@@ -1,7 +1,8 @@
 """Loop-level matrix products: the three shapes that training needs.
 
 Two families live here.  ``gemm_nn`` / ``gemm_tn_acc`` / ``gemm_nt`` below are
-the simple row-streaming loops (used by prediction).  ``gemm_abt`` further down
+the simple row-streaming loops (``gemm_nn`` serves prediction; the other two
+are kept, tested, as the plain forms of the training products).  ``gemm_abt`` further down
 is the packed, K-blocked kernel with an 8x4 register tile and fused epilogues
 that the training step uses for all three products (see its section comment).
 

@@ -13,9 +13,9 @@ import numpy as np
 from numba import prange
 
 from .._jit import jit, pjit
-from .activations import IDENTITY, add_bias_activate, scale_by_derivative
-from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, gemm_abt, gemm_nn, gemm_nt, gemm_tn_acc,
-                   pack_transpose, pack_transpose_colsum)
+from .activations import IDENTITY, add_bias_activate
+from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, gemm_abt, gemm_nn, pack_transpose,
+                   pack_transpose_colsum)
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
 
@@ -53,40 +53,6 @@ def forward(params, offs, dims, acts, X, act_ws, act_off):
         add_bias_activate(Z, b, acts[l] if l < n_layers - 1 else IDENTITY)
         a = Z
     return a
-
-
-@jit
-def forward_backward(params, offs, dims, acts, output, X, T, w, scale,
-                     act_ws, act_off, delta_ws, grad):
-    """Accumulate the gradient of the rows (X, T, w) into ``grad``.
-
-    Returns (weighted loss sum, correct predictions).  ``scale`` is one over
-    the weight of the whole mini-batch, so shard gradients add up to the
-    batch gradient.
-    """
-    n_layers = dims.shape[0] - 1
-    m = X.shape[0]
-    delta = forward(params, offs, dims, acts, X, act_ws, act_off)
-    loss, correct = loss_grad(delta, T, w, scale, output)  # delta_L, in place
-    for l in range(n_layers - 1, -1, -1):
-        k = dims[l]
-        n = dims[l + 1]
-        if l == 0:
-            a_in = X
-        else:
-            a_in = act_ws[act_off[l - 1]:act_off[l - 1] + m * k].reshape((m, k))
-        gW, gb = layer_weights(grad, offs, dims, l)
-        gemm_tn_acc(a_in, delta, gW)          # dL/dW_l += a_{l-1}^T delta_l
-        for i in range(m):                    # dL/db_l += sum_i delta_l[i, :]
-            for j in range(n):
-                gb[j] += delta[i, j]
-        if l > 0:
-            W, _ = layer_weights(params, offs, dims, l)
-            nxt = delta_ws[(n_layers - 1 - l) % 2, :m * k].reshape((m, k))
-            gemm_nt(delta, W, nxt)            # delta_{l-1} = delta_l W_l^T
-            scale_by_derivative(nxt, a_in, acts[l - 1])  # ... * h'(a_{l-1})
-            delta = nxt
-    return loss, correct
 
 
 # Flags passed to gemm_abt as typed int64 values rather than literal constants:
@@ -136,8 +102,7 @@ def forward_backward_packed(params, WT, offs, dims, acts, output, X, T, w, scale
                             act_ws, act_off, delta_ws, tr_ws, grad):
     """Accumulate the gradient of the rows (X, T, w) into ``grad`` (packed GEMM).
 
-    The same arithmetic as forward_backward, with the products done by
-    gemm_abt: the loss gradient is written over the logits (delta_L in place),
+    The products are done by gemm_abt: the loss gradient is written over the logits (delta_L in place),
     the bias gradient is summed while delta is packed transposed, and h' is the
     backward product's epilogue.  tr_ws[0] holds a_{l-1}^T, tr_ws[1] delta^T.
     Returns (weighted loss sum, correct predictions).
