@@ -4,7 +4,20 @@ Every compiled function in the package is decorated with :func:`jit` (serial) or
 :func:`pjit` (uses ``prange``).  Keeping the options here means one edit changes
 them everywhere, and the on-disk cache key stays consistent.
 """
-import numba
+import os
+
+# numba's 'omp' threading layer (GNU OpenMP) spins its idle threads by default.
+# When anything else wants the cores -- the user's NumPy/OpenBLAS threads, another
+# process -- the spinning threads and the working ones fight, and a training
+# step with two parallel regions per batch collapsed (measured on the 2-core
+# machine: spiral 2-100-3 at 2 threads fell from ~1.3-2.0 M to 17-27 k
+# samples/s under load; with passive waiting it kept 1.3-2.0 M).  libgomp reads
+# this when it is loaded, which numba does lazily at the first parallel call,
+# so setting it here (before any fastnn kernel runs) is in time; setdefault
+# keeps a value the user chose.  No effect if libgomp was loaded earlier.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
 
 # fastmath without 'nnan'/'ninf': the reductions may be reassociated (that is
 # what lets LLVM vectorise dot products) and multiply-adds contracted to FMA,

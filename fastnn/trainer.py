@@ -85,6 +85,10 @@ class Workspace:
         self.act_off = cap * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
         self.act_ws = np.empty((max_shards, cap * int(widths.sum())), dtype=dt)
         self.delta_ws = np.empty((max_shards, 2, cap * int(network._dims.max())), dtype=dt)
+        # per shard: a_{l-1}^T and delta_l^T, packed for the dW product
+        self.tr_ws = np.empty((max_shards, 2, cap * int(network._dims.max())), dtype=dt)
+        # W^T of every layer, packed once per step for the forward product
+        self.WT = np.empty(network.n_params, dtype=dt)
         self.grads = np.empty((max_shards, network.n_params), dtype=dt)
         self.Xb = np.empty((batch_size, n_features), dtype=dt)
         self.Tb = np.empty((batch_size, n_outputs), dtype=dt)
@@ -170,9 +174,9 @@ class Trainer:
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         with parallel_region():
             loss, weight, correct, steps, finite = train_epoch(
-                net.params, net._offs, net._dims, net._acts, net._output_code, X, T, w,
+                net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code, X, T, w,
                 order.astype(np.int64), batch, MAX_SHARDS, MIN_SHARD_ROWS,
-                ws.act_ws, ws.act_off, ws.delta_ws, ws.grads, ws.Xb, ws.Tb, ws.wb,
+                ws.act_ws, ws.act_off, ws.delta_ws, ws.tr_ws, ws.grads, ws.Xb, ws.Tb, ws.wb,
                 net._seg_lo, net._seg_hi, net._seg_decay, dt(self.l2),
                 self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.optimizer.lr),
                 dt(momentum), dt(beta1), dt(beta2), dt(eps), np.int64(self.steps),
@@ -192,9 +196,9 @@ class Trainer:
         X, T, w = self._check_data(X, y, sample_weight)
         ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1], MAX_SHARDS, MIN_SHARD_ROWS)
         with parallel_region():
-            loss = loss_gradient(net.params, net._offs, net._dims, net._acts, net._output_code,
+            loss = loss_gradient(net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code,
                                  X, T, w, MAX_SHARDS, MIN_SHARD_ROWS, ws.act_ws, ws.act_off,
-                                 ws.delta_ws, ws.grads, net._seg_lo, net._seg_hi, net._seg_decay,
+                                 ws.delta_ws, ws.tr_ws, ws.grads, net._seg_lo, net._seg_hi, net._seg_decay,
                                  net.dtype.type(self.l2), ws.l2_parts, ws.shard_loss,
                                  ws.shard_correct)
         return float(loss), ws.grads[0].copy()

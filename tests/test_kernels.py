@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fastnn.kernels import activations as A
+from fastnn.kernels import activations as A_
 from fastnn.kernels import losses as L
 from fastnn.kernels import optim as O
 from fastnn.kernels.gemm import gemm_nn, gemm_nt, gemm_tn_acc
@@ -191,3 +192,81 @@ def test_optimizer_updates(rng, dtype, kind, size):
     np.testing.assert_array_equal(p[:lo], before[:lo])    # outside the range: untouched
     for got, want in zip((p, s1, s2), ref):
         assert_close(got[lo:], want[lo:], dtype, scale=10)
+
+
+# --- the packed GEMM of the training step (fastnn.kernels.gemm.gemm_abt) -----------
+from fastnn.kernels import gemm as G  # noqa: E402
+
+# sizes straddling the 8x4 register tile (MR, NR) and the K block (KC)
+TILE_M = (1, 7, 8, 9, 33, 129)
+TILE_N = (1, 3, 4, 5, 7, 33)
+TILE_K = (1, 7, 33, G.KC - 1, G.KC + 1, 2 * G.KC + 7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", TILE_M)
+@pytest.mark.parametrize("n", TILE_N)
+@pytest.mark.parametrize("k", TILE_K)
+def test_gemm_abt_store_and_accumulate(rng, dtype, m, n, k):
+    # rows longer than K: only the first K entries of each row may be read
+    A = rand(rng, (m, k + 3), dtype)
+    BT = rand(rng, (n, k + 2), dtype)
+    ref = A[:, :k].astype(np.float64) @ BT[:, :k].astype(np.float64).T
+    C = np.full((m, n), np.nan, dtype)
+    dummy = np.zeros(n, dtype)
+    G.gemm_abt(A, BT, C, k, False, G.EPI_STORE, A_.IDENTITY, dummy, C)
+    assert_close(C, ref, dtype, scale=np.sqrt(k))
+    C0 = rand(rng, (m, n), dtype)
+    C = C0.copy()
+    G.gemm_abt(A, BT, C, k, True, G.EPI_STORE, A_.IDENTITY, dummy, C)
+    assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (9, 129, 33), (33, G.KC + 1, 7),
+                                   (129, 7, 129)])
+def test_gemm_abt_fused_epilogues(rng, dtype, name, m, k, n):
+    code = A_.CODES[name]
+    a = rand(rng, (m, k), dtype)
+    W = (rand(rng, (k, n), dtype) / np.sqrt(k)).astype(dtype)
+    b = rand(rng, n, dtype)
+    a64, W64, b64 = (x.astype(np.float64) for x in (a, W, b))
+    # forward: z = h(a W + b), W packed as W^T
+    WT = np.empty((n, k), dtype)
+    G.pack_transpose(W, WT, k, n)
+    np.testing.assert_array_equal(WT, W.T)
+    Z = np.full((m, n), np.nan, dtype)
+    G.gemm_abt(a, WT, Z, k, False, G.EPI_BIAS_ACT, code, b, Z)
+    assert_close(Z, reference_activation(name, a64 @ W64 + b64), dtype, scale=np.sqrt(k))
+    # backward: dA = (delta W^T) * h'(H), h' from the layer's outputs H
+    H = np.empty((m, k), dtype)
+    H[:] = reference_activation(name, rand(rng, (m, k), np.float64)).astype(dtype)
+    d = rand(rng, (m, n), dtype)
+    dA = np.full((m, k), np.nan, dtype)
+    G.gemm_abt(d, W, dA, n, False, G.EPI_DERIV, code, b, H)
+    H64 = H.astype(np.float64)
+    deriv = {"identity": np.ones_like(H64), "relu": (H64 > 0).astype(float),
+             "sigmoid": H64 * (1 - H64), "tanh": 1 - H64**2}[name]
+    assert_close(dA, (d.astype(np.float64) @ W64.T) * deriv, dtype, scale=np.sqrt(n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (17, 16), (129, 7)])
+def test_pack_transpose_colsum(rng, dtype, m, n):
+    S = rand(rng, (m, n), dtype)
+    D = np.full((n, m + 5), np.nan, dtype)       # a workspace wider than needed
+    colsum = rand(rng, n, dtype)
+    before = colsum.astype(np.float64)
+    G.pack_transpose_colsum(S, D, m, n, colsum)
+    np.testing.assert_array_equal(D[:, :m], S.T)
+    assert np.isnan(D[:, m:]).all()              # nothing written past the packed block
+    assert_close(colsum, before + S.astype(np.float64).sum(0), dtype, scale=np.sqrt(m))
+
+
+def test_gemm_abt_empty_sum_applies_epilogue():
+    C = np.full((3, 2), 5.0, np.float32)
+    b = np.array([1.0, -1.0], np.float32)
+    A = np.zeros((3, 0), np.float32)
+    G.gemm_abt(A, np.zeros((2, 0), np.float32), C, 0, False, G.EPI_BIAS_ACT, A_.RELU, b, C)
+    np.testing.assert_array_equal(C, [[1, 0]] * 3)

@@ -13,8 +13,9 @@ import numpy as np
 from numba import prange
 
 from .._jit import jit, pjit
-from .activations import IDENTITY, add_bias_activate, scale_by_derivative
-from .gemm import gemm_nn, gemm_nt, gemm_tn_acc
+from .activations import IDENTITY, add_bias_activate
+from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, gemm_abt, gemm_nn, pack_transpose,
+                   pack_transpose_colsum)
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
 
@@ -54,18 +55,61 @@ def forward(params, offs, dims, acts, X, act_ws, act_off):
     return a
 
 
-@jit
-def forward_backward(params, offs, dims, acts, output, X, T, w, scale,
-                     act_ws, act_off, delta_ws, grad):
-    """Accumulate the gradient of the rows (X, T, w) into ``grad``.
+# Flags passed to gemm_abt as typed int64 values rather than literal constants:
+# numba compiles one specialisation per distinct literal argument, and every
+# extra copy of the GEMM costs cold-start compile time.
+NO_ACC = np.int64(0)
 
-    Returns (weighted loss sum, correct predictions).  ``scale`` is one over
-    the weight of the whole mini-batch, so shard gradients add up to the
-    batch gradient.
+
+@jit
+def pack_weights_t(params, offs, dims, WT):
+    """WT_l = W_l^T for every layer, at the same offsets as in ``params``.
+
+    The forward product reads W^T (rows contiguous along the layer's input
+    width); packing once per step serves every shard of the batch.
+    """
+    for l in range(dims.shape[0] - 1):
+        k = dims[l]
+        n = dims[l + 1]
+        W, _ = layer_weights(params, offs, dims, l)
+        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
+        pack_transpose(W, WT_l, k, n)
+
+
+@jit
+def forward_packed(params, WT, offs, dims, acts, X, act_ws, act_off):
+    """Forward pass of the rows X with the packed GEMM; returns z_L (a view).
+
+    z_l = h(a_{l-1} W_l + b_l): bias and activation are the product's epilogue.
     """
     n_layers = dims.shape[0] - 1
     m = X.shape[0]
-    delta = forward(params, offs, dims, acts, X, act_ws, act_off)
+    a = X
+    for l in range(n_layers):
+        k = dims[l]
+        n = dims[l + 1]
+        _, b = layer_weights(params, offs, dims, l)
+        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
+        Z = act_ws[act_off[l]:act_off[l] + m * n].reshape((m, n))
+        code = acts[l] if l < n_layers - 1 else IDENTITY
+        gemm_abt(a, WT_l, Z, k, NO_ACC, np.int64(EPI_BIAS_ACT), code, b, Z)
+        a = Z
+    return a
+
+
+@jit
+def forward_backward_packed(params, WT, offs, dims, acts, output, X, T, w, scale,
+                            act_ws, act_off, delta_ws, tr_ws, grad):
+    """Accumulate the gradient of the rows (X, T, w) into ``grad`` (packed GEMM).
+
+    The products are done by gemm_abt: the loss gradient is written over the logits (delta_L in place),
+    the bias gradient is summed while delta is packed transposed, and h' is the
+    backward product's epilogue.  tr_ws[0] holds a_{l-1}^T, tr_ws[1] delta^T.
+    Returns (weighted loss sum, correct predictions).
+    """
+    n_layers = dims.shape[0] - 1
+    m = X.shape[0]
+    delta = forward_packed(params, WT, offs, dims, acts, X, act_ws, act_off)
     loss, correct = loss_grad(delta, T, w, scale, output)  # delta_L, in place
     for l in range(n_layers - 1, -1, -1):
         k = dims[l]
@@ -75,15 +119,17 @@ def forward_backward(params, offs, dims, acts, output, X, T, w, scale,
         else:
             a_in = act_ws[act_off[l - 1]:act_off[l - 1] + m * k].reshape((m, k))
         gW, gb = layer_weights(grad, offs, dims, l)
-        gemm_tn_acc(a_in, delta, gW)          # dL/dW_l += a_{l-1}^T delta_l
-        for i in range(m):                    # dL/db_l += sum_i delta_l[i, :]
-            for j in range(n):
-                gb[j] += delta[i, j]
+        aT = tr_ws[0, :k * m].reshape((k, m))
+        dT = tr_ws[1, :n * m].reshape((n, m))
+        pack_transpose(a_in, aT, m, k)
+        pack_transpose_colsum(delta, dT, m, n, gb)      # dL/db_l += sum_i delta_l[i, :]
+        # dL/dW_l += a_{l-1}^T delta_l
+        gemm_abt(aT, dT, gW, m, np.int64(1), np.int64(EPI_STORE), np.int64(IDENTITY), gb, gW)
         if l > 0:
             W, _ = layer_weights(params, offs, dims, l)
             nxt = delta_ws[(n_layers - 1 - l) % 2, :m * k].reshape((m, k))
-            gemm_nt(delta, W, nxt)            # delta_{l-1} = delta_l W_l^T
-            scale_by_derivative(nxt, a_in, acts[l - 1])  # ... * h'(a_{l-1})
+            # delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}), h' in the epilogue
+            gemm_abt(delta, W, nxt, n, NO_ACC, np.int64(EPI_DERIV), acts[l - 1], gb, a_in)
             delta = nxt
     return loss, correct
 
@@ -134,8 +180,8 @@ def reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
 
 
 @pjit
-def shard_gradients(params, offs, dims, acts, output, X, T, w, scale, max_shards, min_rows,
-                    act_ws, act_off, delta_ws, grads, shard_loss, shard_correct):
+def shard_gradients(params, WT, offs, dims, acts, output, X, T, w, scale, max_shards, min_rows,
+                    act_ws, act_off, delta_ws, tr_ws, grads, shard_loss, shard_correct):
     """Gradients of the batch (X, T, w), one buffer per shard, shards in prange.
 
     Returns (number of shards used, summed weighted loss, correct rows); the
@@ -154,9 +200,9 @@ def shard_gradients(params, offs, dims, acts, output, X, T, w, scale, max_shards
         r0 = min(m, s * rows)
         r1 = min(m, r0 + rows)
         if r1 > r0:
-            loss_s, correct_s = forward_backward(
-                params, offs, dims, acts, output, X[r0:r1], T[r0:r1], w[r0:r1],
-                scale, act_ws[s], act_off, delta_ws[s], g)
+            loss_s, correct_s = forward_backward_packed(
+                params, WT, offs, dims, acts, output, X[r0:r1], T[r0:r1], w[r0:r1],
+                scale, act_ws[s], act_off, delta_ws[s], tr_ws[s], g)
             shard_loss[s] = loss_s
             shard_correct[s] = correct_s
     loss = 0.0
@@ -168,8 +214,8 @@ def shard_gradients(params, offs, dims, acts, output, X, T, w, scale, max_shards
 
 
 @jit
-def loss_gradient(params, offs, dims, acts, output, X, T, w, max_shards, min_rows,
-                  act_ws, act_off, delta_ws, grads, seg_lo, seg_hi, seg_decay, l2,
+def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, max_shards, min_rows,
+                  act_ws, act_off, delta_ws, tr_ws, grads, seg_lo, seg_hi, seg_decay, l2,
                   l2_parts, shard_loss, shard_correct):
     """Loss of the whole batch (X, T, w), with L2, and its gradient in grads[0].
 
@@ -180,9 +226,10 @@ def loss_gradient(params, offs, dims, acts, output, X, T, w, max_shards, min_row
     for i in range(w.shape[0]):
         weight += np.float64(w[i])
     scale = params.dtype.type(1.0 / weight)
-    n_shards, loss, _ = shard_gradients(params, offs, dims, acts, output, X, T, w, scale,
+    pack_weights_t(params, offs, dims, WT)
+    n_shards, loss, _ = shard_gradients(params, WT, offs, dims, acts, output, X, T, w, scale,
                                         max_shards, min_rows, act_ws, act_off, delta_ws,
-                                        grads, shard_loss, shard_correct)
+                                        tr_ws, grads, shard_loss, shard_correct)
     l2_loss = reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
                                 params, params, 0, params.dtype.type(0), params.dtype.type(0),
                                 params.dtype.type(0), params.dtype.type(0), params.dtype.type(0),
@@ -191,8 +238,8 @@ def loss_gradient(params, offs, dims, acts, output, X, T, w, max_shards, min_row
 
 
 @jit
-def train_epoch(params, offs, dims, acts, output, X, T, w, order, batch_size,
-                max_shards, min_rows, act_ws, act_off, delta_ws, grads,
+def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size,
+                max_shards, min_rows, act_ws, act_off, delta_ws, tr_ws, grads,
                 Xb, Tb, wb, seg_lo, seg_hi, seg_decay, l2,
                 state1, state2, kind, lr, momentum, beta1, beta2, eps, step, l2_parts,
                 shard_loss, shard_correct):
@@ -218,9 +265,10 @@ def train_epoch(params, offs, dims, acts, output, X, T, w, order, batch_size,
             wb[i] = w[src]
             batch_weight += np.float64(w[src])
         scale = params.dtype.type(1.0 / batch_weight)
+        pack_weights_t(params, offs, dims, WT)
         n_shards, batch_loss, correct = shard_gradients(
-            params, offs, dims, acts, output, Xb[:m], Tb[:m], wb[:m], scale, max_shards,
-            min_rows, act_ws, act_off, delta_ws, grads, shard_loss, shard_correct)
+            params, WT, offs, dims, acts, output, Xb[:m], Tb[:m], wb[:m], scale, max_shards,
+            min_rows, act_ws, act_off, delta_ws, tr_ws, grads, shard_loss, shard_correct)
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
