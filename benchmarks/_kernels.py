@@ -1,0 +1,39 @@
+"""The one place where the suite names fastnn's kernels.
+
+If a kernel is renamed or its signature changes, update it here only.  A name
+that does not resolve becomes None, and the benchmarks that need it skip (they
+raise NotImplementedError in setup), so comparing against an older or newer
+commit never fails just because a name moved.
+"""
+import importlib
+
+
+def _get(module, name):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+# C = A @ B            (forward:  z = a W)
+gemm_nn = _get("fastnn.kernels.gemm", "gemm_nn")
+# G += A.T @ D         (gradient: dW += a^T delta)
+gemm_tn_acc = _get("fastnn.kernels.gemm", "gemm_tn_acc")
+# C = D @ W.T          (backward: dA = delta W^T)
+gemm_nt = _get("fastnn.kernels.gemm", "gemm_nt")
+# Z = h(Z + b) in place; code selects h
+add_bias_activate = _get("fastnn.kernels.activations", "add_bias_activate")
+# delta *= h'(z), from A = h(z)
+scale_by_derivative = _get("fastnn.kernels.activations", "scale_by_derivative")
+# Z becomes the softmax cross-entropy delta in place; returns (loss, correct)
+softmax_xent_grad = _get("fastnn.kernels.losses", "softmax_xent_grad")
+
+# activation codes (fastnn.kernels.activations.CODES)
+_codes = _get("fastnn.kernels.activations", "CODES") or {}
+ACT_CODES = {name: _codes[name] for name in ("relu", "sigmoid", "tanh") if name in _codes}
+
+
+def require(*fns):
+    """Skip the calling benchmark (NotImplementedError in setup) if a kernel is missing."""
+    if any(f is None for f in fns):
+        raise NotImplementedError("kernel not available in this commit")

@@ -1,0 +1,73 @@
+"""Training benchmarks: one step and one epoch of each case (issue 3), in
+fastnn and, for the step, in the plain NumPy reference (fastnn/bench/numpy_mlp.py).
+
+A fastnn step is Trainer.fit for one epoch of exactly one batch, through the
+public API.  Each timed call runs STEP_REPS[case] steps (a fixed count, so two
+commits time the same work) to stay above 1 ms.  Compilation happens in setup.
+"""
+from ._ref import CASE_NAMES, CASES, steps
+
+# steps per timed call: >= 1 ms per call even when fastnn is many times faster
+STEP_REPS = {"spiral": 20, "mnist": 4, "mnist_deep": 2, "wide": 1, "tiny_batch": 20}
+
+
+class TrainStep:
+    """time_fastnn_step: STEP_REPS[case] fastnn training steps."""
+
+    params = CASE_NAMES
+    param_names = ["case"]
+    timeout = 300
+
+    def setup(self, case):
+        self.reps = STEP_REPS[case]
+        self.fastnn = steps.fastnn_step(CASES[case])
+
+    def time_fastnn_step(self, case):
+        for _ in range(self.reps):
+            self.fastnn()
+
+
+class NumpyStep:
+    """time_numpy_step: the same STEP_REPS[case] steps in the NumPy reference.
+
+    A class of its own so that its process never starts numba's OpenMP pool:
+    idle OpenMP threads spinning beside BLAS's threads slowed NumPy several
+    times over here when both lived in one process.
+    """
+
+    params = CASE_NAMES
+    param_names = ["case"]
+    timeout = 300
+
+    def setup(self, case):
+        self.reps = STEP_REPS[case]
+        self.numpy = steps.numpy_step(CASES[case])
+
+    def time_numpy_step(self, case):
+        for _ in range(self.reps):
+            self.numpy()
+
+
+class TrainEpoch:
+    """One shuffled epoch of the case's data (cases.CASES[case].n_samples rows)."""
+
+    params = CASE_NAMES
+    param_names = ["case"]
+    timeout = 300
+
+    def setup(self, case):
+        self.epoch = steps.fastnn_epoch(CASES[case])
+
+    def time_fastnn_epoch(self, case):
+        self.epoch()
+
+    def track_fastnn_epoch_samples_per_s(self, case):
+        import time
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            self.epoch()
+            best = min(best, time.perf_counter() - t)
+        return CASES[case].n_samples / best
+
+    track_fastnn_epoch_samples_per_s.unit = "samples/s"

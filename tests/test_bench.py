@@ -1,0 +1,81 @@
+"""Correctness of the benchmark machinery (fastnn.bench); no timing asserts."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.bench.cases import CASES, Case, make_data
+from fastnn.bench.numpy_mlp import NumpyMLP
+
+
+@pytest.mark.parametrize("sizes", [(2, 7, 3), (33, 16, 8, 5), (7, 1, 2)])
+@pytest.mark.parametrize("m", [1, 7, 33])
+def test_numpy_reference_gradient_matches_fastnn(sizes, m):
+    X, y = make_data(Case("t", sizes, m, m), seed=m)
+    net = fastnn.Network(list(sizes), activation="relu", seed=1)
+    loss_fn, grad = fastnn.Trainer(net, l2=0.0).loss_and_gradient(X, y)
+    ref = NumpyMLP(net.weights, net.biases)
+    loss_np = ref.loss_and_gradient(X, y)
+    g = net.copy()
+    g.params[:] = grad
+    assert loss_np == pytest.approx(loss_fn, rel=1e-4, abs=1e-6)
+    for a, b in zip(ref.gW + ref.gb, g.weights + g.biases):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_numpy_reference_step_matches_fastnn_training():
+    # Two momentum steps on one full batch: same update rule, same parameters.
+    X, y = make_data(Case("t", (5, 9, 3), 17, 17), seed=3)
+    net = fastnn.Network([5, 9, 3], activation="relu", seed=2)
+    ref = NumpyMLP(net.weights, net.biases, lr=0.1, momentum=0.9)
+    fastnn.Trainer(net, fastnn.SGD(lr=0.1, momentum=0.9), batch_size=17,
+                   shuffle=False).fit(X, y, epochs=2)
+    ref.step(X, y)
+    ref.step(X, y)
+    for a, b in zip(ref.W + ref.b, net.weights + net.biases):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cases_match_the_issue():
+    assert {c: (CASES[c].sizes, CASES[c].batch) for c in CASES} == {
+        "spiral": ((2, 100, 3), 300), "mnist": ((784, 256, 10), 128),
+        "mnist_deep": ((784, 512, 256, 10), 128), "wide": ((784, 1024, 1024, 10), 512),
+        "tiny_batch": ((784, 128, 10), 16)}
+    assert CASES["spiral"].n_samples == 300
+    assert CASES["mnist"].step_flops(1) == 6 * (784 * 256 + 256 * 10)
+
+
+def test_cli_prints_a_table(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnn.bench", "--cases", "spiral", "--peers", "fastnn,numpy",
+         "--repeat", "1", "--samples", "60", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["case", "fastnn", "s/s"]
+    assert lines[2].split()[0] == "spiral"
+    assert "sgemm" in lines[-1]
+    res = json.loads(out.read_text())
+    assert set(res["cases"]["spiral"]) == {"fastnn", "numpy"}
+    assert res["cases"]["spiral"]["numpy"]["samples_per_s"] > 0
+
+
+def test_cli_rejects_unknown_case():
+    proc = subprocess.run([sys.executable, "-m", "fastnn.bench", "--cases", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown case" in proc.stderr
+
+
+@pytest.mark.parametrize("floor, status", [(0.0, 0), (1e9, 1)])
+def test_floor_check_passes_and_fails(tmp_path, floor, status):
+    f = tmp_path / "floors.json"
+    f.write_text(json.dumps({"threads": 1, "floors": {"spiral": floor}}))
+    proc = subprocess.run([sys.executable, "-m", "fastnn.bench.floors", "check", "--floors",
+                           str(f), "--repeat", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    assert ("BELOW FLOOR" in proc.stdout) == (status == 1)
