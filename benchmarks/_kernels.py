@@ -15,12 +15,12 @@ def _get(module, name):
         return None
 
 
-# C = A @ B            (forward:  z = a W)
-gemm_nn = _get("fastnn.kernels.gemm", "gemm_nn")
-# G += A.T @ D         (gradient: dW += a^T delta)
-gemm_tn_acc = _get("fastnn.kernels.gemm", "gemm_tn_acc")
-# C = D @ W.T          (backward: dA = delta W^T)
-gemm_nt = _get("fastnn.kernels.gemm", "gemm_nt")
+# The three training products as the step performs them, packing included
+# (fastnn.kernels.gemm): z = a W (W packed to W^T), G += a^T d (a and d packed
+# transposed), out = d W^T.
+product_forward = _get("fastnn.kernels.gemm", "product_forward")
+product_weight_grad = _get("fastnn.kernels.gemm", "product_weight_grad")
+product_backward = _get("fastnn.kernels.gemm", "product_backward")
 # Z = h(Z + b) in place; code selects h
 add_bias_activate = _get("fastnn.kernels.activations", "add_bias_activate")
 # delta *= h'(z), from A = h(z)

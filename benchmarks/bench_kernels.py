@@ -45,7 +45,7 @@ class Gemm:
     timeout = 300
 
     def setup(self, product, shape):
-        K.require(K.gemm_nn, K.gemm_tn_acc, K.gemm_nt)
+        K.require(K.product_forward, K.product_weight_grad, K.product_backward)
         m, k, n = SHAPES[SHAPE_NAMES.index(shape)]
         rng = np.random.default_rng(0)
         a = rng.standard_normal((m, k), dtype=np.float32)    # activations in
@@ -53,13 +53,16 @@ class Gemm:
         d = rng.standard_normal((m, n), dtype=np.float32)    # deltas
         if product == "nn":
             out = np.empty((m, n), dtype=np.float32)
-            self.fn = lambda: K.gemm_nn(a, w, out)
+            wt = np.empty((n, k), dtype=np.float32)
+            self.fn = lambda: K.product_forward(a, w, wt, out)
         elif product == "tn":
             g = np.zeros((k, n), dtype=np.float32)
-            self.fn = lambda: K.gemm_tn_acc(a, d, g)
+            at = np.empty((k, m), dtype=np.float32)
+            dt = np.empty((n, m), dtype=np.float32)
+            self.fn = lambda: K.product_weight_grad(a, d, at, dt, g)
         else:
             out = np.empty((m, k), dtype=np.float32)
-            self.fn = lambda: K.gemm_nt(d, w, out)
+            self.fn = lambda: K.product_backward(d, w, out)
         self.flops = 2.0 * m * k * n
         self.reps = _reps(self.flops, GEMM_FLOPS_PER_CALL)
         self.fn()   # compile / load from cache

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from fastnn.kernels import activations as A
-from fastnn.kernels import activations as A_
+from fastnn.kernels import activations as act  # 'A' is also a matrix name below
 from fastnn.kernels import losses as L
 from fastnn.kernels import optim as O
-from fastnn.kernels.gemm import gemm_nn, gemm_nt, gemm_tn_acc
+from fastnn.kernels.gemm import gemm_nn, product_backward, product_forward, product_weight_grad
 
 from .conftest import ODD_SIZES
 
@@ -36,14 +36,17 @@ def test_gemm_products(rng, dtype, m, k, n):
     d = rand(rng, (m, n), dtype)          # delta_l
     a64, W64, d64 = (x.astype(np.float64) for x in (a, W, d))
     z = np.full((m, n), np.nan, dtype)
-    gemm_nn(a, W, z)
+    product_forward(a, W, np.full((n, k), np.nan, dtype), z)
     assert_close(z, a64 @ W64, dtype, scale=np.sqrt(k))
+    z_predict = np.full((m, n), np.nan, dtype)
+    gemm_nn(a, W, z_predict)
+    assert_close(z_predict, a64 @ W64, dtype, scale=np.sqrt(k))
     G0 = rand(rng, (k, n), dtype)
     G = G0.copy()
-    gemm_tn_acc(a, d, G)
+    product_weight_grad(a, d, np.full((k, m), np.nan, dtype), np.full((n, m), np.nan, dtype), G)
     assert_close(G, G0.astype(np.float64) + a64.T @ d64, dtype, scale=np.sqrt(m))
     back = np.full((m, k), np.nan, dtype)
-    gemm_nt(d, W, back)
+    product_backward(d, W, back)
     assert_close(back, d64 @ W64.T, dtype, scale=np.sqrt(n))
 
 
@@ -214,11 +217,11 @@ def test_gemm_abt_store_and_accumulate(rng, dtype, m, n, k):
     ref = A[:, :k].astype(np.float64) @ BT[:, :k].astype(np.float64).T
     C = np.full((m, n), np.nan, dtype)
     dummy = np.zeros(n, dtype)
-    G.gemm_abt(A, BT, C, k, False, G.EPI_STORE, A_.IDENTITY, dummy, C)
+    G.gemm_abt(A, BT, C, k, False, G.EPI_STORE, act.IDENTITY, dummy, C)
     assert_close(C, ref, dtype, scale=np.sqrt(k))
     C0 = rand(rng, (m, n), dtype)
     C = C0.copy()
-    G.gemm_abt(A, BT, C, k, True, G.EPI_STORE, A_.IDENTITY, dummy, C)
+    G.gemm_abt(A, BT, C, k, True, G.EPI_STORE, act.IDENTITY, dummy, C)
     assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
 
 
@@ -227,7 +230,7 @@ def test_gemm_abt_store_and_accumulate(rng, dtype, m, n, k):
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (9, 129, 33), (33, G.KC + 1, 7),
                                    (129, 7, 129)])
 def test_gemm_abt_fused_epilogues(rng, dtype, name, m, k, n):
-    code = A_.CODES[name]
+    code = act.CODES[name]
     a = rand(rng, (m, k), dtype)
     W = (rand(rng, (k, n), dtype) / np.sqrt(k)).astype(dtype)
     b = rand(rng, n, dtype)
@@ -268,5 +271,5 @@ def test_gemm_abt_empty_sum_applies_epilogue():
     C = np.full((3, 2), 5.0, np.float32)
     b = np.array([1.0, -1.0], np.float32)
     A = np.zeros((3, 0), np.float32)
-    G.gemm_abt(A, np.zeros((2, 0), np.float32), C, 0, False, G.EPI_BIAS_ACT, A_.RELU, b, C)
+    G.gemm_abt(A, np.zeros((2, 0), np.float32), C, 0, False, G.EPI_BIAS_ACT, act.RELU, b, C)
     np.testing.assert_array_equal(C, [[1, 0]] * 3)

@@ -1,40 +1,42 @@
 """Loop-level matrix products: the three shapes that training needs.
 
-Two families live here.  ``gemm_nn`` / ``gemm_tn_acc`` / ``gemm_nt`` below are
-the simple row-streaming loops (``gemm_nn`` serves prediction; the other two
-are kept, tested, as the plain forms of the training products).  ``gemm_abt`` further down
-is the packed, K-blocked kernel with an 8x4 register tile and fused epilogues
-that the training step uses for all three products (see its section comment).
+With rows as samples, a dense layer with weights W (k x n) needs
 
+    forward   z  = a W           (m x k)(k x n)
+    gradient  dW += a^T delta    (k x m)(m x n), a sum over the batch rows
+    backward  dA = delta W^T     (m x n)(n x k)
 
-With rows as samples, a dense layer with weights ``W`` (k x n) needs
-
-* ``gemm_nn``     C  = A W      forward:   z = a W           (m x k)(k x n)
-* ``gemm_tn_acc`` G += A^T D    gradient:  dW += a^T delta   (k x m)(m x n)
-* ``gemm_nt``     C  = D W^T    backward:  dA = delta W^T    (m x n)(n x k)
-
-All operands are C-contiguous 2-D arrays of one float dtype.  The inner loop of
-every product runs over a contiguous axis so that LLVM vectorises it: along the
-output row for ``nn`` and ``tn`` (a broadcast times a row, accumulated into a
-row), along the shared axis for ``nt`` (a dot product, which vectorises because
-the package's fastmath flags allow reassociation).  No BLAS is called.
+All three are done by one kernel, ``gemm_abt`` (C = A B^T, both operands
+contiguous along the summed axis K), after packing (transposing) whichever
+operand is not already laid out that way.  ``product_forward``,
+``product_weight_grad`` and ``product_backward`` at the end of this module are
+exactly those three products with their packing, for tests and benchmarks;
+the training step (step.py) does the same calls with the elementwise work
+fused into them.  Prediction uses ``gemm_nn``, a plain row-streaming z = a W
+in which every output element is summed in the same order whatever its row's
+position, so a sample's prediction does not depend on the other rows of the
+batch (scikit-learn's sample-order check; the tile and edge paths of
+``gemm_abt`` round differently).  No BLAS is called.
 """
 import numpy as np
 
 from .._jit import jit
 from .activations import RELU, add_bias_activate, times_derivative
 
-# Rows of A handled together: each row of B (or D) loaded from cache is used
-# for this many output rows before it is evicted.
+# Columns of the output handled per pass of gemm_nn, so that ROW_BLOCK output
+# row pieces stay in L1 while the shared dimension is swept; ROW_BLOCK rows of A
+# share each row of B loaded from cache.
 ROW_BLOCK = 4
-# Columns of the output handled per pass, so that ROW_BLOCK output row pieces
-# stay in L1 while the shared dimension is swept.
 COL_BLOCK = 256
 
 
 @jit
 def gemm_nn(A, B, C):
-    """C = A @ B for A (m x k), B (k x n), C (m x n); C is overwritten."""
+    """C = A @ B for A (m x k), B (k x n), C (m x n); C is overwritten.
+
+    The inner loop runs along a row of B and C (vectorised across j, no
+    reduction), so C[i, j] is summed over p in order 0..k-1 for every i.
+    """
     m, k = A.shape
     n = B.shape[1]
     zero = C.dtype.type(0)
@@ -52,38 +54,6 @@ def gemm_nn(A, B, C):
                     c_row = C[i]
                     for j in range(j0, j1):
                         c_row[j] += a_ip * b_row[j]
-
-
-@jit
-def gemm_tn_acc(A, D, G):
-    """G += A.T @ D for A (m x k), D (m x n), G (k x n): a sum over the m rows."""
-    m, k = A.shape
-    n = D.shape[1]
-    for j0 in range(0, n, COL_BLOCK):
-        j1 = min(n, j0 + COL_BLOCK)
-        for p in range(k):
-            g_row = G[p]
-            for i in range(m):
-                a_ip = A[i, p]
-                d_row = D[i]
-                for j in range(j0, j1):
-                    g_row[j] += a_ip * d_row[j]
-
-
-@jit
-def gemm_nt(D, W, C):
-    """C = D @ W.T for D (m x n), W (k x n), C (m x k); C is overwritten."""
-    m, n = D.shape
-    k = W.shape[0]
-    zero = C.dtype.type(0)
-    for i in range(m):
-        d_row = D[i]
-        for p in range(k):
-            w_row = W[p]
-            acc = zero
-            for j in range(n):
-                acc += d_row[j] * w_row[j]
-            C[i, p] = acc
 
 
 # ---------------------------------------------------------------------------
@@ -307,3 +277,33 @@ def pack_transpose_colsum(S, D, m, n, colsum):
         for i in range(m):
             acc += row[i]
         colsum[j] += acc
+
+
+# The three training products as the step performs them, packing included.
+# Flags are typed int64 values, not literals (one compiled copy of gemm_abt).
+_ZERO = np.int64(0)
+_ONE = np.int64(1)
+
+
+@jit
+def product_forward(a, W, WT, z):
+    """z = a W, with W (k x n) packed into WT (n x k) first."""
+    k, n = W.shape
+    pack_transpose(W, WT, k, n)
+    gemm_abt(a, WT, z, k, _ZERO, np.int64(EPI_STORE), _ZERO, z[0], z)
+
+
+@jit
+def product_weight_grad(a, d, aT, dT, G):
+    """G += a^T d, with a (m x k) and d (m x n) packed into aT (k x m), dT (n x m)."""
+    m, k = a.shape
+    n = d.shape[1]
+    pack_transpose(a, aT, m, k)
+    pack_transpose(d, dT, m, n)
+    gemm_abt(aT, dT, G, m, _ONE, np.int64(EPI_STORE), _ZERO, G[0], G)
+
+
+@jit
+def product_backward(d, W, out):
+    """out = d W^T: W (k x n) is already contiguous along the summed axis n."""
+    gemm_abt(d, W, out, W.shape[1], _ZERO, np.int64(EPI_STORE), _ZERO, out[0], out)
