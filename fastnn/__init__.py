@@ -1,14 +1,29 @@
 """fastnn: train multilayer perceptrons on the CPU with Numba-compiled kernels."""
-from ._estimator_io import load_estimator
+import importlib
+
 from .datasets import load_csv, load_npz, spiral
 from .io import ModelFileError, load, save
-from .estimators import MLPClassifier, MLPRegressor
 from .network import Network
 from .optimizers import SGD, Adam
 from .plotting import plot_history
 from .trainer import History, Trainer, train
 
 __version__ = "0.1.0"
+
+# The estimators build on scikit-learn's base classes when it is installed, and
+# importing scikit-learn takes about 0.7 s: load them on first use (PEP 562) so
+# that `import fastnn` for the Network/Trainer API stays fast.
+_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators",
+         "load_estimator": "_estimator_io"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
 
 __all__ = ["Network", "Trainer", "History", "train", "SGD", "Adam",
            "spiral", "load_csv", "load_npz", "save", "load", "ModelFileError",
