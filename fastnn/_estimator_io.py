@@ -40,8 +40,18 @@ def _json_value(value, name):
         return v if np.isfinite(v) else repr(v)   # inf / nan kept as text
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_json_value(v, name) for v in value]
+    if isinstance(value, dict):   # class_weight={label: weight}: a list of pairs
+        return {"__pairs__": [[_json_value(k, name), _json_value(v, name)]
+                              for k, v in value.items()]}
+    if isinstance(value, (type, np.dtype)):   # e.g. dtype=np.float32
+        return np.dtype(value).name
     raise TypeError(f"{name}={value!r} cannot be saved in fastnn's format (not JSON); "
                     "use pickle or joblib for such estimators")
+
+
+def _hashable(key):
+    """A dict key read back from JSON (lists come back for tuples)."""
+    return tuple(key) if isinstance(key, list) else key
 
 
 def _from_json_float(value):
@@ -106,6 +116,9 @@ def load_estimator(path, expected=None):
                              f"{ESTIMATOR_VERSION}")
     try:
         params = dict(extra["params"])
+        for key, value in params.items():
+            if isinstance(value, dict):   # written by _json_value from a dict
+                params[key] = {_hashable(k): v for k, v in value["__pairs__"]}
         if isinstance(params.get("hidden_layer_sizes"), list):
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         est = cls(**params)

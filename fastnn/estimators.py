@@ -62,7 +62,9 @@ def _num_threads(n):
     if n is None:
         n = numba.config.NUMBA_NUM_THREADS
     previous = numba.get_num_threads()
-    numba.set_num_threads(n)
+    # more than numba's pool (e.g. a model saved on a bigger machine) runs on
+    # the whole pool: the thread count never changes the results' bits
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
@@ -277,11 +279,7 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(f"{flag} must be a bool; got {getattr(self, flag)!r}")
         p["dtype"] = V.check_dtype(self.dtype)
         if self.n_threads is not None:
-            import numba
             V.check_positive_int(self.n_threads, "n_threads")
-            if self.n_threads > numba.config.NUMBA_NUM_THREADS:
-                raise ValueError(f"n_threads must be <= {numba.config.NUMBA_NUM_THREADS} "
-                                 f"(numba's thread pool); got {self.n_threads}")
         cbs = () if self.callbacks is None else self.callbacks
         if callable(cbs):
             cbs = (cbs,)
@@ -333,8 +331,6 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         p = self._checked_params()
-        if incremental and self.early_stopping:
-            raise ValueError("partial_fit does not support early_stopping=True")
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None.")
@@ -366,11 +362,14 @@ class _BaseMLP(BaseEstimator):
         sizes = [n_features, *p["sizes"], n_outputs]
         net = Network(sizes, activation=p["activations"], output=output,
                       dtype=p["dtype"], seed=0)
+        logistic_only = (all(a == "sigmoid" for a in p["activations"]) if p["activations"]
+                         else _SK_ACTIVATIONS.get(self.activation) == "sigmoid")
         for l in range(net.n_layers):
             W, b = net._view(l)
             fan_in, fan_out = W.shape
-            # scikit-learn picks the factor from the (single) activation name.
-            factor = 2.0 if self.activation == "logistic" else 6.0
+            # scikit-learn's factor: 2 when its (single) activation is logistic;
+            # aliases and per-layer lists resolved to names in p["activations"]
+            factor = 2.0 if logistic_only else 6.0
             bound = np.sqrt(factor / (fan_in + fan_out))
             W[...] = rng.uniform(-bound, bound, (fan_in, fan_out))
             b[...] = rng.uniform(-bound, bound, fan_out)
@@ -517,6 +516,8 @@ class _BaseMLP(BaseEstimator):
                         stopped = True
                         break
         except KeyboardInterrupt:
+            if run.n_iter == 0 and not reuse:
+                raise   # nothing trained yet: leave the estimator as it was (unfitted)
             warnings.warn("Training interrupted by user; the model holds the state after "
                           f"epoch {len(run.loss_curve)}.")
             stopped = True

@@ -1,6 +1,7 @@
 """MLPClassifier / MLPRegressor: scikit-learn's estimator checks, agreement with
 scikit-learn's own MLP, schedules, early stopping, callbacks, weights, saving,
 pickling, and failure atomicity."""
+import os
 import pickle
 import subprocess
 import sys
@@ -391,7 +392,7 @@ def test_a_failed_call_leaves_the_estimator_as_it_was(rng):
         assert _state(clf) == before
     for name, value in [("alpha", -1.0), ("solver", "lbfgs"), ("activation", "swish"),
                         ("hidden_layer_sizes", (0,)), ("batch_size", 0),
-                        ("learning_rate", "cosine"), ("n_threads", 10**6)]:
+                        ("learning_rate", "cosine"), ("n_threads", 0)]:
         params = clf.get_params()
         clf.set_params(**{name: value})
         with pytest.raises((ValueError, TypeError), match=name if name != "solver" else "adam"):
@@ -469,3 +470,78 @@ def test_cli_regression_and_mismatched_load(tmp_path, rng, capsys):
     # a regressor cannot continue on classification data
     assert cli.main(["train", "--load", str(model), "--epochs", "1", "--quiet"]) == 2
     assert "MLPRegressor" in capsys.readouterr().err
+
+
+def test_save_keeps_class_weight_dtype_and_a_large_n_threads(tmp_path, rng):
+    """Every constructor value a user may pass survives the file format, and a
+    model saved for more threads than this machine's pool still loads."""
+    X = rng.standard_normal((60, 4))
+    y = rng.integers(0, 3, 60)
+    clf = MLPClassifier(hidden_layer_sizes=(7,), max_iter=5, random_state=0,
+                        class_weight={0: 2.0, 1: 1.0, 2: 0.5}, dtype=np.float64,
+                        n_threads=10**6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X, y)
+    path = tmp_path / "m.npz"
+    clf.save(path)
+    back = MLPClassifier.load(path)
+    assert back.class_weight == {0: 2.0, 1: 1.0, 2: 0.5}
+    assert np.dtype(back.dtype) == np.float64 and back.n_threads == 10**6
+    assert back.predict_proba(X).tobytes() == clf.predict_proba(X).tobytes()
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fastnn.save(fastnn.Network([2, 2]), tmp_path / "n.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "n.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_partial_fit_ignores_early_stopping_like_scikit_learn(rng):
+    X = rng.standard_normal((40, 3))
+    y = rng.integers(0, 2, 40)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), early_stopping=True, random_state=0)
+    clf.partial_fit(X, y, classes=[0, 1])
+    assert clf.n_iter_ == 1
+
+
+def test_sigmoid_alias_initialises_like_logistic(rng):
+    X = rng.standard_normal((30, 3))
+    y = rng.integers(0, 2, 30)
+    fits = [MLPClassifier(hidden_layer_sizes=(4, 5), activation=a, max_iter=1,
+                          random_state=0) for a in ("logistic", "sigmoid",
+                                                    ["logistic", "sigmoid"])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coefs = [np.concatenate([c.ravel() for c in f.fit(X, y).coefs_]) for f in fits]
+    assert coefs[0].tobytes() == coefs[1].tobytes() == coefs[2].tobytes()
+
+
+def test_ctrl_c_keeps_completed_epochs_or_leaves_a_fresh_estimator_unfitted(rng, monkeypatch):
+    X = rng.standard_normal((50, 3))
+    y = rng.integers(0, 2, 50)
+    real_run_epoch = fastnn.Trainer.run_epoch
+    calls = []
+
+    def interrupt_on(n):
+        def run_epoch(self, *args):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real_run_epoch(self, *args)
+        return run_epoch
+
+    monkeypatch.setattr(fastnn.Trainer, "run_epoch", interrupt_on(3))
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0)
+    with pytest.warns(UserWarning, match="interrupted"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2
+    calls.clear()
+    monkeypatch.setattr(fastnn.Trainer, "run_epoch", interrupt_on(1))
+    fresh = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0)
+    with pytest.raises(KeyboardInterrupt):
+        fresh.fit(X, y)
+    assert not hasattr(fresh, "coefs_")
