@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,18 @@ def test_floor_check_passes_and_fails(tmp_path, floor, status):
                            str(f), "--repeat", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == status, proc.stdout + proc.stderr
     assert ("BELOW FLOOR" in proc.stdout) == (status == 1)
+
+
+def test_every_kernel_the_asv_suite_names_exists():
+    """benchmarks/_kernels.py turns a missing name into a skipped benchmark (so
+    older commits can be compared); at HEAD every name must resolve, or a
+    renamed kernel would silently drop out of the gate."""
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernel_names", path)
+    names = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(names)
+    missing = [n for n, v in vars(names).items()
+               if not n.startswith("_") and v is None]
+    assert not missing, f"benchmarks/_kernels.py names missing kernels: {missing}"
+    assert names.ACT_CODES == {"relu": 1, "sigmoid": 2, "tanh": 3}
