@@ -24,10 +24,22 @@ def _layer_is_thread_safe():
 
 
 @contextlib.contextmanager
-def parallel_region():
-    """Context for one call into a parallel kernel (see the module docstring)."""
-    if _layer_is_thread_safe():
-        yield
-    else:
-        with _LOCK:
+def parallel_region(serial=False):
+    """Context for one call into a parallel kernel (see the module docstring).
+
+    ``serial=True`` runs the call on this thread alone (numba's thread count is
+    per calling thread and restored afterwards): for small steps waking the
+    pool costs more than it saves.  Results are the same bits either way.
+    """
+    previous = numba.get_num_threads()
+    if serial:
+        numba.set_num_threads(1)
+    try:
+        if _layer_is_thread_safe():
             yield
+        else:
+            with _LOCK:
+                yield
+    finally:
+        if serial:
+            numba.set_num_threads(previous)

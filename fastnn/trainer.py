@@ -16,6 +16,13 @@ from .optimizers import SGD
 # the order of every floating-point sum, so they must not depend on threads.
 MAX_SHARDS = 4
 MIN_SHARD_ROWS = 16
+# A batch of one shard, or of fewer FLOPs than this (about 6 per weight per
+# row), trains on one thread: waking the second thread for each of its parallel
+# regions cost more than it gave (measured on 2 cores: spiral 2-100-3, batch
+# 300, 0.9 MFLOP per step: 2.19 M samples/s on 1 thread, 1.27 M on 2;
+# tiny_batch 784-128-10, batch 16 (one shard): 47 k vs 35 k; mnist 784-256-10,
+# batch 128, 156 MFLOP: 52 k vs 80 k).
+SERIAL_STEP_FLOPS = 20e6
 
 
 class History:
@@ -172,7 +179,9 @@ class Trainer:
         ws = self._get_workspace(batch, X.shape[1], T.shape[1])
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         momentum, beta1, beta2, eps = self.optimizer.hyper()
-        with parallel_region():
+        n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
+        serial = batch < 2 * MIN_SHARD_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
+        with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
                 net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code, X, T, w,
                 order.astype(np.int64), batch, MAX_SHARDS, MIN_SHARD_ROWS,

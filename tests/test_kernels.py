@@ -6,7 +6,7 @@ from fastnn.kernels import activations as A
 from fastnn.kernels import activations as act  # 'A' is also a matrix name below
 from fastnn.kernels import losses as L
 from fastnn.kernels import optim as O
-from fastnn.kernels.gemm import gemm_nn, product_backward, product_forward, product_weight_grad
+from fastnn.kernels.gemm import column_sums_acc, gemm_nn, gemm_tn_acc, product_backward, product_forward, product_weight_grad
 
 from .conftest import ODD_SIZES
 
@@ -45,6 +45,13 @@ def test_gemm_products(rng, dtype, m, k, n):
     G = G0.copy()
     product_weight_grad(a, d, np.full((k, m), np.nan, dtype), np.full((n, m), np.nan, dtype), G)
     assert_close(G, G0.astype(np.float64) + a64.T @ d64, dtype, scale=np.sqrt(m))
+    G_rows = G0.copy()                   # the row-streaming form used for small shards
+    gemm_tn_acc(a, d, G_rows)
+    assert_close(G_rows, G0.astype(np.float64) + a64.T @ d64, dtype, scale=np.sqrt(m))
+    b0 = rand(rng, n, dtype)
+    b = b0.copy()
+    column_sums_acc(d, b)
+    assert_close(b, b0.astype(np.float64) + d64.sum(axis=0), dtype, scale=np.sqrt(m))
     back = np.full((m, k), np.nan, dtype)
     product_backward(d, W, back)
     assert_close(back, d64 @ W64.T, dtype, scale=np.sqrt(n))

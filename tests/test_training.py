@@ -56,6 +56,23 @@ def test_gradient_matches_finite_differences(rng, activation, depth, l2):
     assert err < 1e-6, f"relative gradient error {err:.3g} for {sizes} {activation}"
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_gradient_with_large_shards(rng, activation):
+    """600 rows: four shards of 150, above ROW_STREAM_MAX_ROWS, so the weight
+    gradient goes through the transposed gemm_abt path instead of the
+    row-streaming one the small-batch tests use."""
+    from fastnn.kernels.step import ROW_STREAM_MAX_ROWS
+    sizes = [5, 7, 3]
+    net = fastnn.Network(sizes, activation=activation, dtype="float64",
+                         seed=int(rng.integers(2**31)))
+    for b in net.biases:
+        b[:] = rng.uniform(0.05, 0.5, b.shape)
+    X, y = make_problem(rng, sizes, "softmax", 600)
+    assert 600 // 4 > ROW_STREAM_MAX_ROWS
+    err = finite_difference_error(fastnn.Trainer(net, l2=0.1), X, y)
+    assert err < 1e-6
+
+
 @pytest.mark.parametrize("output", ["linear", "sigmoid"])
 def test_gradient_other_outputs_and_sample_weights(rng, output):
     sizes = [4, 7, 2]
@@ -84,14 +101,16 @@ def test_loss_matches_numpy_reference(rng):
     np.testing.assert_allclose(net.predict_proba(X), np.exp(logp), rtol=1e-10, atol=1e-15)
 
 
-TRAIN_SCRIPT = """
+# Large enough that a step runs in parallel (trainer.SERIAL_STEP_FLOPS).
+DETERMINISM_SIZES = [129, 257, 33, 7]
+TRAIN_SCRIPT = f"SIZES = {DETERMINISM_SIZES}\n" + """
 import hashlib, json, sys
 import numpy as np, numba, fastnn
 rng = np.random.default_rng(5)
-X = rng.standard_normal((1000, 33)); y = rng.integers(0, 7, 1000)
+X = rng.standard_normal((1000, 129)); y = rng.integers(0, 7, 1000)
 out = {"threads": numba.get_num_threads()}
 for dtype in ("float32", "float64"):
-    net = fastnn.Network([33, 129, 17, 7], activation=["relu", "tanh"], dtype=dtype, seed=1)
+    net = fastnn.Network(SIZES, activation=["relu", "tanh"], dtype=dtype, seed=1)
     fastnn.train(net, X, y, epochs=3, batch_size=250, optimizer=fastnn.Adam(lr=0.01), seed=2)
     out[dtype] = hashlib.sha256(net.params.tobytes()).hexdigest()
     out[dtype + "_predict"] = hashlib.sha256(net.predict_proba(X).tobytes()).hexdigest()
@@ -105,6 +124,8 @@ def test_same_seed_same_bits_with_one_and_two_threads():
     # "Reproducibility").  A first run fills the cache so that both measured
     # runs load the same machine code and only the thread count differs.
     subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], capture_output=True, check=True)
+    n_weights = sum(a * b for a, b in zip(DETERMINISM_SIZES[:-1], DETERMINISM_SIZES[1:]))
+    assert 6 * n_weights * 250 >= fastnn.trainer.SERIAL_STEP_FLOPS   # really parallel
     results = []
     for threads in ("1", "2"):
         env = dict(os.environ, NUMBA_NUM_THREADS=threads)
