@@ -75,25 +75,3 @@ def scale_by_derivative(delta, A, code):
         elif code == TANH:
             for j in range(n):
                 d_row[j] *= one - a_row[j] * a_row[j]
-
-
-@jit
-def times_derivative(d, a, code):
-    """d * h'(z) for one element, from the output a = h(z) (the backward
-    epilogue); relu selects rather than multiplies, like scale_by_derivative."""
-    if code == RELU:
-        return d if a > type(a)(0) else type(d)(0)
-    return d * derivative(a, code)
-
-
-@jit
-def derivative(a, code):
-    """h'(z) for one element, from the output a = h(z)."""
-    one = type(a)(1)
-    if code == RELU:
-        return one if a > type(a)(0) else type(a)(0)
-    if code == SIGMOID:
-        return a * (one - a)
-    if code == TANH:
-        return one - a * a
-    return one

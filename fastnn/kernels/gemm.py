@@ -21,7 +21,7 @@ batch (scikit-learn's sample-order check; the tile and edge paths of
 import numpy as np
 
 from .._jit import jit
-from .activations import RELU, add_bias_activate, times_derivative
+from .activations import add_bias_activate, scale_by_derivative
 
 # Columns of the output handled per pass of gemm_nn, so that ROW_BLOCK output
 # row pieces stay in L1 while the shared dimension is swept; ROW_BLOCK rows of A
@@ -158,20 +158,10 @@ def _epilogue_rows(C, i0, i1, mode, code, bias, H):
     """The fused elementwise step on rows i0:i1 of C, run right after the last K
     block of those rows was stored, while they are still in L1:
     EPI_BIAS_ACT: C = h(C + b);  EPI_DERIV: C = C * h'(H)."""
-    N = C.shape[1]
     if mode == EPI_BIAS_ACT:
         add_bias_activate(C[i0:i1], bias, code)
     elif mode == EPI_DERIV:
-        for i in range(i0, i1):
-            c_row = C[i]
-            h_row = H[i]
-            if code == RELU:
-                zero = C.dtype.type(0)
-                for j in range(N):
-                    c_row[j] = c_row[j] if h_row[j] > zero else zero
-            else:
-                for j in range(N):
-                    c_row[j] = times_derivative(c_row[j], h_row[j], code)
+        scale_by_derivative(C[i0:i1], H[i0:i1], code)
 
 
 @jit(inline="always")  # numba-level inlining: no call or refcount per element
