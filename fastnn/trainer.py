@@ -16,8 +16,8 @@ from .optimizers import SGD
 # the order of every floating-point sum, so they must not depend on threads.
 MAX_SHARDS = 4
 MIN_SHARD_ROWS = 16
-# A batch of one shard, or of fewer FLOPs than this (about 6 per weight per
-# row), trains on one thread: waking the second thread for each of its parallel
+# A batch of under two full shards (< 32 rows), or of fewer FLOPs than this
+# (about 6 per weight per row), trains on one thread: waking the second thread for each of its parallel
 # regions cost more than it gave (measured on 2 cores: spiral 2-100-3, batch
 # 300, 0.9 MFLOP per step: 2.19 M samples/s on 1 thread, 1.27 M on 2;
 # tiny_batch 784-128-10, batch 16 (one shard): 47 k vs 35 k; mnist 784-256-10,
