@@ -10,9 +10,23 @@ rely on: ``get_params`` / ``set_params`` read from the ``__init__`` signature,
 and ``score`` (accuracy, R^2).
 """
 import inspect
-import warnings
 
 import numpy as np
+
+def r2_score(y, pred, w=None):
+    """R^2 of ``pred`` against ``y`` (both n x outputs), weighted by ``w``,
+    averaged over outputs; a constant output scores 1 if predicted exactly,
+    else 0 (scikit-learn's convention)."""
+    y = y.astype(np.float64)
+    pred = pred.astype(np.float64)
+    w = np.ones(len(y)) if w is None else w
+    mean = np.average(y, axis=0, weights=w)
+    ss_res = (w[:, None] * (y - pred) ** 2).sum(axis=0)
+    ss_tot = (w[:, None] * (y - mean) ** 2).sum(axis=0)
+    safe = np.where(ss_tot > 0, ss_tot, 1.0)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / safe, np.where(ss_res > 0, 0.0, 1.0))
+    return float(r2.mean())
+
 
 try:  # pragma: no cover - which branch runs depends on the environment
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -83,15 +97,8 @@ except ImportError:  # pragma: no cover
             y = np.asarray(y, dtype=np.float64).reshape(pred.shape)
             if pred.ndim == 1:
                 pred, y = pred[:, None], y[:, None]
-            w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
-            mean = np.average(y, axis=0, weights=w)
-            ss_res = (w[:, None] * (y - pred) ** 2).sum(axis=0)
-            ss_tot = (w[:, None] * (y - mean) ** 2).sum(axis=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
-                              np.where(ss_res > 0, 0.0, 1.0))
-            return float(r2.mean())
+            w = None if sample_weight is None else np.asarray(sample_weight, float)
+            return r2_score(y, pred, w)
 
-__all__ = ["HAVE_SKLEARN", "BaseEstimator", "ClassifierMixin", "RegressorMixin",
+__all__ = ["HAVE_SKLEARN", "r2_score", "BaseEstimator", "ClassifierMixin", "RegressorMixin",
            "NotFittedError", "ConvergenceWarning", "DataConversionWarning"]

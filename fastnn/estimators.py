@@ -32,8 +32,8 @@ import numpy as np
 
 from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
-                      DataConversionWarning, NotFittedError, RegressorMixin)
-from .kernels import activations as act_k
+                      DataConversionWarning, NotFittedError, RegressorMixin,
+                      r2_score)
 from .network import Network
 from .optimizers import SGD, Adam
 from .trainer import Trainer
@@ -167,18 +167,6 @@ def _stratified_split(n, strata, fraction, rng):
     mask = np.ones(n, dtype=bool)
     mask[val] = False
     return np.flatnonzero(mask), val
-
-
-def _r2(y, pred, w):
-    y = y.astype(np.float64)
-    pred = pred.astype(np.float64)
-    w = np.ones(len(y)) if w is None else w
-    mean = np.average(y, axis=0, weights=w)
-    ss_res = (w[:, None] * (y - pred) ** 2).sum(axis=0)
-    ss_tot = (w[:, None] * (y - mean) ** 2).sum(axis=0)
-    safe = np.where(ss_tot > 0, ss_tot, 1.0)
-    r2 = np.where(ss_tot > 0, 1 - ss_res / safe, np.where(ss_res > 0, 0.0, 1.0))
-    return float(r2.mean())
 
 
 class _Run:
@@ -848,7 +836,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return w
 
     def _score_outputs(self, out, T, w, kind):
-        return _r2(T, out, w)
+        return r2_score(T, out, w)
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current state."""

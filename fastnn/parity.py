@@ -90,14 +90,13 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = parser.parse_args(argv)
     try:
-        import sklearn  # noqa: F401
+        import sklearn
     except ImportError:
         print("python -m fastnn.parity needs scikit-learn: pip install scikit-learn",
               file=sys.stderr)
         return 2
     import numba
     import numpy as np
-    import sklearn
     print(f"fastnn parity: scikit-learn {sklearn.__version__}, numpy {np.__version__}, "
           f"numba {numba.__version__}, fastnn dtype {args.dtype}, threads "
           f"{args.threads or numba.config.NUMBA_NUM_THREADS}; fit times are medians of "

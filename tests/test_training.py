@@ -1,6 +1,5 @@
 """The whole network: gradients against finite differences, reproducibility
 across thread counts, and the accuracy the derivation notes reach."""
-import hashlib
 import json
 import os
 import subprocess
