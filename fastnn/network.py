@@ -4,17 +4,24 @@ All weights and biases live in one contiguous array ``params``; ``weights`` and
 ``biases`` are views into it.  That keeps the optimizer a single loop, makes
 save/load one array, and lets the compiled step address layers by offset.
 """
+import threading
+
 import numpy as np
 
 from . import _validation as V
 from ._parallel import parallel_region
 from .kernels import activations as act_k
 from .kernels import losses as loss_k
-from .kernels.step import predict_rows
+from .kernels.step import predict_block, predict_rows
 
-# Rows per block in prediction; fixed so that results do not depend on threads.
+# Rows per block in parallel prediction (each block is one prange iteration),
+# and blocks in flight at once (one activation workspace each).  Up to
+# SERIAL_PREDICT_ROWS rows are predicted on the calling thread, with no thread
+# pool wake-up: one row then costs little more than its arithmetic.  A row's
+# result is the same bits on either path (gemm.py).
 PREDICT_BLOCK = 128
 PREDICT_SLOTS = 8
+SERIAL_PREDICT_ROWS = 32
 
 
 class Network:
@@ -122,8 +129,15 @@ class Network:
         """An independent copy (parameters included)."""
         clone = Network.__new__(Network)
         clone.__dict__.update(self.__dict__)
+        clone.__dict__.pop("_predict_local", None)   # its own prediction workspaces
         clone.params = self.params.copy()
         return clone
+
+    def __getstate__(self):
+        # prediction workspaces are per process and thread: never pickled
+        state = self.__dict__.copy()
+        state.pop("_predict_local", None)
+        return state
 
     # -------------------------------------------------------------- inference
     def _check_X(self, X, name="X"):
@@ -132,13 +146,30 @@ class Network:
     def _forward_checked(self, X):
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        slots = min(PREDICT_SLOTS, -(-n // PREDICT_BLOCK))
-        ws = np.empty((slots, PREDICT_BLOCK * int(self._dims[1:].sum())), dtype=self.dtype)
-        act_off = PREDICT_BLOCK * np.concatenate([[0], np.cumsum(self._dims[1:-1])]).astype(np.int64)
+        ws, act_off = self._predict_workspace()
+        if n <= SERIAL_PREDICT_ROWS:
+            predict_block(self.params, self._offs, self._dims, self._acts, self._output_code,
+                          X, out, ws[0], act_off)
+            return out
         with parallel_region():
             predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
                          X, out, ws, act_off, PREDICT_BLOCK)
         return out
+
+    def _predict_workspace(self):
+        """Activation workspaces for prediction, made once per network and
+        Python thread (two threads predicting at once never share one)."""
+        local = self.__dict__.get("_predict_local")
+        if local is None:
+            local = self.__dict__.setdefault("_predict_local", threading.local())
+        cached = getattr(local, "ws", None)
+        if cached is None or cached[0] != (self.sizes, self.dtype):
+            widths = self._dims[1:]
+            ws = np.empty((PREDICT_SLOTS, PREDICT_BLOCK * int(widths.sum())), dtype=self.dtype)
+            act_off = PREDICT_BLOCK * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
+            cached = ((self.sizes, self.dtype), ws, act_off)
+            local.ws = cached
+        return cached[1], cached[2]
 
     def forward(self, X):
         """Network output for X: class probabilities (softmax), label

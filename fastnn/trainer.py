@@ -5,24 +5,22 @@ All per-sample and per-batch work happens in one compiled call per epoch
 """
 import warnings
 
+import numba
 import numpy as np
 
 from . import _validation as V
 from ._parallel import parallel_region
-from .kernels.step import UPDATE_CHUNK, loss_gradient, train_epoch
+from .kernels.step import LOSS_GROUP_ROWS, UPDATE_CHUNK, loss_gradient, train_epoch
 from .optimizers import SGD
 
-# Shards per mini-batch, and the fewest rows worth giving a shard.  They fix
-# the order of every floating-point sum, so they must not depend on threads.
-MAX_SHARDS = 4
-MIN_SHARD_ROWS = 16
-# A batch of under two full shards (< 32 rows), or of fewer FLOPs than this
+# A batch of under MIN_PARALLEL_ROWS rows, or of fewer FLOPs than this
 # (about 6 per weight per row), trains on one thread: waking the second thread for each of its parallel
 # regions cost more than it gave (measured on 2 cores: spiral 2-100-3, batch
 # 300, 0.9 MFLOP per step: 2.19 M samples/s on 1 thread, 1.27 M on 2;
 # tiny_batch 784-128-10, batch 16 (one shard): 47 k vs 35 k; mnist 784-256-10,
 # batch 128, 156 MFLOP: 52 k vs 80 k).
 SERIAL_STEP_FLOPS = 20e6
+MIN_PARALLEL_ROWS = 32
 
 
 class History:
@@ -83,26 +81,23 @@ def make_targets(network, y, name="y"):
 class Workspace:
     """Every buffer a training epoch touches, made once per fit and reused."""
 
-    def __init__(self, network, batch_size, n_features, n_outputs, max_shards, min_rows):
+    def __init__(self, network, batch_size, n_features, n_outputs):
         dt = network.dtype
-        sizes = np.arange(1, batch_size + 1)
-        shards = np.minimum(max_shards, np.maximum(1, -(-sizes // min_rows)))
-        cap = int((-(-sizes // shards)).max())   # most rows any shard can get
         widths = network._dims[1:]
-        self.act_off = cap * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
-        self.act_ws = np.empty((max_shards, cap * int(widths.sum())), dtype=dt)
-        self.delta_ws = np.empty((max_shards, 2, cap * int(network._dims.max())), dtype=dt)
-        # per shard: a_{l-1}^T and delta_l^T, packed for the dW product
-        self.tr_ws = np.empty((max_shards, 2, cap * int(network._dims.max())), dtype=dt)
-        # W^T of every layer, packed once per step for the forward product
+        # activations a_l and deltas of the whole batch, layer l at act_off[l]
+        self.act_off = batch_size * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
+        self.act_ws = np.empty(batch_size * int(widths.sum()), dtype=dt)
+        self.delta_ws = np.empty_like(self.act_ws)
+        # W^T of every layer, packed once per step for the backward product
         self.WT = np.empty(network.n_params, dtype=dt)
-        self.grads = np.empty((max_shards, network.n_params), dtype=dt)
+        self.grad = np.empty(network.n_params, dtype=dt)
         self.Xb = np.empty((batch_size, n_features), dtype=dt)
         self.Tb = np.empty((batch_size, n_outputs), dtype=dt)
         self.wb = np.empty(batch_size, dtype=dt)
         self.l2_parts = np.empty(-(-network.n_params // UPDATE_CHUNK), dtype=np.float64)
-        self.shard_loss = np.empty(max_shards, dtype=np.float64)
-        self.shard_correct = np.empty(max_shards, dtype=np.int64)
+        groups = -(-batch_size // LOSS_GROUP_ROWS)
+        self.group_loss = np.empty(groups, dtype=np.float64)
+        self.group_correct = np.empty(groups, dtype=np.int64)
 
 
 class _Snapshot:
@@ -165,8 +160,7 @@ class Trainer:
     def _get_workspace(self, batch_size, n_features, n_outputs):
         key = (batch_size, n_features, n_outputs)
         if self._workspace is None or self._workspace[0] != key:
-            ws = Workspace(self.network, batch_size, n_features, n_outputs,
-                           MAX_SHARDS, MIN_SHARD_ROWS)
+            ws = Workspace(self.network, batch_size, n_features, n_outputs)
             self._workspace = (key, ws)
         return self._workspace[1]
 
@@ -180,16 +174,16 @@ class Trainer:
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
-        serial = batch < 2 * MIN_SHARD_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
+        serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
                 net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code, X, T, w,
-                order.astype(np.int64), batch, MAX_SHARDS, MIN_SHARD_ROWS,
-                ws.act_ws, ws.act_off, ws.delta_ws, ws.tr_ws, ws.grads, ws.Xb, ws.Tb, ws.wb,
+                order.astype(np.int64), batch, ws.act_ws, ws.act_off, ws.delta_ws, ws.grad, ws.Xb, ws.Tb, ws.wb,
                 net._seg_lo, net._seg_hi, net._seg_decay, dt(self.l2),
                 self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.optimizer.lr),
                 dt(momentum), dt(beta1), dt(beta2), dt(eps), np.int64(self.steps),
-                ws.l2_parts, ws.shard_loss, ws.shard_correct)
+                ws.l2_parts, ws.group_loss, ws.group_correct,
+                np.int64(numba.get_num_threads()))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
@@ -203,14 +197,14 @@ class Trainer:
         """
         net = self.network
         X, T, w = self._check_data(X, y, sample_weight)
-        ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1], MAX_SHARDS, MIN_SHARD_ROWS)
+        ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1])
         with parallel_region():
             loss = loss_gradient(net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code,
-                                 X, T, w, MAX_SHARDS, MIN_SHARD_ROWS, ws.act_ws, ws.act_off,
-                                 ws.delta_ws, ws.tr_ws, ws.grads, net._seg_lo, net._seg_hi, net._seg_decay,
-                                 net.dtype.type(self.l2), ws.l2_parts, ws.shard_loss,
-                                 ws.shard_correct)
-        return float(loss), ws.grads[0].copy()
+                                 X, T, w, ws.act_ws, ws.act_off,
+                                 ws.delta_ws, ws.grad, net._seg_lo, net._seg_hi, net._seg_decay,
+                                 net.dtype.type(self.l2), ws.l2_parts, ws.group_loss,
+                                 ws.group_correct, np.int64(numba.get_num_threads()))
+        return float(loss), ws.grad.copy()
 
     def _check_data(self, X, y, sample_weight):
         net = self.network

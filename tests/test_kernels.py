@@ -6,7 +6,7 @@ from fastnn.kernels import activations as A
 from fastnn.kernels import activations as act  # 'A' is also a matrix name below
 from fastnn.kernels import losses as L
 from fastnn.kernels import optim as O
-from fastnn.kernels.gemm import column_sums_acc, gemm_nn, gemm_tn_acc, product_backward, product_forward, product_weight_grad
+from fastnn.kernels.gemm import column_sums_acc, product_backward, product_forward, product_weight_grad
 
 from .conftest import ODD_SIZES
 
@@ -38,16 +38,10 @@ def test_gemm_products(rng, dtype, m, k, n):
     z = np.full((m, n), np.nan, dtype)
     product_forward(a, W, np.full((n, k), np.nan, dtype), z)
     assert_close(z, a64 @ W64, dtype, scale=np.sqrt(k))
-    z_predict = np.full((m, n), np.nan, dtype)
-    gemm_nn(a, W, z_predict)
-    assert_close(z_predict, a64 @ W64, dtype, scale=np.sqrt(k))
     G0 = rand(rng, (k, n), dtype)
     G = G0.copy()
     product_weight_grad(a, d, np.full((k, m), np.nan, dtype), np.full((n, m), np.nan, dtype), G)
     assert_close(G, G0.astype(np.float64) + a64.T @ d64, dtype, scale=np.sqrt(m))
-    G_rows = G0.copy()                   # the row-streaming form used for small shards
-    gemm_tn_acc(a, d, G_rows)
-    assert_close(G_rows, G0.astype(np.float64) + a64.T @ d64, dtype, scale=np.sqrt(m))
     b0 = rand(rng, n, dtype)
     b = b0.copy()
     column_sums_acc(d, b)
@@ -189,72 +183,139 @@ def reference_update(kind, p, g, s1, s2, lr, mu, b1, b2, eps, t):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", [O.SGD, O.MOMENTUM, O.NESTEROV, O.ADAM])
 @pytest.mark.parametrize("size", [1, 33, 1000])
-def test_optimizer_updates(rng, dtype, kind, size):
+@pytest.mark.parametrize("decay", [0.0, 0.3])
+def test_optimizer_updates(rng, dtype, kind, size, decay):
     p, g, s1 = (rand(rng, size, dtype) for _ in range(3))
     s2 = np.abs(rand(rng, size, dtype))
     lr, mu, b1, b2, eps, t = 0.05, 0.9, 0.9, 0.999, 1e-8, 3
-    ref = reference_update(kind, p, g, s1, s2, lr, mu, b1, b2, eps, t)
+    # the L2 term enters the gradient: g + decay * p
+    g_total = (g.astype(np.float64) + decay * p.astype(np.float64))
+    ref = reference_update(kind, p, g_total, s1, s2, lr, mu, b1, b2, eps, t)
     step_lr = O.adam_step_size(lr, b1, b2, t) if kind == O.ADAM else lr
     lo = size // 3
     before = p.copy()
     O.update_range(p, g, s1, s2, lo, size, kind, dtype(step_lr), dtype(mu), dtype(b1),
-                   dtype(b2), dtype(eps))
+                   dtype(b2), dtype(eps), dtype(decay))
     np.testing.assert_array_equal(p[:lo], before[:lo])    # outside the range: untouched
     for got, want in zip((p, s1, s2), ref):
         assert_close(got[lo:], want[lo:], dtype, scale=10)
 
 
-# --- the packed GEMM of the training step (fastnn.kernels.gemm.gemm_abt) -----------
+# --- the GEMM core (fastnn.kernels.gemm.gemm, micro-kernel in microkernel.py) -----
 from fastnn.kernels import gemm as G  # noqa: E402
+from fastnn.kernels import microkernel as UK  # noqa: E402
 
-# sizes straddling the 8x4 register tile (MR, NR) and the K block (KC)
-TILE_M = (1, 7, 8, 9, 33, 129)
-TILE_N = (1, 3, 4, 5, 7, 33)
-TILE_K = (1, 7, 33, G.KC - 1, G.KC + 1, 2 * G.KC + 7)
+
+def lanes(dtype):
+    return UK.VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+def tile_edges(dtype):
+    """Column counts at every edge of the register tile for this dtype: one
+    vector (VL), the tile (NR = NV * VL), each side of both, and several panels."""
+    vl = lanes(dtype)
+    nr = UK.NV * vl
+    return sorted({1, vl - 1, vl, vl + 1, nr - 1, nr, nr + 1, 2 * nr + vl + 3})
+
+
+ROW_EDGES = sorted({1, 2, G.ROW_KERNEL_BELOW - 1, G.ROW_KERNEL_BELOW, G.MR - 1, G.MR, G.MR + 1,
+                    G.MC - 1, G.MC + 1, 2 * G.MC + G.MR + 2})
+K_EDGES = (1, 7, G.KC - 1, G.KC, G.KC + 1, 2 * G.KC + 7)
+
+
+def gemm_ref(A, B):
+    return A.astype(np.float64) @ B.astype(np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", TILE_M)
-@pytest.mark.parametrize("n", TILE_N)
-@pytest.mark.parametrize("k", TILE_K)
-def test_gemm_abt_store_and_accumulate(rng, dtype, m, n, k):
-    # rows longer than K: only the first K entries of each row may be read
-    A = rand(rng, (m, k + 3), dtype)
-    BT = rand(rng, (n, k + 2), dtype)
-    ref = A[:, :k].astype(np.float64) @ BT[:, :k].astype(np.float64).T
-    C = np.full((m, n), np.nan, dtype)
-    dummy = np.zeros(n, dtype)
-    G.gemm_abt(A, BT, C, k, False, G.EPI_STORE, act.IDENTITY, dummy, C)
-    assert_close(C, ref, dtype, scale=np.sqrt(k))
-    C0 = rand(rng, (m, n), dtype)
-    C = C0.copy()
-    G.gemm_abt(A, BT, C, k, True, G.EPI_STORE, act.IDENTITY, dummy, C)
-    assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
+@pytest.mark.parametrize("m", ROW_EDGES)
+@pytest.mark.parametrize("k", K_EDGES)
+def test_gemm_tile_edges(rng, dtype, m, k):
+    """C = A B and C += A B against float64 NumPy at every edge of the tile, of
+    the row block MC and of the K block KC, with A read in place and transposed."""
+    for n in tile_edges(dtype):
+        A = rand(rng, (m, k), dtype)
+        B = rand(rng, (k, n), dtype)
+        ref = gemm_ref(A, B)
+        C = np.full((m, n), np.nan, dtype)
+        G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C)
+        assert_close(C, ref, dtype, scale=np.sqrt(k))
+        # A as a transposed view (the weight-gradient product reads a^T in place)
+        At = np.ascontiguousarray(A.T)
+        C0 = rand(rng, (m, n), dtype)
+        C = C0.copy()
+        G.gemm(At.T, B, C, 1, G.EPI_STORE, act.IDENTITY, C[0], C)
+        assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_writes_only_its_block(rng, dtype):
+    """Views into bigger arrays: nothing outside C's block is read into it or written."""
+    m, k, n = 13, 37, lanes(dtype) * UK.NV + 5
+    big_C = np.full((m + 4, n + 9), 7.0, dtype)
+    big_B = np.full((k + 3, n + 9), np.nan, dtype)
+    big_A = np.full((m + 2, k + 5), np.nan, dtype)
+    A = big_A[1:1 + m, 2:2 + k]
+    B = big_B[:k, 3:3 + n]
+    C = big_C[2:2 + m, 4:4 + n]
+    A[:] = rand(rng, (m, k), dtype)
+    B[:] = rand(rng, (k, n), dtype)
+    G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C)
+    assert_close(C, gemm_ref(A, B), dtype, scale=np.sqrt(k))
+    outside = big_C.copy()
+    outside[2:2 + m, 4:4 + n] = 7.0
+    assert (outside == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_rows_do_not_depend_on_the_other_rows(rng, dtype):
+    """Every row goes through the same arithmetic wherever it sits: a full
+    tile, the bottom edge, the one-row kernel, or alone (prediction's
+    sample-order invariance and the thread-count invariance rest on this)."""
+    k = 2 * G.KC + 3
+    n = lanes(dtype) * UK.NV + 3
+    m = 2 * G.MC + 5
+    A = rand(rng, (m, k), dtype)
+    B = rand(rng, (k, n), dtype)
+    C = np.empty((m, n), dtype)
+    G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C)
+    perm = rng.permutation(m)
+    Cp = np.empty((m, n), dtype)
+    G.gemm(np.ascontiguousarray(A[perm]), B, Cp, 0, G.EPI_STORE, act.IDENTITY, Cp[0], Cp)
+    np.testing.assert_array_equal(Cp, C[perm])
+    for i in (0, 1, G.MR, m - 1):
+        row = np.empty((1, n), dtype)
+        G.gemm(A[i:i + 1], B, row, 0, G.EPI_STORE, act.IDENTITY, row[0], row)
+        np.testing.assert_array_equal(row[0], C[i])
+    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1):
+        part = np.empty((r, n), dtype)
+        G.gemm(A[5:5 + r], B, part, 0, G.EPI_STORE, act.IDENTITY, part[0], part)
+        np.testing.assert_array_equal(part, C[5:5 + r])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (9, 129, 33), (33, G.KC + 1, 7),
-                                   (129, 7, 129)])
-def test_gemm_abt_fused_epilogues(rng, dtype, name, m, k, n):
+                                   (129, 7, 129), (G.MR + 1, 2 * G.KC + 1, 70)])
+def test_gemm_fused_epilogues(rng, dtype, name, m, k, n):
     code = act.CODES[name]
     a = rand(rng, (m, k), dtype)
     W = (rand(rng, (k, n), dtype) / np.sqrt(k)).astype(dtype)
     b = rand(rng, n, dtype)
     a64, W64, b64 = (x.astype(np.float64) for x in (a, W, b))
-    # forward: z = h(a W + b), W packed as W^T
-    WT = np.empty((n, k), dtype)
-    G.pack_transpose(W, WT, k, n)
-    np.testing.assert_array_equal(WT, W.T)
+    # forward: z = h(a W + b), W read in place
     Z = np.full((m, n), np.nan, dtype)
-    G.gemm_abt(a, WT, Z, k, False, G.EPI_BIAS_ACT, code, b, Z)
+    G.gemm(a, W, Z, 0, G.EPI_BIAS_ACT, code, b, Z)
     assert_close(Z, reference_activation(name, a64 @ W64 + b64), dtype, scale=np.sqrt(k))
-    # backward: dA = (delta W^T) * h'(H), h' from the layer's outputs H
+    # backward: dA = (delta W^T) * h'(H), h' from the layer's outputs H, W^T packed
+    WT = np.empty((n, k), dtype)
+    G.pack_transpose(W, WT)
+    np.testing.assert_array_equal(WT, W.T)
     H = np.empty((m, k), dtype)
     H[:] = reference_activation(name, rand(rng, (m, k), np.float64)).astype(dtype)
     d = rand(rng, (m, n), dtype)
     dA = np.full((m, k), np.nan, dtype)
-    G.gemm_abt(d, W, dA, n, False, G.EPI_DERIV, code, b, H)
+    G.gemm(d, WT, dA, 0, G.EPI_DERIV, code, b, H)
     H64 = H.astype(np.float64)
     deriv = {"identity": np.ones_like(H64), "relu": (H64 > 0).astype(float),
              "sigmoid": H64 * (1 - H64), "tanh": 1 - H64**2}[name]
@@ -262,21 +323,31 @@ def test_gemm_abt_fused_epilogues(rng, dtype, name, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (17, 16), (129, 7)])
-def test_pack_transpose_colsum(rng, dtype, m, n):
+@pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (17, 16), (129, 7), (300, 257)])
+def test_pack_transpose(rng, dtype, m, n):
     S = rand(rng, (m, n), dtype)
     D = np.full((n, m + 5), np.nan, dtype)       # a workspace wider than needed
-    colsum = rand(rng, n, dtype)
-    before = colsum.astype(np.float64)
-    G.pack_transpose_colsum(S, D, m, n, colsum)
+    G.pack_transpose(S, D[:, :m])
     np.testing.assert_array_equal(D[:, :m], S.T)
     assert np.isnan(D[:, m:]).all()              # nothing written past the packed block
-    assert_close(colsum, before + S.astype(np.float64).sum(0), dtype, scale=np.sqrt(m))
 
 
-def test_gemm_abt_empty_sum_applies_epilogue():
+def test_gemm_empty_sum_applies_epilogue():
     C = np.full((3, 2), 5.0, np.float32)
     b = np.array([1.0, -1.0], np.float32)
     A = np.zeros((3, 0), np.float32)
-    G.gemm_abt(A, np.zeros((2, 0), np.float32), C, 0, False, G.EPI_BIAS_ACT, act.RELU, b, C)
+    G.gemm(A, np.zeros((0, 2), np.float32), C, 0, G.EPI_BIAS_ACT, act.RELU, b, C)
     np.testing.assert_array_equal(C, [[1, 0]] * 3)
+
+
+def test_vector_width_follows_the_target_cpu(monkeypatch):
+    """The tile is chosen from the CPU numba compiles for: AVX-512 names get
+    512-bit vectors, AVX2 names 256, anything older 128."""
+    from numba.core import config
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    for name, bits in [("skylake-avx512", 512), ("znver4", 512), ("haswell", 256),
+                       ("znver2", 256), ("nehalem", 128), ("x86-64", 128)]:
+        monkeypatch.setattr(config, "CPU_NAME", name)
+        assert UK._vector_bits() == bits, name
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma")
+    assert UK._vector_bits() == 256

@@ -18,26 +18,27 @@ from .cases import CASES, thread_env
 from .peers import LIBS, available
 
 
-def run_child(args, threads, timeout=900):
+def run_child(args, threads, timeout=900, native_blas=False):
     """Run ``python -m fastnn.bench.run_peer ARGS`` with pinned threads; its JSON."""
     cmd = [sys.executable, "-m", "fastnn.bench.run_peer", *args]
-    proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, env=thread_env(threads, native_blas=native_blas),
+                          capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare(cases, peers, threads, repeat, samples=None, log=print):
+def compare(cases, peers, threads, repeat, samples=None, log=print, native_blas=False):
     """Measure every (case, library); returns the results as a dict."""
-    sg = run_child(["--lib", "sgemm", "--repeat", str(repeat)], threads)
+    sg = run_child(["--lib", "sgemm", "--repeat", str(repeat)], threads, native_blas=native_blas)
     sgemm_gflops = sg["flops"] / statistics.median(sg["times"]) / 1e9
     results = {"threads": threads, "repeat": repeat, "sgemm_gflops": sgemm_gflops, "cases": {}}
     for name in cases:
         row = {}
         for lib in peers:
             extra = ["--samples", str(samples)] if samples else []
-            r = run_child(["--lib", lib, "--case", name, "--repeat", str(repeat), *extra], threads)
+            r = run_child(["--lib", lib, "--case", name, "--repeat", str(repeat), *extra], threads,
+                          native_blas=native_blas)
             med = statistics.median(r["times"])
             row[lib] = {"median_s": med, "samples_per_s": r["n_samples"] / med,
                         "times": r["times"]}
@@ -88,6 +89,9 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=None,
                     help="override samples per epoch (for quick checks)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--native-blas", action="store_true",
+                    help="unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for the peers, so they "
+                         "use the BLAS kernel made for this CPU")
     args = ap.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     bad = [c for c in cases if c not in CASES]
@@ -102,7 +106,7 @@ def main(argv=None):
         else:
             print(f"note: {p} is not installed; skipped", file=sys.stderr)
     results = compare(cases, peers, args.threads, args.repeat, args.samples,
-                      log=lambda *a, **k: print(*a, **k))
+                      log=lambda *a, **k: print(*a, **k), native_blas=args.native_blas)
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:

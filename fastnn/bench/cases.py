@@ -51,13 +51,24 @@ def make_data(case, seed=0, n_samples=None):
     return X, y
 
 
-def thread_env(threads, base=None):
+# Set on some machines (including the development and CI machines) because
+# older OpenBLAS builds misbehave there; they force a slower BLAS kernel on a
+# current NumPy.  ``native_blas=True`` removes them for a peer comparison.
+BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def thread_env(threads, base=None, native_blas=False):
     """A copy of ``base`` (default os.environ) with every thread pool pinned to
     ``threads``: numba, OpenMP, OpenBLAS, MKL.  Children get this environment,
-    so each library runs on the same number of cores."""
+    so each library runs on the same number of cores.  ``native_blas`` drops
+    BLAS_OVERRIDES so that NumPy, scikit-learn and torch use the BLAS kernel
+    made for this CPU."""
     import os
 
     env = dict(os.environ if base is None else base)
+    if native_blas:
+        for var in BLAS_OVERRIDES:
+            env.pop(var, None)
     if threads:
         for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "MKL_NUM_THREADS"):

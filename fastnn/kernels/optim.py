@@ -30,8 +30,11 @@ def adam_step_size(lr, beta1, beta2, t):
 
 
 @jit
-def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps):
-    """Apply one optimizer step to params[lo:hi] given its gradient grad[lo:hi].
+def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps,
+                 decay):
+    """Apply one optimizer step to params[lo:hi] given its gradient grad[lo:hi]
+    plus the L2 term ``decay * params`` (decay = lambda on weights, 0 on biases),
+    in one pass over memory (the update is bandwidth-bound).
 
     ``lr`` is already Adam's bias-corrected step size when kind == ADAM.  All
     hyperparameters arrive in the parameters' dtype, so no float64 promotion.
@@ -39,20 +42,21 @@ def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1
     one = params.dtype.type(1)
     if kind == SGD:
         for i in range(lo, hi):
-            params[i] -= lr * grad[i]
+            params[i] -= lr * (grad[i] + decay * params[i])
     elif kind == MOMENTUM:
         for i in range(lo, hi):
-            v = momentum * state1[i] - lr * grad[i]
+            v = momentum * state1[i] - lr * (grad[i] + decay * params[i])
             state1[i] = v
             params[i] += v
     elif kind == NESTEROV:
         for i in range(lo, hi):
-            v = momentum * state1[i] - lr * grad[i]
+            g = grad[i] + decay * params[i]
+            v = momentum * state1[i] - lr * g
             state1[i] = v
-            params[i] += momentum * v - lr * grad[i]
+            params[i] += momentum * v - lr * g
     else:
         for i in range(lo, hi):
-            g = grad[i]
+            g = grad[i] + decay * params[i]
             m = beta1 * state1[i] + (one - beta1) * g
             v = beta2 * state2[i] + (one - beta2) * g * g
             state1[i] = m

@@ -1,21 +1,30 @@
 """The compiled training step: forward, loss gradient, backward, update.
 
 A mini-batch of m rows is cut into S shards (S depends only on m and the
-trainer's settings, never on the number of threads).  The shards run in
-``prange``; each has its own activation workspace and its own gradient buffer.
-After the parallel loop the buffers are summed in shard order, so the result
-has the same bits with 1 thread or 16.
+trainer's settings, never on the number of threads).  The step has three
+parallel parts, each of which writes disjoint memory:
+
+1. rows:     each shard runs its rows forward, writes the loss gradient over
+             its logits and runs its rows backward (delta_l for every layer);
+2. weights:  dW_l = a_{l-1}^T delta_l over the whole batch, cut into blocks of
+             rows of dW (a fixed cut that depends only on the layer sizes);
+             db_l = column sums of delta_l;
+3. update:   L2 and the optimizer, in fixed chunks of the flat buffer.
+
+Every element is computed by the same arithmetic whichever shard, block or
+thread computes it (gemm.py), and the per-shard losses are added in shard
+order, so the result has the same bits with 1 thread or 16.
 
 Flat layout: layer l has W_l (dims[l] x dims[l+1]) at params[offs[l]:], then
-its bias b_l.  Activations of shard s, layer l live in act_ws[s, act_off[l]:].
+its bias b_l.  The activations a_l of the whole batch (m x dims[l+1]) live at
+act_ws[act_off[l]:], the deltas at the same offsets of delta_ws.
 """
 import numpy as np
 from numba import prange
 
 from .._jit import jit, pjit
-from .activations import IDENTITY, add_bias_activate
-from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm_abt, gemm_nn,
-                   gemm_tn_acc, pack_transpose, pack_transpose_colsum)
+from .activations import IDENTITY
+from .gemm import EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_transpose
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
 
@@ -23,6 +32,22 @@ from .optim import ADAM, adam_step_size, update_range
 # chunk per prange iteration: big enough to amortise scheduling, small enough
 # to balance two threads on a few-thousand-parameter network.
 UPDATE_CHUNK = 8192
+# The loss is summed over groups of this many rows, then over the groups in
+# order; shards of the batch start at multiples of it.
+LOSS_GROUP_ROWS = 16
+# Rows of W per block of the parallel W^T packing.
+PACK_ROWS = 128
+# Rows of dW per weight-gradient block: a multiple of the register tile's
+# rows; 784 inputs give 9 blocks, enough to balance a few threads.
+GRAD_BLOCK_ROWS = 96
+
+# Flags passed to gemm as typed int64 values rather than literal constants:
+# numba compiles one specialisation per distinct literal argument, and every
+# extra copy of the GEMM costs cold-start compile time.
+NO_ACC = np.int64(0)
+STORE = np.int64(EPI_STORE)
+BIAS_ACT = np.int64(EPI_BIAS_ACT)
+DERIV = np.int64(EPI_DERIV)
 
 
 @jit
@@ -37,134 +62,170 @@ def layer_weights(params, offs, dims, l):
 
 
 @jit
-def forward(params, offs, dims, acts, X, act_ws, act_off):
-    """Forward pass of the rows X; returns the logits z_L (a view into act_ws).
+def layer_rows(ws, off, m, n):
+    """The (m x n) matrix of a layer stored at ws[off:] (activations or deltas)."""
+    return ws[off:off + m * n].reshape((m, n))
 
-    Activations a_l of every layer stay in act_ws for the backward pass.
+
+@jit
+def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1):
+    """Forward pass of rows r0:r1 of X; returns those rows of the logits z_L.
+
+    z_l = h(a_{l-1} W_l + b_l): W_l is read in place, bias and activation are
+    the product's epilogue, and a_l stays in act_ws for the backward pass.
+    Training and prediction share this function; a row's result does not
+    depend on the other rows.
     """
     n_layers = dims.shape[0] - 1
     m = X.shape[0]
-    a = X
+    a = X[r0:r1]
     for l in range(n_layers):
         W, b = layer_weights(params, offs, dims, l)
-        n = dims[l + 1]
-        Z = act_ws[act_off[l]:act_off[l] + m * n].reshape((m, n))
-        gemm_nn(a, W, Z)
-        add_bias_activate(Z, b, acts[l] if l < n_layers - 1 else IDENTITY)
-        a = Z
-    return a
-
-
-# Shards of at most this many rows sum their weight gradient row-streaming
-# (gemm_tn_acc); larger ones transpose both operands for gemm_abt.  Measured at
-# one thread (32 x 784 x 256: 82 vs 36 GFLOP/s; 128 x 1024 x 1024: 60 vs 70).
-# A function of the shard's rows only, so it never depends on the thread count.
-ROW_STREAM_MAX_ROWS = 96
-
-# Flags passed to gemm_abt as typed int64 values rather than literal constants:
-# numba compiles one specialisation per distinct literal argument, and every
-# extra copy of the GEMM costs cold-start compile time.
-NO_ACC = np.int64(0)
-
-
-@jit
-def pack_weights_t(params, offs, dims, WT):
-    """WT_l = W_l^T for every layer, at the same offsets as in ``params``.
-
-    The forward product reads W^T (rows contiguous along the layer's input
-    width); packing once per step serves every shard of the batch.
-    """
-    for l in range(dims.shape[0] - 1):
-        k = dims[l]
-        n = dims[l + 1]
-        W, _ = layer_weights(params, offs, dims, l)
-        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
-        pack_transpose(W, WT_l, k, n)
-
-
-@jit
-def forward_packed(params, WT, offs, dims, acts, X, act_ws, act_off):
-    """Forward pass of the rows X with the packed GEMM; returns z_L (a view).
-
-    z_l = h(a_{l-1} W_l + b_l): bias and activation are the product's epilogue.
-    """
-    n_layers = dims.shape[0] - 1
-    m = X.shape[0]
-    a = X
-    for l in range(n_layers):
-        k = dims[l]
-        n = dims[l + 1]
-        _, b = layer_weights(params, offs, dims, l)
-        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
-        Z = act_ws[act_off[l]:act_off[l] + m * n].reshape((m, n))
+        Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
         code = acts[l] if l < n_layers - 1 else IDENTITY
-        gemm_abt(a, WT_l, Z, k, NO_ACC, np.int64(EPI_BIAS_ACT), code, b, Z)
+        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z)
         a = Z
     return a
 
 
 @jit
-def forward_backward_packed(params, WT, offs, dims, acts, output, X, T, w, scale,
-                            act_ws, act_off, delta_ws, tr_ws, grad):
-    """Accumulate the gradient of the rows (X, T, w) into ``grad`` (packed GEMM).
+def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1):
+    """delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}) for rows r0:r1, l = L-1..1.
 
-    The products are done by gemm_abt: the loss gradient is written over the logits (delta_L in place),
-    the bias gradient is summed while delta is packed transposed, and h' is the
-    backward product's epilogue.  tr_ws[0] holds a_{l-1}^T, tr_ws[1] delta^T.
-    Returns (weighted loss sum, correct predictions).
+    delta_L is already written over the logits (the last layer of act_ws);
+    h' is the backward product's epilogue, computed from the outputs a_{l-1}.
     """
     n_layers = dims.shape[0] - 1
-    m = X.shape[0]
-    delta = forward_packed(params, WT, offs, dims, acts, X, act_ws, act_off)
-    loss, correct = loss_grad(delta, T, w, scale, output)  # delta_L, in place
-    for l in range(n_layers - 1, -1, -1):
+    delta = layer_rows(act_ws, act_off[n_layers - 1], m, dims[n_layers])[r0:r1]
+    for l in range(n_layers - 1, 0, -1):
         k = dims[l]
         n = dims[l + 1]
-        if l == 0:
-            a_in = X
-        else:
-            a_in = act_ws[act_off[l - 1]:act_off[l - 1] + m * k].reshape((m, k))
-        gW, gb = layer_weights(grad, offs, dims, l)
-        # dL/db_l += sum_i delta_l[i, :]  and  dL/dW_l += a_{l-1}^T delta_l
-        if m <= ROW_STREAM_MAX_ROWS:
-            column_sums_acc(delta, gb)
-            gemm_tn_acc(a_in, delta, gW)
-        else:
-            aT = tr_ws[0, :k * m].reshape((k, m))
-            dT = tr_ws[1, :n * m].reshape((n, m))
-            pack_transpose(a_in, aT, m, k)
-            pack_transpose_colsum(delta, dT, m, n, gb)
-            gemm_abt(aT, dT, gW, m, np.int64(1), np.int64(EPI_STORE), np.int64(IDENTITY),
-                     gb, gW)
-        if l > 0:
-            W, _ = layer_weights(params, offs, dims, l)
-            nxt = delta_ws[(n_layers - 1 - l) % 2, :m * k].reshape((m, k))
-            # delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}), h' in the epilogue
-            gemm_abt(delta, W, nxt, n, NO_ACC, np.int64(EPI_DERIV), acts[l - 1], gb, a_in)
-            delta = nxt
-    return loss, correct
-
-
-@jit
-def shard_count(m, max_shards, min_rows):
-    """Shards for a batch of m rows: a function of m only, for reproducibility."""
-    return max(1, min(max_shards, (m + min_rows - 1) // min_rows))
+        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
+        a_in = layer_rows(act_ws, act_off[l - 1], m, k)[r0:r1]
+        out = layer_rows(delta_ws, act_off[l - 1], m, k)[r0:r1]
+        gemm(delta, WT_l, out, NO_ACC, DERIV, acts[l - 1], WT_l[0], a_in)
+        delta = out
 
 
 @pjit
-def reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
-                      state1, state2, kind, lr, momentum, beta1, beta2, eps, l2_parts,
-                      apply_update):
-    """Sum the shard gradients in order into grads[0], add L2, and (when
-    ``apply_update``) take one optimizer step.
+def pack_weights_t(params, offs, dims, WT):
+    """WT_l = W_l^T for every layer but the first, at the offsets of ``params``.
+
+    The backward product delta_l W_l^T (l >= 1; the input layer needs no
+    delta) reads W^T with rows contiguous; packing once per step serves every
+    shard of the batch.  Blocks of PACK_ROWS rows of each W_l are transposed
+    in parallel.
+    """
+    n_layers = dims.shape[0] - 1
+    n_blocks = 0
+    for l in range(1, n_layers):
+        n_blocks += (dims[l] + PACK_ROWS - 1) // PACK_ROWS
+    for t in prange(n_blocks):
+        l = 1
+        first = 0
+        while t >= first + (dims[l] + PACK_ROWS - 1) // PACK_ROWS:  # the layer of block t
+            first += (dims[l] + PACK_ROWS - 1) // PACK_ROWS
+            l += 1
+        k = dims[l]
+        n = dims[l + 1]
+        i0 = (t - first) * PACK_ROWS
+        i1 = min(k, i0 + PACK_ROWS)
+        W, _ = layer_weights(params, offs, dims, l)
+        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
+        pack_transpose(W[i0:i1], WT_l[:, i0:i1])
+
+
+@jit
+def grad_block_count(dims):
+    """Number of weight-gradient blocks: GRAD_BLOCK_ROWS rows of each dW_l."""
+    count = 0
+    for l in range(dims.shape[0] - 1):
+        count += (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
+    return count
+
+
+@jit
+def weight_gradient_block(offs, dims, X, act_ws, act_off, delta_ws, grad, t):
+    """Block t of the weight gradient: rows i0:i1 of dW_l = a_{l-1}^T delta_l
+    over the whole batch (and db_l = sum_i delta_l[i, :] with the first block)."""
+    n_layers = dims.shape[0] - 1
+    m = X.shape[0]
+    l = 0
+    first = 0
+    while True:  # find the layer of block t
+        blocks = (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
+        if t < first + blocks:
+            break
+        first += blocks
+        l += 1
+    k = dims[l]
+    n = dims[l + 1]
+    i0 = (t - first) * GRAD_BLOCK_ROWS
+    i1 = min(k, i0 + GRAD_BLOCK_ROWS)
+    a_in = X if l == 0 else layer_rows(act_ws, act_off[l - 1], m, k)
+    if l == n_layers - 1:
+        delta = layer_rows(act_ws, act_off[l], m, n)
+    else:
+        delta = layer_rows(delta_ws, act_off[l], m, n)
+    gW, gb = layer_weights(grad, offs, dims, l)
+    gemm(a_in.T[i0:i1], delta, gW[i0:i1], NO_ACC, STORE, IDENTITY, gb, gW[i0:i1])
+    if i0 == 0:
+        gb[:] = 0
+        column_sums_acc(delta, gb)
+
+
+@pjit
+def batch_gradient(params, WT, offs, dims, acts, output, X, T, w, scale,
+                   act_ws, act_off, delta_ws, grad, group_loss, group_correct, threads):
+    """The gradient of the batch (X, T, w) into ``grad``; W^T must be packed in WT.
+
+    The rows are cut into one shard per thread (``threads``: numba's thread
+    count, passed in because calling numba.get_num_threads here would keep
+    the caller out of numba's cache), at multiples of LOSS_GROUP_ROWS;
+    the loss is summed per group of rows and the groups in order, so neither
+    the gradient nor the loss depends on the number of threads.
+    Returns (summed weighted loss, correct rows).
+    """
+    m = X.shape[0]
+    n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
+    n_shards = max(1, min(threads, n_groups))
+    groups_per_shard = (n_groups + n_shards - 1) // n_shards
+    for s in prange(n_shards):
+        g0 = min(n_groups, s * groups_per_shard)
+        g1 = min(n_groups, g0 + groups_per_shard)
+        r0 = g0 * LOSS_GROUP_ROWS
+        r1 = min(m, g1 * LOSS_GROUP_ROWS)
+        if r1 > r0:
+            z = forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1)
+            for g in range(g0, g1):  # delta_L written over the logits, group by group
+                q0 = g * LOSS_GROUP_ROWS
+                q1 = min(m, q0 + LOSS_GROUP_ROWS)
+                group_loss[g], group_correct[g] = loss_grad(
+                    z[q0 - r0:q1 - r0], T[q0:q1], w[q0:q1], scale, output)
+            backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1)
+    for t in prange(grad_block_count(dims)):
+        weight_gradient_block(offs, dims, X, act_ws, act_off, delta_ws, grad, t)
+    loss = 0.0
+    correct = 0
+    for g in range(n_groups):  # in row order: same bits for any thread count
+        loss += group_loss[g]
+        correct += group_correct[g]
+    return loss, correct
+
+
+@pjit
+def regularize_and_update(params, grad, seg_lo, seg_hi, seg_decay, l2, state1, state2, kind,
+                          lr, momentum, beta1, beta2, eps, l2_parts, apply_update):
+    """Take one optimizer step with the L2 term (when ``apply_update``), or
+    else add the L2 term to ``grad``.
 
     Returns (lambda/2) sum ||W||^2 before the step (the L2 part of the loss).
-    Each chunk of parameters is summed and updated by one iteration, so the
-    thread layout cannot change the order of any floating-point sum.
+    Each chunk of parameters is handled by one iteration and the L2 parts are
+    summed in chunk order, so the thread layout cannot change any sum.
     """
     size = params.shape[0]
+    zero = params.dtype.type(0)
     n_chunks = (size + UPDATE_CHUNK - 1) // UPDATE_CHUNK
-    total = grads[0]
     for c in prange(n_chunks):
         lo = c * UPDATE_CHUNK
         hi = min(size, lo + UPDATE_CHUNK)
@@ -172,63 +233,33 @@ def reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
         for s in range(seg_lo.shape[0]):
             a = max(lo, seg_lo[s])
             b = min(hi, seg_hi[s])
-            decay = l2 if seg_decay[s] else params.dtype.type(0)
-            for i in range(a, b):
-                g = total[i]
-                for sh in range(1, n_shards):
-                    g += grads[sh, i]
-                p = params[i]
-                total[i] = g + decay * p
-                part += np.float64(decay) * np.float64(p) * np.float64(p)
+            if a >= b:
+                continue
+            decay = l2 if seg_decay[s] else zero
+            if decay != zero:
+                squares = 0.0
+                for i in range(a, b):
+                    p = np.float64(params[i])
+                    squares += p * p
+                part += np.float64(decay) * squares
+            if apply_update:
+                update_range(params, grad, state1, state2, a, b, kind, lr, momentum,
+                             beta1, beta2, eps, decay)
+            elif decay != zero:
+                for i in range(a, b):
+                    grad[i] += decay * params[i]
         l2_parts[c] = part
-        if apply_update:
-            update_range(params, total, state1, state2, lo, hi, kind, lr, momentum,
-                         beta1, beta2, eps)
     l2_loss = 0.0
     for c in range(n_chunks):
         l2_loss += l2_parts[c]
     return 0.5 * l2_loss
 
 
-@pjit
-def shard_gradients(params, WT, offs, dims, acts, output, X, T, w, scale, max_shards, min_rows,
-                    act_ws, act_off, delta_ws, tr_ws, grads, shard_loss, shard_correct):
-    """Gradients of the batch (X, T, w), one buffer per shard, shards in prange.
-
-    Returns (number of shards used, summed weighted loss, correct rows); the
-    per-shard gradients are left in grads[:n_shards] for reduce_and_update.
-    """
-    m = X.shape[0]
-    zero = params.dtype.type(0)
-    n_shards = shard_count(m, max_shards, min_rows)
-    rows = (m + n_shards - 1) // n_shards
-    for s in prange(n_shards):
-        shard_loss[s] = 0.0
-        shard_correct[s] = 0
-        g = grads[s]
-        for i in range(g.shape[0]):
-            g[i] = zero
-        r0 = min(m, s * rows)
-        r1 = min(m, r0 + rows)
-        if r1 > r0:
-            loss_s, correct_s = forward_backward_packed(
-                params, WT, offs, dims, acts, output, X[r0:r1], T[r0:r1], w[r0:r1],
-                scale, act_ws[s], act_off, delta_ws[s], tr_ws[s], g)
-            shard_loss[s] = loss_s
-            shard_correct[s] = correct_s
-    loss = 0.0
-    correct = 0
-    for s in range(n_shards):  # in shard order: same bits for any thread count
-        loss += shard_loss[s]
-        correct += shard_correct[s]
-    return n_shards, loss, correct
-
-
 @jit
-def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, max_shards, min_rows,
-                  act_ws, act_off, delta_ws, tr_ws, grads, seg_lo, seg_hi, seg_decay, l2,
-                  l2_parts, shard_loss, shard_correct):
-    """Loss of the whole batch (X, T, w), with L2, and its gradient in grads[0].
+def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off, delta_ws,
+                  grad, seg_lo, seg_hi, seg_decay, l2, l2_parts, group_loss, group_correct,
+                  threads):
+    """Loss of the whole batch (X, T, w), with L2, and its gradient in ``grad``.
 
     The same arithmetic as one training step, without the update: this is what
     the finite-difference tests check.
@@ -238,22 +269,21 @@ def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, max_shards, min
         weight += np.float64(w[i])
     scale = params.dtype.type(1.0 / weight)
     pack_weights_t(params, offs, dims, WT)
-    n_shards, loss, _ = shard_gradients(params, WT, offs, dims, acts, output, X, T, w, scale,
-                                        max_shards, min_rows, act_ws, act_off, delta_ws,
-                                        tr_ws, grads, shard_loss, shard_correct)
-    l2_loss = reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
-                                params, params, 0, params.dtype.type(0), params.dtype.type(0),
-                                params.dtype.type(0), params.dtype.type(0), params.dtype.type(0),
-                                l2_parts, False)
+    loss, _ = batch_gradient(params, WT, offs, dims, acts, output, X, T, w, scale,
+                             act_ws, act_off, delta_ws, grad, group_loss, group_correct,
+                             threads)
+    zero = params.dtype.type(0)
+    l2_loss = regularize_and_update(params, grad, seg_lo, seg_hi, seg_decay, l2,
+                                    params, params, 0, zero, zero, zero, zero, zero,
+                                    l2_parts, False)
     return loss / weight + l2_loss
 
 
 @jit
 def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size,
-                max_shards, min_rows, act_ws, act_off, delta_ws, tr_ws, grads,
-                Xb, Tb, wb, seg_lo, seg_hi, seg_decay, l2,
+                act_ws, act_off, delta_ws, grad, Xb, Tb, wb, seg_lo, seg_hi, seg_decay, l2,
                 state1, state2, kind, lr, momentum, beta1, beta2, eps, step, l2_parts,
-                shard_loss, shard_correct):
+                group_loss, group_correct, threads):
     """One pass over the rows of X in the order ``order``, in mini-batches.
 
     Every array is a workspace made once per fit (see trainer.Workspace), so
@@ -277,9 +307,9 @@ def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size
             batch_weight += np.float64(w[src])
         scale = params.dtype.type(1.0 / batch_weight)
         pack_weights_t(params, offs, dims, WT)
-        n_shards, batch_loss, correct = shard_gradients(
-            params, WT, offs, dims, acts, output, Xb[:m], Tb[:m], wb[:m], scale, max_shards,
-            min_rows, act_ws, act_off, delta_ws, tr_ws, grads, shard_loss, shard_correct)
+        batch_loss, correct = batch_gradient(
+            params, WT, offs, dims, acts, output, Xb[:m], Tb[:m], wb[:m], scale,
+            act_ws, act_off, delta_ws, grad, group_loss, group_correct, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
@@ -287,25 +317,31 @@ def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size
         if kind == ADAM:
             step_lr = params.dtype.type(adam_step_size(np.float64(lr), np.float64(beta1),
                                                        np.float64(beta2), step + steps + 1))
-        l2_loss = reduce_and_update(params, grads, n_shards, seg_lo, seg_hi, seg_decay, l2,
-                                    state1, state2, kind, step_lr, momentum, beta1, beta2, eps,
-                                    l2_parts, True)
+        l2_loss = regularize_and_update(params, grad, seg_lo, seg_hi, seg_decay, l2,
+                                        state1, state2, kind, step_lr, momentum, beta1, beta2,
+                                        eps, l2_parts, True)
         steps += 1
         loss_total += batch_loss + l2_loss * batch_weight
         weight_total += batch_weight
     return loss_total, weight_total, correct_total, steps, True
 
 
+@jit
+def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off):
+    """Network outputs for the rows of X into ``out`` (on the calling thread)."""
+    z = forward(params, offs, dims, acts, X, act_ws, act_off, 0, X.shape[0])
+    output_transform(z, output)
+    out[:, :] = z
+
+
 @pjit
 def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, block):
     """Predictions for every row of X into ``out``, blocks of rows in parallel.
 
-    act_ws has one workspace per slot; rows are processed in fixed blocks so the
-    bits of a prediction do not depend on the number of threads.
+    act_ws has one workspace per slot; a row's result does not depend on the
+    block it falls in, nor on the number of threads.
     """
     n = X.shape[0]
-    n_layers = dims.shape[0] - 1
-    n_out = dims[n_layers]
     slots = act_ws.shape[0]
     n_blocks = (n + block - 1) // block
     for first in range(0, n_blocks, slots):
@@ -313,8 +349,5 @@ def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, bloc
         for bi in prange(last - first):
             r0 = (first + bi) * block
             r1 = min(n, r0 + block)
-            z = forward(params, offs, dims, acts, X[r0:r1], act_ws[bi], act_off)
-            output_transform(z, output)
-            for i in range(r1 - r0):
-                for j in range(n_out):
-                    out[r0 + i, j] = z[i, j]
+            predict_block(params, offs, dims, acts, output, X[r0:r1], out[r0:r1],
+                          act_ws[bi], act_off)

@@ -1,0 +1,225 @@
+"""The GEMM micro-kernel, emitted as LLVM vector IR through numba's ``intrinsic``.
+
+It computes one register tile of C = A B:
+
+    C[r, j] (=, or +=)  sum_{p < kc} A[r, p] * B[p, j]     r < MR, j < NV * VL
+
+with the tile held in MR x NV vector accumulators (VL lanes each: 16 float32
+or 8 float64 in a zmm register on AVX-512, half that on AVX2).  Each step p
+loads NV vectors of row p of B, broadcasts the MR scalars A[r, p] and does
+MR x NV fused multiply-adds: an outer product of a column of A and a row of B,
+the BLIS formulation.  LLVM's loop vectoriser cannot find this on its own
+(numba has no vector types), so the loop body is written here as IR; the rest
+of the GEMM (loops, edges, epilogues) is ordinary numba code in gemm.py.
+
+Operands are 2-D array views read through their strides, so one kernel
+serves every product of training without transposing anything: A may be a
+matrix or a transposed one (A[r, p] at any row and column stride), B and C
+have rows contiguous along j.
+
+Edges.  Rows r >= m_valid read row m_valid - 1 of A and are never stored, so
+every row of C goes through exactly the same arithmetic wherever it sits in
+the matrix (a prediction does not depend on the other rows of the batch).
+Columns j >= n_valid are neither loaded from B nor stored to C (masked loads
+and stores in the last vector of a ``masked`` variant).  The sum over p runs
+in order 0..kc-1 with one ``llvm.fmuladd`` per term and per lane, so C[r, j]
+has the same bits in every variant, lane and tile position.
+"""
+import llvmlite.ir as ir
+import llvmlite.binding as llvm
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+# ---------------------------------------------------------------------------
+# Vector width, chosen once when the module loads from the CPU numba compiles
+# for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set, else the host).  numba's
+# cache is keyed by that same CPU, so code built for one width is never loaded
+# on a CPU of another.
+# ---------------------------------------------------------------------------
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake",
+                "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+                "znver4", "znver5", "x86-64-v4", "diamondrapids")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake",
+              "arrowlake", "lunarlake", "znver1", "znver2", "znver3", "x86-64-v3",
+              "gracemont", "sierraforest", "grandridge", "clearwaterforest", "pantherlake")
+
+
+def _vector_bits():
+    """Width in bits of the vector registers of the target CPU (512, 256 or 128)."""
+    name = config.CPU_NAME
+    if config.CPU_FEATURES:
+        features = config.CPU_FEATURES
+    elif name and name != "host":
+        if name.startswith(_AVX512_CPUS):
+            return 512
+        return 256 if name.startswith(_AVX2_CPUS) else 128
+    else:
+        features = llvm.get_host_cpu_features().flatten()
+    if "+avx512f" in features:
+        return 512
+    return 256 if "+avx2" in features else 128
+
+
+VECTOR_BITS = _vector_bits()
+# Vectors per tile row, and rows per tile: MR x NV accumulators plus NV vectors
+# of B must fit the register file (32 zmm on AVX-512: 6 x 4 + 4 = 28; 16 ymm or
+# xmm otherwise: 6 x 2 + 2 = 14), with enough independent FMA chains to hide
+# the FMA latency.
+NV = 4 if VECTOR_BITS == 512 else 2
+MR = 6
+
+
+def lanes(itemsize):
+    """Elements per vector register for an element of ``itemsize`` bytes."""
+    return VECTOR_BITS // (8 * itemsize)
+
+
+def _llvm_float(dtype):
+    return ir.FloatType() if dtype.bitwidth == 32 else ir.DoubleType()
+
+
+def _vector_intrinsic(builder, name, fnty):
+    return cgutils.get_or_insert_function(builder.module, fnty, name)
+
+
+def _splat(builder, scalar, vecty):
+    """<VL x T> with every lane = scalar (folds into an embedded broadcast)."""
+    undef = ir.Constant(vecty, ir.Undefined)
+    first = builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vecty.count), None)
+    return builder.shuffle_vector(first, undef, zeros)
+
+
+def _lane_mask(builder, n_left, count):
+    """<count x i1>: lane l is on when l < n_left (n_left an i64, may be <= 0)."""
+    i64 = ir.IntType(64)
+    idx = ir.Constant(ir.VectorType(i64, count), [i64(l) for l in range(count)])
+    limit = _splat(builder, n_left, ir.VectorType(i64, count))
+    return builder.icmp_signed("<", idx, limit)
+
+
+def _make_microkernel(rows, nv, masked):
+    """An intrinsic for a ``rows`` x (nv vectors) tile; ``masked``: the last
+    vector holds only the columns below n_valid.
+
+    Called as ``microkernel(kc, A, B, C, m_valid, n_valid, accumulate)`` with
+    2-D views whose element [0, 0] is the tile's origin; A may have any
+    strides, B and C must be contiguous along their rows.
+    """
+
+    @intrinsic
+    def microkernel(typingctx, kc, A, B, C, m_valid, n_valid, accumulate):
+        sig = types.void(kc, A, B, C, m_valid, n_valid, accumulate)
+
+        def codegen(context, builder, signature, args):
+            kc_v, A_v, B_v, C_v, m_valid_v, n_valid_v, acc_v = args
+            i64 = ir.IntType(64)
+            fty = _llvm_float(A.dtype)
+            itemsize = A.dtype.bitwidth // 8
+            vl = lanes(itemsize)
+            vecty = ir.VectorType(fty, vl)
+            vecptr = vecty.as_pointer()
+            a_data, (rs_v, cs_v) = _data_and_strides(context, builder, A, A_v, itemsize)
+            b_data, (ldb_v, _) = _data_and_strides(context, builder, B, B_v, itemsize)
+            c_data, (ldc_v, _) = _data_and_strides(context, builder, C, C_v, itemsize)
+            fmuladd = _vector_intrinsic(builder, f"llvm.fmuladd.v{vl}{_suffix(fty)}",
+                                        ir.FunctionType(vecty, [vecty, vecty, vecty]))
+            mask_ty = ir.VectorType(ir.IntType(1), vl)
+            mload = _vector_intrinsic(
+                builder, f"llvm.masked.load.v{vl}{_suffix(fty)}.p0",
+                ir.FunctionType(vecty, [vecptr, ir.IntType(32), mask_ty, vecty]))
+            mstore = _vector_intrinsic(
+                builder, f"llvm.masked.store.v{vl}{_suffix(fty)}.p0",
+                ir.FunctionType(ir.VoidType(), [vecty, vecptr, ir.IntType(32), mask_ty]))
+            align = ir.Constant(ir.IntType(32), fty.get_abi_size(_target_data(context)))
+            zero_vec = ir.Constant(vecty, None)
+            last_mask = (_lane_mask(builder, builder.sub(n_valid_v, i64((nv - 1) * vl)), vl)
+                         if masked else None)
+
+            def load_vec(ptr, v):
+                ptr = builder.bitcast(ptr, vecptr)
+                if masked and v == nv - 1:
+                    return builder.call(mload, [ptr, align, last_mask, zero_vec])
+                return builder.load(ptr, align=align.constant)
+
+            def store_vec(value, ptr, v):
+                ptr = builder.bitcast(ptr, vecptr)
+                if masked and v == nv - 1:
+                    builder.call(mstore, [value, ptr, align, last_mask])
+                else:
+                    builder.store(value, ptr, align=align.constant)
+
+            # accumulators: allocas in the entry block, promoted to registers by LLVM
+            acc = [[cgutils.alloca_once_value(builder, zero_vec) for _ in range(nv)]
+                   for _ in range(rows)]
+            # rows past m_valid re-read the last valid row (same arithmetic, never stored)
+            last_row = builder.sub(m_valid_v, i64(1))
+            a_rows = []
+            for r in range(rows):
+                rr = i64(r)
+                r_eff = builder.select(builder.icmp_signed("<", rr, last_row), rr, last_row)
+                a_rows.append(builder.mul(r_eff, rs_v))
+            # the k loop: C_tile += A[:, p] (outer product) B[p, :]
+            with cgutils.for_range(builder, kc_v) as loop:
+                p = loop.index
+                b_row = builder.mul(p, ldb_v)
+                b_vecs = [load_vec(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]), v)
+                          for v in range(nv)]
+                a_col = builder.mul(p, cs_v)
+                for r in range(rows):
+                    a_val = builder.load(builder.gep(a_data, [builder.add(a_rows[r], a_col)]))
+                    a_vec = _splat(builder, a_val, vecty)
+                    for v in range(nv):
+                        cur = builder.load(acc[r][v])
+                        builder.store(builder.call(fmuladd, [a_vec, b_vecs[v], cur]), acc[r][v])
+            # store the valid rows: C = acc, or C += acc when accumulating
+            add_old = builder.icmp_signed("!=", acc_v, ir.Constant(acc_v.type, 0))
+            for r in range(rows):
+                in_range = builder.icmp_signed("<", i64(r), m_valid_v)
+                with builder.if_then(in_range, likely=True):
+                    c_row = builder.mul(i64(r), ldc_v)
+                    for v in range(nv):
+                        ptr = builder.gep(c_data, [builder.add(c_row, i64(v * vl))])
+                        value = builder.load(acc[r][v])
+                        with builder.if_then(add_old):
+                            old = load_vec(ptr, v)
+                            builder.store(builder.fadd(value, old), acc[r][v])
+                        store_vec(builder.load(acc[r][v]), ptr, v)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    microkernel.__name__ = f"microkernel_{rows}x{nv}{'_masked' if masked else ''}"
+    return microkernel
+
+
+def _data_and_strides(context, builder, arrty, value, itemsize):
+    """(pointer to element [0, 0], (row stride, column stride) in elements)."""
+    ary = context.make_array(arrty)(context, builder, value)
+    strides = cgutils.unpack_tuple(builder, ary.strides, 2)
+    shift = ir.Constant(ir.IntType(64), itemsize.bit_length() - 1)
+    return ary.data, tuple(builder.ashr(s, shift) for s in strides)
+
+
+def _suffix(fty):
+    return "f32" if isinstance(fty, ir.FloatType) else "f64"
+
+
+def _target_data(context):
+    return context.target_data
+
+
+# The variants the GEMM uses: full tiles, full-height tiles at the right edge
+# (1..4 vectors, the last one masked; only 1..NV are ever called), and the
+# same for one-row tiles, which serve the last few rows of a small batch.
+tile_full = _make_microkernel(MR, NV, False)
+tile_edge1 = _make_microkernel(MR, 1, True)
+tile_edge2 = _make_microkernel(MR, 2, True)
+tile_edge3 = _make_microkernel(MR, 3, True)
+tile_edge4 = _make_microkernel(MR, 4, True)
+row_full = _make_microkernel(1, NV, False)
+row_edge1 = _make_microkernel(1, 1, True)
+row_edge2 = _make_microkernel(1, 2, True)
+row_edge3 = _make_microkernel(1, 3, True)
+row_edge4 = _make_microkernel(1, 4, True)
