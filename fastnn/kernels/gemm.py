@@ -56,7 +56,8 @@ KC = 256
 MC = 16 * MR        # rows of A per block (96 x 512 float32 = 192 kB, in L2)
 NC = 2048           # columns per block
 # Fewer rows than this at the bottom edge go through the one-row kernel, once
-# per row (a full-height tile would compute MR rows to keep a few).
+# per row (a full-height tile would compute MR rows to keep a few).  Either
+# way each row gets the same arithmetic.
 ROW_KERNEL_BELOW = 4
 
 
@@ -65,31 +66,39 @@ def _tile(kc, A, B, C, m_valid, n_valid, accumulate):
     """One register tile: C[:m_valid, :n_valid] (+)= A[:m_valid, :kc] B[:kc, :n_valid]."""
     vl = VECTOR_BYTES // C.itemsize
     nv = (n_valid + vl - 1) // vl
-    if m_valid >= ROW_KERNEL_BELOW:
-        if n_valid == NV * vl:
-            uk.tile_full(kc, A, B, C, m_valid, n_valid, accumulate)
-        elif nv == 1:
-            uk.tile_edge1(kc, A, B, C, m_valid, n_valid, accumulate)
-        elif nv == 2:
-            uk.tile_edge2(kc, A, B, C, m_valid, n_valid, accumulate)
-        elif nv == 3:
-            uk.tile_edge3(kc, A, B, C, m_valid, n_valid, accumulate)
-        else:
-            uk.tile_edge4(kc, A, B, C, m_valid, n_valid, accumulate)
-        return
-    for r in range(m_valid):
-        Ar = A[r:, :]
-        Cr = C[r:, :]
-        if n_valid == NV * vl:
-            uk.row_full(kc, Ar, B, Cr, 1, n_valid, accumulate)
-        elif nv == 1:
-            uk.row_edge1(kc, Ar, B, Cr, 1, n_valid, accumulate)
-        elif nv == 2:
-            uk.row_edge2(kc, Ar, B, Cr, 1, n_valid, accumulate)
-        elif nv == 3:
-            uk.row_edge3(kc, Ar, B, Cr, 1, n_valid, accumulate)
-        else:
-            uk.row_edge4(kc, Ar, B, Cr, 1, n_valid, accumulate)
+    if n_valid == NV * vl:
+        uk.tile_full(kc, A, B, C, m_valid, n_valid, accumulate)
+    elif nv == 1:
+        uk.tile_edge1(kc, A, B, C, m_valid, n_valid, accumulate)
+    elif nv == 2:
+        uk.tile_edge2(kc, A, B, C, m_valid, n_valid, accumulate)
+    elif nv == 3:
+        uk.tile_edge3(kc, A, B, C, m_valid, n_valid, accumulate)
+    else:
+        uk.tile_edge4(kc, A, B, C, m_valid, n_valid, accumulate)
+
+
+@jit(inline="always")
+def _row(kc, A, B, C, n_valid, accumulate):
+    """One row: C[0, :n_valid] (+)= A[0, :kc] B[:kc, :n_valid], with the widest
+    kernel that fits; returns the number of columns done (n_valid or fewer)."""
+    vl = VECTOR_BYTES // C.itemsize
+    nv = (n_valid + vl - 1) // vl
+    if n_valid >= uk.ROW_VECTORS * vl:
+        uk.row_wide(kc, A, B, C, 1, n_valid, accumulate)
+        return uk.ROW_VECTORS * vl
+    if n_valid >= NV * vl:
+        uk.row_full(kc, A, B, C, 1, n_valid, accumulate)
+        return NV * vl
+    if nv == 1:
+        uk.row_edge1(kc, A, B, C, 1, n_valid, accumulate)
+    elif nv == 2:
+        uk.row_edge2(kc, A, B, C, 1, n_valid, accumulate)
+    elif nv == 3:
+        uk.row_edge3(kc, A, B, C, 1, n_valid, accumulate)
+    else:
+        uk.row_edge4(kc, A, B, C, 1, n_valid, accumulate)
+    return n_valid
 
 
 @jit
@@ -102,8 +111,8 @@ def _epilogue(C, mode, code, bias, H):
 
 
 @jit
-def gemm_panels(A, B, C, accumulate, mode, code, bias, H, j_lo, j_hi):
-    """Columns j_lo:j_hi of C (=, or += when ``accumulate``) A B, then the epilogue.
+def gemm(A, B, C, accumulate, mode, code, bias, H):
+    """C (=, or += when ``accumulate``) A B, then the epilogue, on the calling thread.
 
     A (M x K) any strides; B (K x N) and C (M x N) contiguous along rows.
     ``mode`` is EPI_STORE, EPI_BIAS_ACT (bias[j], activation ``code``) or
@@ -111,22 +120,26 @@ def gemm_panels(A, B, C, accumulate, mode, code, bias, H, j_lo, j_hi):
     epilogue applied to zero (or to C).
     """
     M, K = A.shape
-    nr = NV * (VECTOR_BYTES // C.itemsize)
+    N = C.shape[1]
     if K == 0:  # an empty sum: C = 0 (or unchanged), then the epilogue
         if not accumulate:
-            C[:, j_lo:j_hi] = 0
-        _epilogue(C[:, j_lo:j_hi], mode, code, bias[j_lo:j_hi], H[:, j_lo:j_hi])
+            C[:, :] = 0
+        _epilogue(C, mode, code, bias, H)
         return
+    nr = NV * (VECTOR_BYTES // C.itemsize)
+    # rows [0, m_tiles) go through MR-row tiles (a last partial tile keeps at
+    # least ROW_KERNEL_BELOW rows); the few rows after it through the one-row kernel
+    m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW else M - M % MR
     n_kblocks = (K + KC - 1) // KC
-    kb = (K + n_kblocks - 1) // n_kblocks
-    for jc in range(j_lo, j_hi, NC):
-        jc_end = min(j_hi, jc + NC)
+    kb = (K + n_kblocks - 1) // n_kblocks   # K in equal blocks: the same for every row
+    for jc in range(0, N, NC):
+        jc_end = min(N, jc + NC)
         for pc in range(0, K, kb):
             kc = min(kb, K - pc)
             add = accumulate != 0 or pc > 0
             last = pc + kc == K
-            for ic in range(0, M, MC):
-                ic_end = min(M, ic + MC)
+            for ic in range(0, m_tiles, MC):
+                ic_end = min(m_tiles, ic + MC)
                 for jr in range(jc, jc_end, nr):
                     n_valid = min(nr, jc_end - jr)
                     Bp = B[pc:, jr:]
@@ -136,12 +149,14 @@ def gemm_panels(A, B, C, accumulate, mode, code, bias, H, j_lo, j_hi):
                         if last and mode != EPI_STORE:
                             _epilogue(C[ir:ir + m_valid, jr:jr + n_valid], mode, code,
                                       bias[jr:jr + n_valid], H[ir:ir + m_valid, jr:jr + n_valid])
-
-
-@jit
-def gemm(A, B, C, accumulate, mode, code, bias, H):
-    """C (=, or +=) A B with the fused epilogue, on the calling thread (see gemm_panels)."""
-    gemm_panels(A, B, C, accumulate, mode, code, bias, H, 0, C.shape[1])
+            for r in range(m_tiles, M):
+                jr = jc
+                while jr < jc_end:
+                    done = _row(kc, A[r:, pc:], B[pc:, jr:], C[r:, jr:], jc_end - jr, add)
+                    if last and mode != EPI_STORE:
+                        _epilogue(C[r:r + 1, jr:jr + done], mode, code,
+                                  bias[jr:jr + done], H[r:r + 1, jr:jr + done])
+                    jr += done
 
 
 @jit

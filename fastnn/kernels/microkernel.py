@@ -21,7 +21,8 @@ Edges.  Rows r >= m_valid read row m_valid - 1 of A and are never stored, so
 every row of C goes through exactly the same arithmetic wherever it sits in
 the matrix (a prediction does not depend on the other rows of the batch).
 Columns j >= n_valid are neither loaded from B nor stored to C (masked loads
-and stores in the last vector of a ``masked`` variant).  The sum over p runs
+and stores: in the last vector of a MASK_LAST variant, in every vector of a
+MASK_ALL one).  The sum over p runs
 in order 0..kc-1 with one ``llvm.fmuladd`` per term and per lane, so C[r, j]
 has the same bits in every variant, lane and tile position.
 """
@@ -99,9 +100,13 @@ def _lane_mask(builder, n_left, count):
     return builder.icmp_signed("<", idx, limit)
 
 
-def _make_microkernel(rows, nv, masked):
-    """An intrinsic for a ``rows`` x (nv vectors) tile; ``masked``: the last
-    vector holds only the columns below n_valid.
+MASK_NONE = 0   # every vector full
+MASK_LAST = 1   # the last vector holds the columns below n_valid
+MASK_ALL = 2    # any vector may hold columns at or past n_valid
+
+
+def _make_microkernel(rows, nv, mask):
+    """An intrinsic for a ``rows`` x (nv vectors) tile, with edge ``mask``.
 
     Called as ``microkernel(kc, A, B, C, m_valid, n_valid, accumulate)`` with
     2-D views whose element [0, 0] is the tile's origin; A may have any
@@ -134,19 +139,21 @@ def _make_microkernel(rows, nv, masked):
                 ir.FunctionType(ir.VoidType(), [vecty, vecptr, ir.IntType(32), mask_ty]))
             align = ir.Constant(ir.IntType(32), fty.get_abi_size(_target_data(context)))
             zero_vec = ir.Constant(vecty, None)
-            last_mask = (_lane_mask(builder, builder.sub(n_valid_v, i64((nv - 1) * vl)), vl)
-                         if masked else None)
+            masks = [None] * nv  # lane masks of the vectors that can cross n_valid
+            for v in range(nv):
+                if mask == MASK_ALL or (mask == MASK_LAST and v == nv - 1):
+                    masks[v] = _lane_mask(builder, builder.sub(n_valid_v, i64(v * vl)), vl)
 
             def load_vec(ptr, v):
                 ptr = builder.bitcast(ptr, vecptr)
-                if masked and v == nv - 1:
-                    return builder.call(mload, [ptr, align, last_mask, zero_vec])
+                if masks[v] is not None:
+                    return builder.call(mload, [ptr, align, masks[v], zero_vec])
                 return builder.load(ptr, align=align.constant)
 
             def store_vec(value, ptr, v):
                 ptr = builder.bitcast(ptr, vecptr)
-                if masked and v == nv - 1:
-                    builder.call(mstore, [value, ptr, align, last_mask])
+                if masks[v] is not None:
+                    builder.call(mstore, [value, ptr, align, masks[v]])
                 else:
                     builder.store(value, ptr, align=align.constant)
 
@@ -190,7 +197,7 @@ def _make_microkernel(rows, nv, masked):
 
         return sig, codegen
 
-    microkernel.__name__ = f"microkernel_{rows}x{nv}{'_masked' if masked else ''}"
+    microkernel.__name__ = f"microkernel_{rows}x{nv}_mask{mask}"
     return microkernel
 
 
@@ -210,16 +217,21 @@ def _target_data(context):
     return context.target_data
 
 
-# The variants the GEMM uses: full tiles, full-height tiles at the right edge
-# (1..4 vectors, the last one masked; only 1..NV are ever called), and the
-# same for one-row tiles, which serve the last few rows of a small batch.
-tile_full = _make_microkernel(MR, NV, False)
-tile_edge1 = _make_microkernel(MR, 1, True)
-tile_edge2 = _make_microkernel(MR, 2, True)
-tile_edge3 = _make_microkernel(MR, 3, True)
-tile_edge4 = _make_microkernel(MR, 4, True)
-row_full = _make_microkernel(1, NV, False)
-row_edge1 = _make_microkernel(1, 1, True)
-row_edge2 = _make_microkernel(1, 2, True)
-row_edge3 = _make_microkernel(1, 3, True)
-row_edge4 = _make_microkernel(1, 4, True)
+# The variants the GEMM uses.  Tiles of MR rows: full, and full-height at the
+# right edge (1..4 vectors, the last one masked; only 1..NV are ever called).
+# The last few rows of a matrix (and a one-row prediction) go through one-row
+# kernels: ROW_VECTORS vectors wide where the columns allow (many independent
+# accumulators hide the FMA latency that a single row exposes), then NV
+# vectors, then 1..NV with the last masked.
+ROW_VECTORS = 4 * NV
+tile_full = _make_microkernel(MR, NV, MASK_NONE)
+tile_edge1 = _make_microkernel(MR, 1, MASK_LAST)
+tile_edge2 = _make_microkernel(MR, 2, MASK_LAST)
+tile_edge3 = _make_microkernel(MR, 3, MASK_LAST)
+tile_edge4 = _make_microkernel(MR, 4, MASK_LAST)
+row_wide = _make_microkernel(1, ROW_VECTORS, MASK_NONE)
+row_full = _make_microkernel(1, NV, MASK_NONE)
+row_edge1 = _make_microkernel(1, 1, MASK_LAST)
+row_edge2 = _make_microkernel(1, 2, MASK_LAST)
+row_edge3 = _make_microkernel(1, 3, MASK_LAST)
+row_edge4 = _make_microkernel(1, 4, MASK_LAST)
