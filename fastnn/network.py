@@ -76,16 +76,6 @@ class Network:
         codes = [act_k.CODES[a] for a in self.activations] + [act_k.IDENTITY]
         self._acts = np.asarray(codes, dtype=np.int64)
         self._output_code = np.int64(loss_k.CODES[self.output])
-        # Segments of the flat buffer: each W (decayed by L2) then each b (not).
-        lo, hi, decay = [], [], []
-        for l in range(self.n_layers):
-            w_end = self._offs[l] + dims[l] * dims[l + 1]
-            lo += [self._offs[l], w_end]
-            hi += [w_end, w_end + dims[l + 1]]
-            decay += [True, False]
-        self._seg_lo = np.asarray(lo, dtype=np.int64)
-        self._seg_hi = np.asarray(hi, dtype=np.int64)
-        self._seg_decay = np.asarray(decay, dtype=np.bool_)
 
     @property
     def n_layers(self):

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _validation as V
 from ._parallel import parallel_region
-from .kernels.step import LOSS_GROUP_ROWS, UPDATE_CHUNK, loss_gradient, train_epoch
+from .kernels.step import LOSS_GROUP_ROWS, loss_gradient, train_epoch, weight_block_count
 from .optimizers import SGD
 
 # A batch of under MIN_PARALLEL_ROWS rows, or of fewer FLOPs than this
@@ -94,7 +94,7 @@ class Workspace:
         self.Xb = np.empty((batch_size, n_features), dtype=dt)
         self.Tb = np.empty((batch_size, n_outputs), dtype=dt)
         self.wb = np.empty(batch_size, dtype=dt)
-        self.l2_parts = np.empty(-(-network.n_params // UPDATE_CHUNK), dtype=np.float64)
+        self.l2_parts = np.empty(weight_block_count(network._dims), dtype=np.float64)
         groups = -(-batch_size // LOSS_GROUP_ROWS)
         self.group_loss = np.empty(groups, dtype=np.float64)
         self.group_correct = np.empty(groups, dtype=np.int64)
@@ -175,13 +175,13 @@ class Trainer:
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
         serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
+        hyper = (dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps))
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
                 net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code, X, T, w,
-                order.astype(np.int64), batch, ws.act_ws, ws.act_off, ws.delta_ws, ws.grad, ws.Xb, ws.Tb, ws.wb,
-                net._seg_lo, net._seg_hi, net._seg_decay, dt(self.l2),
-                self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.optimizer.lr),
-                dt(momentum), dt(beta1), dt(beta2), dt(eps), np.int64(self.steps),
+                order.astype(np.int64), batch, ws.act_ws, ws.act_off, ws.delta_ws, ws.grad,
+                ws.Xb, ws.Tb, ws.wb, dt(self.l2), self.state1, self.state2,
+                np.int64(self.optimizer.kind), hyper, np.int64(self.steps),
                 ws.l2_parts, ws.group_loss, ws.group_correct,
                 np.int64(numba.get_num_threads()))
         self.steps += int(steps)
@@ -201,8 +201,7 @@ class Trainer:
         with parallel_region():
             loss = loss_gradient(net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code,
                                  X, T, w, ws.act_ws, ws.act_off,
-                                 ws.delta_ws, ws.grad, net._seg_lo, net._seg_hi, net._seg_decay,
-                                 net.dtype.type(self.l2), ws.l2_parts, ws.group_loss,
+                                 ws.delta_ws, ws.grad, net.dtype.type(self.l2), ws.l2_parts, ws.group_loss,
                                  ws.group_correct, np.int64(numba.get_num_threads()))
         return float(loss), ws.grad.copy()
 

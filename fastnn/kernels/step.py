@@ -1,23 +1,28 @@
 """The compiled training step: forward, loss gradient, backward, update.
 
-A mini-batch of m rows is cut into S shards (S depends only on m and the
-trainer's settings, never on the number of threads).  The step has three
-parallel parts, each of which writes disjoint memory:
+A step is two parallel passes, each writing disjoint memory:
 
-1. rows:     each shard runs its rows forward, writes the loss gradient over
-             its logits and runs its rows backward (delta_l for every layer);
-2. weights:  dW_l = a_{l-1}^T delta_l over the whole batch, cut into blocks of
-             rows of dW (a fixed cut that depends only on the layer sizes);
-             db_l = column sums of delta_l;
-3. update:   L2 and the optimizer, in fixed chunks of the flat buffer.
+1. rows (``rows_pass``): the batch is cut into one shard per thread; each
+   shard runs its rows forward, writes the loss gradient over its logits and
+   runs its rows backward (delta_l for every layer);
+2. weights (``weights_pass``): dW_l = a_{l-1}^T delta_l over the whole batch
+   in blocks of GRAD_BLOCK_ROWS rows of dW_l (a cut that depends only on the
+   layer sizes), db_l = column sums of delta_l with the first block, then, in
+   the same task while the block is in cache, the L2 term, the optimizer
+   update of those rows of W_l (and of b_l) and their W^T for the next step's
+   backward product.
 
-Every element is computed by the same arithmetic whichever shard, block or
-thread computes it (gemm.py), and the per-shard losses are added in shard
-order, so the result has the same bits with 1 thread or 16.
+Two parallel regions per step, because waking the thread pool costs tens of
+microseconds each time (measured on the 2-core machine, passive OpenMP
+waiting: about 30 us for an empty region).  Every element is computed by the
+same arithmetic whichever shard, block or thread computes it (gemm.py), and
+the loss and L2 parts are added in a fixed order, so the result has the same
+bits with 1 thread or 16.
 
 Flat layout: layer l has W_l (dims[l] x dims[l+1]) at params[offs[l]:], then
-its bias b_l.  The activations a_l of the whole batch (m x dims[l+1]) live at
-act_ws[act_off[l]:], the deltas at the same offsets of delta_ws.
+its bias b_l; WT_l = W_l^T (l >= 1) sits at the same offset of WT.  The
+activations a_l of the whole batch (m x dims[l+1]) live at act_ws[act_off[l]:],
+the deltas at the same offsets of delta_ws.
 """
 import numpy as np
 from numba import prange
@@ -28,17 +33,11 @@ from .gemm import EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pac
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
 
-# Parameters are reduced and updated in chunks of this many elements, one
-# chunk per prange iteration: big enough to amortise scheduling, small enough
-# to balance two threads on a few-thousand-parameter network.
-UPDATE_CHUNK = 8192
 # The loss is summed over groups of this many rows, then over the groups in
 # order; shards of the batch start at multiples of it.
 LOSS_GROUP_ROWS = 16
-# Rows of W per block of the parallel W^T packing.
-PACK_ROWS = 128
-# Rows of dW per weight-gradient block: a multiple of the register tile's
-# rows; 784 inputs give 9 blocks, enough to balance a few threads.
+# Rows of dW (and of W) per block of the weights pass: a multiple of the
+# register tile's rows; 784 inputs give 9 blocks, enough to balance a few threads.
 GRAD_BLOCK_ROWS = 96
 
 # Flags passed to gemm as typed int64 values rather than literal constants:
@@ -107,37 +106,24 @@ def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1):
         delta = out
 
 
-@pjit
+@jit
 def pack_weights_t(params, offs, dims, WT):
     """WT_l = W_l^T for every layer but the first, at the offsets of ``params``.
 
     The backward product delta_l W_l^T (l >= 1; the input layer needs no
-    delta) reads W^T with rows contiguous; packing once per step serves every
-    shard of the batch.  Blocks of PACK_ROWS rows of each W_l are transposed
-    in parallel.
+    delta) reads W^T with rows contiguous.  The weights pass keeps WT up to
+    date after each update; this fills it at the start of an epoch.
     """
-    n_layers = dims.shape[0] - 1
-    n_blocks = 0
-    for l in range(1, n_layers):
-        n_blocks += (dims[l] + PACK_ROWS - 1) // PACK_ROWS
-    for t in prange(n_blocks):
-        l = 1
-        first = 0
-        while t >= first + (dims[l] + PACK_ROWS - 1) // PACK_ROWS:  # the layer of block t
-            first += (dims[l] + PACK_ROWS - 1) // PACK_ROWS
-            l += 1
+    for l in range(1, dims.shape[0] - 1):
         k = dims[l]
         n = dims[l + 1]
-        i0 = (t - first) * PACK_ROWS
-        i1 = min(k, i0 + PACK_ROWS)
         W, _ = layer_weights(params, offs, dims, l)
-        WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
-        pack_transpose(W[i0:i1], WT_l[:, i0:i1])
+        pack_transpose(W, WT[offs[l]:offs[l] + k * n].reshape((n, k)))
 
 
 @jit
-def grad_block_count(dims):
-    """Number of weight-gradient blocks: GRAD_BLOCK_ROWS rows of each dW_l."""
+def weight_block_count(dims):
+    """Number of blocks of the weights pass: GRAD_BLOCK_ROWS rows of each W_l."""
     count = 0
     for l in range(dims.shape[0] - 1):
         count += (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
@@ -145,26 +131,28 @@ def grad_block_count(dims):
 
 
 @jit
-def weight_gradient_block(offs, dims, X, act_ws, act_off, delta_ws, grad, t):
-    """Block t of the weight gradient: rows i0:i1 of dW_l = a_{l-1}^T delta_l
-    over the whole batch (and db_l = sum_i delta_l[i, :] with the first block)."""
-    n_layers = dims.shape[0] - 1
-    m = X.shape[0]
+def weight_block(dims, t):
+    """(layer l, first row, end row) of block t of the weights pass."""
     l = 0
     first = 0
-    while True:  # find the layer of block t
-        blocks = (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
-        if t < first + blocks:
-            break
-        first += blocks
+    while t >= first + (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS:
+        first += (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
         l += 1
+    i0 = (t - first) * GRAD_BLOCK_ROWS
+    return l, i0, min(dims[l], i0 + GRAD_BLOCK_ROWS)
+
+
+@jit
+def weight_gradient_rows(offs, dims, X, act_ws, act_off, delta_ws, grad, l, i0, i1):
+    """Rows i0:i1 of dW_l = a_{l-1}^T delta_l over the whole batch, and
+    db_l = sum_i delta_l[i, :] with the block that starts at row 0."""
+    n_layers = dims.shape[0] - 1
+    m = X.shape[0]
     k = dims[l]
     n = dims[l + 1]
-    i0 = (t - first) * GRAD_BLOCK_ROWS
-    i1 = min(k, i0 + GRAD_BLOCK_ROWS)
     a_in = X if l == 0 else layer_rows(act_ws, act_off[l - 1], m, k)
     if l == n_layers - 1:
-        delta = layer_rows(act_ws, act_off[l], m, n)
+        delta = layer_rows(act_ws, act_off[l], m, n)   # delta_L, over the logits
     else:
         delta = layer_rows(delta_ws, act_off[l], m, n)
     gW, gb = layer_weights(grad, offs, dims, l)
@@ -174,17 +162,49 @@ def weight_gradient_block(offs, dims, X, act_ws, act_off, delta_ws, grad, t):
         column_sums_acc(delta, gb)
 
 
+@jit
+def update_rows(params, grad, WT, offs, dims, l, i0, i1, l2, state1, state2, kind, hyper,
+                apply_update):
+    """Rows i0:i1 of W_l (and b_l with the block at row 0): the L2 term, then
+    the optimizer step and W_l^T of the new rows (``apply_update``), or else
+    the L2 term added to the gradient.  Returns lambda * sum W^2 over the rows
+    (before the step)."""
+    k = dims[l]
+    n = dims[l + 1]
+    lo = offs[l] + i0 * n
+    hi = offs[l] + i1 * n
+    squares = 0.0
+    if l2 != 0:
+        for i in range(lo, hi):
+            p = np.float64(params[i])
+            squares += p * p
+    if apply_update:
+        lr, momentum, beta1, beta2, eps = hyper
+        update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2,
+                     eps, l2)
+        if i0 == 0:  # the bias: no weight decay
+            update_range(params, grad, state1, state2, offs[l] + k * n, offs[l] + k * n + n,
+                         kind, lr, momentum, beta1, beta2, eps, params.dtype.type(0))
+        if l >= 1:
+            W, _ = layer_weights(params, offs, dims, l)
+            WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
+            pack_transpose(W[i0:i1], WT_l[:, i0:i1])
+    elif l2 != 0:
+        for i in range(lo, hi):
+            grad[i] += l2 * params[i]
+    return np.float64(l2) * squares
+
+
 @pjit
-def batch_gradient(params, WT, offs, dims, acts, output, X, T, w, scale,
-                   act_ws, act_off, delta_ws, grad, group_loss, group_correct, threads):
-    """The gradient of the batch (X, T, w) into ``grad``; W^T must be packed in WT.
+def rows_pass(params, WT, offs, dims, acts, output, X, T, w, scale, act_ws, act_off, delta_ws,
+              group_loss, group_correct, threads):
+    """Forward, loss gradient and backward of the rows of (X, T, w); WT must hold W^T.
 
     The rows are cut into one shard per thread (``threads``: numba's thread
     count, passed in because calling numba.get_num_threads here would keep
-    the caller out of numba's cache), at multiples of LOSS_GROUP_ROWS;
-    the loss is summed per group of rows and the groups in order, so neither
-    the gradient nor the loss depends on the number of threads.
-    Returns (summed weighted loss, correct rows).
+    the caller out of numba's cache), at multiples of LOSS_GROUP_ROWS; the loss
+    is summed per group of rows and the groups in order, so it does not depend
+    on the number of threads.  Returns (summed weighted loss, correct rows).
     """
     m = X.shape[0]
     n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
@@ -203,8 +223,6 @@ def batch_gradient(params, WT, offs, dims, acts, output, X, T, w, scale,
                 group_loss[g], group_correct[g] = loss_grad(
                     z[q0 - r0:q1 - r0], T[q0:q1], w[q0:q1], scale, output)
             backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1)
-    for t in prange(grad_block_count(dims)):
-        weight_gradient_block(offs, dims, X, act_ws, act_off, delta_ws, grad, t)
     loss = 0.0
     correct = 0
     for g in range(n_groups):  # in row order: same bits for any thread count
@@ -214,51 +232,34 @@ def batch_gradient(params, WT, offs, dims, acts, output, X, T, w, scale,
 
 
 @pjit
-def regularize_and_update(params, grad, seg_lo, seg_hi, seg_decay, l2, state1, state2, kind,
-                          lr, momentum, beta1, beta2, eps, l2_parts, apply_update):
-    """Take one optimizer step with the L2 term (when ``apply_update``), or
-    else add the L2 term to ``grad``.
+def weights_pass(params, grad, WT, offs, dims, X, act_ws, act_off, delta_ws, l2, state1,
+                 state2, kind, hyper, apply_update, l2_parts, threads):
+    """The weight gradient of the batch whose rows pass has run, then (with
+    ``apply_update``) the update, block by block.  Returns (lambda/2) sum W^2
+    before the step (the L2 part of the loss), summed in block order.
 
-    Returns (lambda/2) sum ||W||^2 before the step (the L2 part of the loss).
-    Each chunk of parameters is handled by one iteration and the L2 parts are
-    summed in chunk order, so the thread layout cannot change any sum.
+    Thread s takes blocks s, s + threads, ...: the big blocks of the first
+    layer come first, so dealing them out in turn balances the threads (numba
+    hands each thread one contiguous range of a prange).  Which thread
+    computes a block changes no bits.
     """
-    size = params.shape[0]
-    zero = params.dtype.type(0)
-    n_chunks = (size + UPDATE_CHUNK - 1) // UPDATE_CHUNK
-    for c in prange(n_chunks):
-        lo = c * UPDATE_CHUNK
-        hi = min(size, lo + UPDATE_CHUNK)
-        part = 0.0
-        for s in range(seg_lo.shape[0]):
-            a = max(lo, seg_lo[s])
-            b = min(hi, seg_hi[s])
-            if a >= b:
-                continue
-            decay = l2 if seg_decay[s] else zero
-            if decay != zero:
-                squares = 0.0
-                for i in range(a, b):
-                    p = np.float64(params[i])
-                    squares += p * p
-                part += np.float64(decay) * squares
-            if apply_update:
-                update_range(params, grad, state1, state2, a, b, kind, lr, momentum,
-                             beta1, beta2, eps, decay)
-            elif decay != zero:
-                for i in range(a, b):
-                    grad[i] += decay * params[i]
-        l2_parts[c] = part
-    l2_loss = 0.0
-    for c in range(n_chunks):
-        l2_loss += l2_parts[c]
-    return 0.5 * l2_loss
+    n_blocks = weight_block_count(dims)
+    n_workers = max(1, min(threads, n_blocks))
+    for s in prange(n_workers):
+        for t in range(s, n_blocks, n_workers):
+            l, i0, i1 = weight_block(dims, t)
+            weight_gradient_rows(offs, dims, X, act_ws, act_off, delta_ws, grad, l, i0, i1)
+            l2_parts[t] = update_rows(params, grad, WT, offs, dims, l, i0, i1, l2, state1,
+                                      state2, kind, hyper, apply_update)
+    total = 0.0
+    for t in range(n_blocks):
+        total += l2_parts[t]
+    return 0.5 * total
 
 
 @jit
 def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off, delta_ws,
-                  grad, seg_lo, seg_hi, seg_decay, l2, l2_parts, group_loss, group_correct,
-                  threads):
+                  grad, l2, l2_parts, group_loss, group_correct, threads):
     """Loss of the whole batch (X, T, w), with L2, and its gradient in ``grad``.
 
     The same arithmetic as one training step, without the update: this is what
@@ -269,33 +270,35 @@ def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off
         weight += np.float64(w[i])
     scale = params.dtype.type(1.0 / weight)
     pack_weights_t(params, offs, dims, WT)
-    loss, _ = batch_gradient(params, WT, offs, dims, acts, output, X, T, w, scale,
-                             act_ws, act_off, delta_ws, grad, group_loss, group_correct,
-                             threads)
+    loss, _ = rows_pass(params, WT, offs, dims, acts, output, X, T, w, scale, act_ws, act_off,
+                        delta_ws, group_loss, group_correct, threads)
     zero = params.dtype.type(0)
-    l2_loss = regularize_and_update(params, grad, seg_lo, seg_hi, seg_decay, l2,
-                                    params, params, 0, zero, zero, zero, zero, zero,
-                                    l2_parts, False)
+    l2_loss = weights_pass(params, grad, WT, offs, dims, X, act_ws, act_off, delta_ws, l2,
+                           params, params, 0, (zero, zero, zero, zero, zero), False, l2_parts,
+                           threads)
     return loss / weight + l2_loss
 
 
 @jit
 def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size,
-                act_ws, act_off, delta_ws, grad, Xb, Tb, wb, seg_lo, seg_hi, seg_decay, l2,
-                state1, state2, kind, lr, momentum, beta1, beta2, eps, step, l2_parts,
-                group_loss, group_correct, threads):
+                act_ws, act_off, delta_ws, grad, Xb, Tb, wb, l2,
+                state1, state2, kind, hyper, step, l2_parts, group_loss, group_correct,
+                threads):
     """One pass over the rows of X in the order ``order``, in mini-batches.
 
-    Every array is a workspace made once per fit (see trainer.Workspace), so
-    nothing is allocated here.  Returns (summed weighted loss, summed weight,
-    correct, steps taken, finite).  When a batch's loss is not finite the epoch
-    stops *before* that batch's update, so params hold the last finite step.
+    ``hyper`` is (lr, momentum, beta1, beta2, eps).  Every array is a
+    workspace made once per fit (see trainer.Workspace), so nothing is
+    allocated here.  Returns (summed weighted loss, summed weight, correct,
+    steps taken, finite).  When a batch's loss is not finite the epoch stops
+    *before* that batch's update, so params hold the last finite step.
     """
     n = order.shape[0]
     loss_total = 0.0
     weight_total = 0.0
     correct_total = 0
     steps = 0
+    lr, momentum, beta1, beta2, eps = hyper
+    pack_weights_t(params, offs, dims, WT)   # then kept current by each update
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         batch_weight = 0.0
@@ -306,10 +309,9 @@ def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size
             wb[i] = w[src]
             batch_weight += np.float64(w[src])
         scale = params.dtype.type(1.0 / batch_weight)
-        pack_weights_t(params, offs, dims, WT)
-        batch_loss, correct = batch_gradient(
-            params, WT, offs, dims, acts, output, Xb[:m], Tb[:m], wb[:m], scale,
-            act_ws, act_off, delta_ws, grad, group_loss, group_correct, threads)
+        batch_loss, correct = rows_pass(params, WT, offs, dims, acts, output, Xb[:m], Tb[:m],
+                                        wb[:m], scale, act_ws, act_off, delta_ws, group_loss,
+                                        group_correct, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
@@ -317,9 +319,9 @@ def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size
         if kind == ADAM:
             step_lr = params.dtype.type(adam_step_size(np.float64(lr), np.float64(beta1),
                                                        np.float64(beta2), step + steps + 1))
-        l2_loss = regularize_and_update(params, grad, seg_lo, seg_hi, seg_decay, l2,
-                                        state1, state2, kind, step_lr, momentum, beta1, beta2,
-                                        eps, l2_parts, True)
+        l2_loss = weights_pass(params, grad, WT, offs, dims, Xb[:m], act_ws, act_off, delta_ws,
+                               l2, state1, state2, kind, (step_lr, momentum, beta1, beta2, eps),
+                               True, l2_parts, threads)
         steps += 1
         loss_total += batch_loss + l2_loss * batch_weight
         weight_total += batch_weight
