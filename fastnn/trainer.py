@@ -201,7 +201,8 @@ class Trainer:
         with parallel_region():
             loss = loss_gradient(net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code,
                                  X, T, w, ws.act_ws, ws.act_off,
-                                 ws.delta_ws, ws.grad, net.dtype.type(self.l2), ws.l2_parts, ws.group_loss,
+                                 ws.delta_ws, ws.grad, ws.Xb, ws.Tb, ws.wb,
+                                 net.dtype.type(self.l2), ws.l2_parts, ws.group_loss,
                                  ws.group_correct, np.int64(numba.get_num_threads()))
         return float(loss), ws.grad.copy()
 

@@ -35,43 +35,57 @@ def sigmoid(z):
 
 
 @jit
+def bias_activate_row(z, b, code):
+    """z = h(z + b) in place, for one contiguous row (or piece of a row)."""
+    zero = z.dtype.type(0)
+    n = z.shape[0]
+    if code == RELU:
+        for j in range(n):
+            z[j] = max(z[j] + b[j], zero)
+    elif code == SIGMOID:
+        for j in range(n):
+            z[j] = sigmoid(z[j] + b[j])
+    elif code == TANH:
+        for j in range(n):
+            z[j] = np.tanh(z[j] + b[j])
+    else:
+        for j in range(n):
+            z[j] = z[j] + b[j]
+
+
+@jit
+def derivative_row(d, a, code):
+    """d *= h'(z) in place for one contiguous row, h' computed from a = h(z).
+
+    The relu case is a select, not a branch: with contiguous rows LLVM
+    vectorises every case (a branch on the sign of a costs a misprediction
+    for about every other element on real data).
+    """
+    zero = d.dtype.type(0)
+    one = d.dtype.type(1)
+    n = d.shape[0]
+    if code == RELU:
+        for j in range(n):
+            d[j] = d[j] if a[j] > zero else zero
+    elif code == SIGMOID:
+        for j in range(n):
+            d[j] *= a[j] * (one - a[j])
+    elif code == TANH:
+        for j in range(n):
+            d[j] *= one - a[j] * a[j]
+
+
+@jit
 def add_bias_activate(Z, b, code):
     """Z = h(Z + b) in place, b broadcast over the rows of Z."""
-    m, n = Z.shape
-    zero = Z.dtype.type(0)
-    for i in range(m):
-        row = Z[i]
-        if code == RELU:
-            for j in range(n):
-                row[j] = max(row[j] + b[j], zero)
-        elif code == SIGMOID:
-            for j in range(n):
-                row[j] = sigmoid(row[j] + b[j])
-        elif code == TANH:
-            for j in range(n):
-                row[j] = np.tanh(row[j] + b[j])
-        else:
-            for j in range(n):
-                row[j] = row[j] + b[j]
+    for i in range(Z.shape[0]):
+        bias_activate_row(Z[i], b, code)
 
 
 @jit
 def scale_by_derivative(delta, A, code):
     """delta *= h'(z), with h' computed from the layer's output A = h(z)."""
-    m, n = delta.shape
-    zero = delta.dtype.type(0)
-    one = delta.dtype.type(1)
     if code == IDENTITY:
         return
-    for i in range(m):
-        d_row = delta[i]
-        a_row = A[i]
-        if code == RELU:
-            for j in range(n):
-                d_row[j] = d_row[j] if a_row[j] > zero else zero
-        elif code == SIGMOID:
-            for j in range(n):
-                d_row[j] *= a_row[j] * (one - a_row[j])
-        elif code == TANH:
-            for j in range(n):
-                d_row[j] *= one - a_row[j] * a_row[j]
+    for i in range(delta.shape[0]):
+        derivative_row(delta[i], A[i], code)

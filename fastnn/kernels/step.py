@@ -195,33 +195,47 @@ def update_rows(params, grad, WT, offs, dims, l, i0, i1, l2, state1, state2, kin
     return np.float64(l2) * squares
 
 
+@jit
+def gather_rows(X, T, w, order, Xb, Tb, wb, r0, r1):
+    """Rows r0:r1 of the batch: Xb[i] = X[order[i]] (and T, w likewise)."""
+    for i in range(r0, r1):
+        src = order[i]
+        Xb[i, :] = X[src, :]
+        Tb[i, :] = T[src, :]
+        wb[i] = w[src]
+
+
 @pjit
-def rows_pass(params, WT, offs, dims, acts, output, X, T, w, scale, act_ws, act_off, delta_ws,
-              group_loss, group_correct, threads):
-    """Forward, loss gradient and backward of the rows of (X, T, w); WT must hold W^T.
+def rows_pass(params, WT, offs, dims, acts, output, X, T, w, order, Xb, Tb, wb, scale,
+              act_ws, act_off, delta_ws, group_loss, group_correct, threads):
+    """Gather, forward, loss gradient and backward of the batch X[order] (into
+    Xb, Tb, wb, which the weights pass then reads); WT must hold W^T.
 
     The rows are cut into one shard per thread (``threads``: numba's thread
     count, passed in because calling numba.get_num_threads here would keep
-    the caller out of numba's cache), at multiples of LOSS_GROUP_ROWS; the loss
-    is summed per group of rows and the groups in order, so it does not depend
+    the caller out of numba's cache), at multiples of LOSS_GROUP_ROWS; each
+    shard gathers its own rows, so they are in its core's cache.  The loss is
+    summed per group of rows and the groups in order, so it does not depend
     on the number of threads.  Returns (summed weighted loss, correct rows).
     """
-    m = X.shape[0]
+    m = order.shape[0]
     n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
     n_shards = max(1, min(threads, n_groups))
     groups_per_shard = (n_groups + n_shards - 1) // n_shards
+    Xm = Xb[:m]
     for s in prange(n_shards):
         g0 = min(n_groups, s * groups_per_shard)
         g1 = min(n_groups, g0 + groups_per_shard)
         r0 = g0 * LOSS_GROUP_ROWS
         r1 = min(m, g1 * LOSS_GROUP_ROWS)
         if r1 > r0:
-            z = forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1)
+            gather_rows(X, T, w, order, Xb, Tb, wb, r0, r1)
+            z = forward(params, offs, dims, acts, Xm, act_ws, act_off, r0, r1)
             for g in range(g0, g1):  # delta_L written over the logits, group by group
                 q0 = g * LOSS_GROUP_ROWS
                 q1 = min(m, q0 + LOSS_GROUP_ROWS)
                 group_loss[g], group_correct[g] = loss_grad(
-                    z[q0 - r0:q1 - r0], T[q0:q1], w[q0:q1], scale, output)
+                    z[q0 - r0:q1 - r0], Tb[q0:q1], wb[q0:q1], scale, output)
             backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1)
     loss = 0.0
     correct = 0
@@ -259,7 +273,7 @@ def weights_pass(params, grad, WT, offs, dims, X, act_ws, act_off, delta_ws, l2,
 
 @jit
 def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off, delta_ws,
-                  grad, l2, l2_parts, group_loss, group_correct, threads):
+                  grad, Xb, Tb, wb, l2, l2_parts, group_loss, group_correct, threads):
     """Loss of the whole batch (X, T, w), with L2, and its gradient in ``grad``.
 
     The same arithmetic as one training step, without the update: this is what
@@ -270,12 +284,13 @@ def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off
         weight += np.float64(w[i])
     scale = params.dtype.type(1.0 / weight)
     pack_weights_t(params, offs, dims, WT)
-    loss, _ = rows_pass(params, WT, offs, dims, acts, output, X, T, w, scale, act_ws, act_off,
-                        delta_ws, group_loss, group_correct, threads)
+    order = np.arange(X.shape[0])
+    loss, _ = rows_pass(params, WT, offs, dims, acts, output, X, T, w, order, Xb, Tb, wb, scale,
+                        act_ws, act_off, delta_ws, group_loss, group_correct, threads)
     zero = params.dtype.type(0)
-    l2_loss = weights_pass(params, grad, WT, offs, dims, X, act_ws, act_off, delta_ws, l2,
-                           params, params, 0, (zero, zero, zero, zero, zero), False, l2_parts,
-                           threads)
+    l2_loss = weights_pass(params, grad, WT, offs, dims, Xb[:X.shape[0]], act_ws, act_off,
+                           delta_ws, l2, params, params, 0, (zero, zero, zero, zero, zero),
+                           False, l2_parts, threads)
     return loss / weight + l2_loss
 
 
@@ -301,17 +316,14 @@ def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size
     pack_weights_t(params, offs, dims, WT)   # then kept current by each update
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
+        rows = order[start:start + m]
         batch_weight = 0.0
         for i in range(m):
-            src = order[start + i]
-            Xb[i, :] = X[src, :]
-            Tb[i, :] = T[src, :]
-            wb[i] = w[src]
-            batch_weight += np.float64(w[src])
+            batch_weight += np.float64(w[rows[i]])
         scale = params.dtype.type(1.0 / batch_weight)
-        batch_loss, correct = rows_pass(params, WT, offs, dims, acts, output, Xb[:m], Tb[:m],
-                                        wb[:m], scale, act_ws, act_off, delta_ws, group_loss,
-                                        group_correct, threads)
+        batch_loss, correct = rows_pass(params, WT, offs, dims, acts, output, X, T, w, rows,
+                                        Xb, Tb, wb, scale, act_ws, act_off, delta_ws,
+                                        group_loss, group_correct, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
