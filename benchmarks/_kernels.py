@@ -16,11 +16,13 @@ def _get(module, name):
 
 
 # The three training products as the step performs them, packing included
-# (fastnn.kernels.gemm): z = a W (W packed to W^T), G += a^T d (a and d packed
-# transposed), out = d W^T.
+# (fastnn.kernels.gemm): z = a W, G += a^T d (a read transposed in place),
+# out = d W^T (W^T packed first).
 product_forward = _get("fastnn.kernels.gemm", "product_forward")
 product_weight_grad = _get("fastnn.kernels.gemm", "product_weight_grad")
 product_backward = _get("fastnn.kernels.gemm", "product_backward")
+# the GEMM core: gemm(A, B, C, accumulate, mode, code, bias, H), C (+)= A B
+gemm = _get("fastnn.kernels.gemm", "gemm")
 # Z = h(Z + b) in place; code selects h
 add_bias_activate = _get("fastnn.kernels.activations", "add_bias_activate")
 # delta *= h'(z), from A = h(z)

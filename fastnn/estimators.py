@@ -34,7 +34,7 @@ from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
                       r2_score)
-from .network import Network
+from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
 from .trainer import Trainer
 
@@ -304,9 +304,11 @@ class _BaseMLP(BaseEstimator):
         return X
 
     def _forward(self, X):
-        X = self._check_X_predict(X)
+        X = self._check_X_predict(X)   # C-contiguous, finite, the network's dtype
+        if X.shape[0] <= SERIAL_PREDICT_ROWS:  # predicted on this thread alone
+            return self._network._forward_checked(X)
         with _num_threads(self.n_threads):
-            return self._network.forward(X)
+            return self._network._forward_checked(X)
 
     # -------------------------------------------------------------- fit
     def fit(self, X, y, sample_weight=None):

@@ -6,6 +6,7 @@ save/load one array, and lets the compiled step address layers by offset.
 """
 import threading
 
+import numba
 import numpy as np
 
 from . import _validation as V
@@ -14,8 +15,8 @@ from .kernels import activations as act_k
 from .kernels import losses as loss_k
 from .kernels.step import predict_block, predict_rows
 
-# Rows per block in parallel prediction (each block is one prange iteration),
-# and blocks in flight at once (one activation workspace each).  Up to
+# Rows per block in parallel prediction, and workspace slots (one activation
+# workspace per thread, up to this many threads).  Up to
 # SERIAL_PREDICT_ROWS rows are predicted on the calling thread, with no thread
 # pool wake-up: one row then costs little more than its arithmetic.  A row's
 # result is the same bits on either path (gemm.py).
@@ -143,7 +144,7 @@ class Network:
             return out
         with parallel_region():
             predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
-                         X, out, ws, act_off, PREDICT_BLOCK)
+                         X, out, ws, act_off, PREDICT_BLOCK, numba.get_num_threads())
         return out
 
     def _predict_workspace(self):

@@ -95,3 +95,30 @@ def test_every_kernel_the_asv_suite_names_exists():
                if not n.startswith("_") and v is None]
     assert not missing, f"benchmarks/_kernels.py names missing kernels: {missing}"
     assert names.ACT_CODES == {"relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+def test_prediction_table_runs_and_peers_agree(tmp_path):
+    """python -m fastnn.bench.predict: every library predicts the same
+    probabilities from the same weights (the command refuses to print a table
+    otherwise), and the table has a row per library."""
+    out = tmp_path / "p.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnn.bench.predict", "--peers", "fastnn,fastnn_estimator,numpy",
+         "--rows", "500", "--repeat", "1", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split()[0] for line in proc.stdout.splitlines()[2:5]]
+    assert rows == ["fastnn", "fastnn_estimator", "numpy"]
+    res = json.loads(out.read_text())["results"]
+    assert all(r["rows_per_s"] > 0 and r["one_row_s"] > 0 for r in res.values())
+
+
+def test_estimator_peer_trains_the_case(tmp_path):
+    """The fastnn_estimator peer (MLPClassifier.fit, one epoch per call) runs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnn.bench", "--cases", "spiral", "--peers",
+         "fastnn,fastnn_estimator", "--repeat", "1", "--samples", "60", "--threads", "1"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    head, _, row = proc.stdout.splitlines()[:3]
+    assert "fastnn_estimator" in head and "est" in head and row.split()[0] == "spiral"

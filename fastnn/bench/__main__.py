@@ -48,20 +48,24 @@ def compare(cases, peers, threads, repeat, samples=None, log=print, native_blas=
 
 
 def format_table(results):
-    """The comparison as a plain-text table."""
+    """The comparison as a plain-text table: samples/s of every library, then
+    fastnn (Trainer) / each peer, and the best peer against the Trainer and
+    against the scikit-learn-compatible estimator (``fastnn_estimator``)."""
     peers = [p for p in LIBS if any(p in row for row in results["cases"].values())]
-    others = [p for p in peers if p != "fastnn"]
+    others = [p for p in peers if not p.startswith("fastnn")]
     head = ["case"] + [f"{p} s/s" for p in peers] + [f"x{p}" for p in others] + \
-        ["x best", "GFLOP/s", "% sgemm"]
+        ["x best", "est x best", "GFLOP/s", "% sgemm"]
     lines = [head]
     for name, row in results["cases"].items():
         case = CASES[name]
         sps = {p: row[p]["samples_per_s"] for p in peers if p in row}
         cells = [name] + [f"{sps[p]:.0f}" if p in sps else "-" for p in peers]
         fn = sps.get("fastnn")
+        est = sps.get("fastnn_estimator")
         cells += [f"{fn / sps[p]:.2f}" if fn and p in sps else "-" for p in others]
         best = max((sps[p] for p in others if p in sps), default=None)
         cells.append(f"{fn / best:.2f}" if fn and best else "-")
+        cells.append(f"{est / best:.2f}" if est and best else "-")
         gf = case.step_flops(fn) / 1e9 if fn else None
         cells.append(f"{gf:.1f}" if gf else "-")
         cells.append(f"{100 * gf / results['sgemm_gflops']:.0f}%" if gf else "-")

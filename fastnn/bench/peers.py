@@ -10,12 +10,12 @@ import numpy as np
 
 from .cases import LR, MOMENTUM
 
-LIBS = ("fastnn", "numpy", "torch", "sklearn")
+LIBS = ("fastnn", "fastnn_estimator", "numpy", "torch", "sklearn")
 
 
 def available(lib):
     """True when ``lib`` can run here (fastnn and numpy always can)."""
-    if lib in ("fastnn", "numpy"):
+    if lib in ("fastnn", "fastnn_estimator", "numpy"):
         return True
     import importlib.util
     mod = {"torch": "torch", "sklearn": "sklearn"}[lib]
@@ -66,8 +66,18 @@ def _torch(case, X, y, threads):
 
 
 def _sklearn(case, X, y, threads):
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
+    return _estimator_epoch(MLPClassifier, case, X, y)
+
+
+def _fastnn_estimator(case, X, y, threads):
+    from fastnn import MLPClassifier
+    return _estimator_epoch(MLPClassifier, case, X, y)
+
+
+def _estimator_epoch(MLPClassifier, case, X, y):
+    """One epoch per ``fit`` of a scikit-learn-style MLPClassifier (sklearn's or
+    fastnn's drop-in, same parameters): what a user's script pays."""
     clf = MLPClassifier(hidden_layer_sizes=case.sizes[1:-1], activation="relu",
                         solver="sgd", momentum=MOMENTUM, nesterovs_momentum=False,
                         batch_size=case.batch, alpha=0.0, learning_rate_init=LR,
@@ -77,12 +87,12 @@ def _sklearn(case, X, y, threads):
     def epoch():
         # warm_start + max_iter=1: each fit call is one more epoch.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore")   # ConvergenceWarning after each 1-epoch fit
             clf.fit(X, y)
     return epoch
 
 
 def make_epoch(lib, case, X, y, threads=None):
     """A callable that trains one epoch of ``case`` on (X, y) in ``lib``."""
-    return {"fastnn": _fastnn, "numpy": _numpy, "torch": _torch,
-            "sklearn": _sklearn}[lib](case, X, y, threads)
+    return {"fastnn": _fastnn, "fastnn_estimator": _fastnn_estimator, "numpy": _numpy,
+            "torch": _torch, "sklearn": _sklearn}[lib](case, X, y, threads)

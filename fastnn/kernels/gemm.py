@@ -53,7 +53,7 @@ VECTOR_BYTES = uk.VECTOR_BITS // 8
 # panel of B streams from L2 for each tile; B is read in place, so with 4 kB
 # between its rows (n = 1024 float32) longer panels overflow L2's 16 ways.
 KC = 256
-MC = 16 * MR        # rows of A per block (96 x 512 float32 = 192 kB, in L2)
+MC = 16 * MR        # rows of A per block (96 x 256 float32 = 96 kB, in L2)
 NC = 2048           # columns per block
 # Fewer rows than this at the bottom edge go through the one-row kernel, once
 # per row (a full-height tile would compute MR rows to keep a few).  Either

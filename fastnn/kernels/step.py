@@ -349,19 +349,19 @@ def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off):
 
 
 @pjit
-def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, block):
-    """Predictions for every row of X into ``out``, blocks of rows in parallel.
+def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, block, threads):
+    """Predictions for every row of X into ``out``, in blocks of ``block`` rows.
 
-    act_ws has one workspace per slot; a row's result does not depend on the
+    One parallel region: worker s (at most one per workspace slot in act_ws)
+    takes blocks s, s + workers, ...  A row's result does not depend on the
     block it falls in, nor on the number of threads.
     """
     n = X.shape[0]
-    slots = act_ws.shape[0]
     n_blocks = (n + block - 1) // block
-    for first in range(0, n_blocks, slots):
-        last = min(n_blocks, first + slots)
-        for bi in prange(last - first):
-            r0 = (first + bi) * block
+    workers = max(1, min(threads, act_ws.shape[0], n_blocks))
+    for s in prange(workers):
+        for bi in range(s, n_blocks, workers):
+            r0 = bi * block
             r1 = min(n, r0 + block)
             predict_block(params, offs, dims, acts, output, X[r0:r1], out[r0:r1],
-                          act_ws[bi], act_off)
+                          act_ws[s], act_off)
