@@ -209,3 +209,34 @@ def test_bad_input_is_refused_with_the_argument_name():
         fastnn.Network([3, 4, 2], activation="swish")
     with pytest.raises(ValueError, match="sizes"):
         fastnn.Network([3, 0, 2])
+
+
+PREDICT_SCRIPT = """
+import json, numpy as np, fastnn
+from fastnn.kernels import microkernel
+net = fastnn.Network([37, 70, 5], activation="tanh", seed=3)
+X = np.random.default_rng(4).standard_normal((45, 37))
+print(json.dumps({"bits": microkernel.VECTOR_BITS, "proba": net.predict_proba(X).tolist()}))
+"""
+
+
+def test_cache_built_for_one_cpu_is_not_used_for_another(tmp_path):
+    """numba keys its cache by the CPU it compiles for: asking for another CPU
+    (NUMBA_CPU_NAME) with the same cache directory recompiles for that CPU,
+    with its own vector width, instead of loading code it cannot run."""
+    cache = str(tmp_path / "numba-cache")
+    runs = {}
+    for cpu in ("host", "haswell", "host"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env.pop("NUMBA_CPU_FEATURES", None)
+        if cpu != "host":
+            env["NUMBA_CPU_NAME"] = cpu
+        else:
+            env.pop("NUMBA_CPU_NAME", None)
+        proc = subprocess.run([sys.executable, "-c", PREDICT_SCRIPT], env=env,
+                              capture_output=True, text=True, check=True)
+        runs.setdefault(cpu, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert runs["haswell"][0]["bits"] == 256
+    assert runs["host"][0] == runs["host"][1]          # the host's own cache, same bits
+    np.testing.assert_allclose(runs["haswell"][0]["proba"], runs["host"][0]["proba"],
+                               rtol=1e-5, atol=1e-7)
