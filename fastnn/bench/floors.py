@@ -1,10 +1,12 @@
-"""CI floor check: fastnn's training step against the NumPy reference.
+"""CI floor check: fastnn's training step and prediction against NumPy.
 
     python -m fastnn.bench.floors check   [--floors benchmarks/floors.json]
     python -m fastnn.bench.floors suggest [--runs 5]
 
 For each training case the ratio (NumPy reference time / fastnn time for the
-same step on the same batch) is measured in one process, the two timed
+same step on the same batch), and for prediction (``predict_batch``: 4000
+rows, ``predict_row``: one row, 100 calls; NumPy forward pass time / fastnn
+``Network.predict_proba`` time, 784-256-10) is measured in one process, the two timed
 alternately (so machine load hits both alike), and the median over
 ``--repeat`` pairs is taken.  ``check`` fails (exit 1) if any ratio is below
 its floor in benchmarks/floors.json.  ``suggest`` measures ``--runs`` times,
@@ -21,11 +23,15 @@ import sys
 import time
 
 from .cases import CASES, thread_env
+from .steps import PREDICT_CASES
+
+# training steps, then prediction (a 4000-row batch, and one row)
+ALL_CASES = list(CASES) + list(PREDICT_CASES)
 
 DEFAULT_FLOORS = os.path.join("benchmarks", "floors.json")
 # Suggested floor = lowest run median x MARGIN.  See benchmarks/floors.json
 # ("margin_reason") for the measured spread that justifies it.
-MARGIN = 0.75
+MARGIN = 0.65
 # Each timed unit repeats the step until it lasts at least this long, so timer
 # resolution and per-call jitter do not dominate tiny cases.
 MIN_UNIT_S = 0.02
@@ -38,10 +44,14 @@ def _time(fn, k):
     return time.perf_counter() - t
 
 
-def measure_case(case, repeat):
-    """Median (and all) of numpy_time / fastnn_time over ``repeat`` interleaved pairs."""
-    from .steps import fastnn_step, numpy_step
-    fn, ref = fastnn_step(case), numpy_step(case)
+def measure_case(name, repeat):
+    """Median (and all) of numpy_time / fastnn_time over ``repeat`` interleaved
+    pairs, for a training case (one step) or a prediction case."""
+    from .steps import PREDICT_CASES, fastnn_step, numpy_step, predict_pair
+    if name in PREDICT_CASES:
+        fn, ref = predict_pair(name)
+    else:
+        fn, ref = fastnn_step(CASES[name]), numpy_step(CASES[name])
     one = min(_time(ref, 1), _time(fn, 1))
     k = max(1, int(MIN_UNIT_S / max(one, 1e-6)))
     ratios = []
@@ -60,7 +70,7 @@ def measure_case(case, repeat):
 def _child(args):
     out = {}
     for name in args.cases.split(","):
-        out[name] = measure_case(CASES[name], args.repeat)
+        out[name] = measure_case(name, args.repeat)
     print(json.dumps(out))
 
 
@@ -82,7 +92,7 @@ def check(args):
     threads = args.threads or spec.get("threads")
     res = measure(list(floors), args.repeat, threads)
     failed = []
-    print(f"floor check: numpy-reference time / fastnn time per training step "
+    print(f"floor check: numpy-reference time / fastnn time per training step or prediction "
           f"(median of {args.repeat} interleaved pairs, threads={threads})")
     for name, floor in floors.items():
         r = res[name]
@@ -126,7 +136,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("check", "suggest", "_child"):
         p = sub.add_parser(name)
-        p.add_argument("--cases", default=",".join(CASES))
+        p.add_argument("--cases", default=",".join(ALL_CASES))
         p.add_argument("--repeat", type=int, default=9, help="interleaved pairs per case")
         p.add_argument("--threads", type=int, default=None,
                        help="threads for numba and BLAS (default: floors.json's, else all)")

@@ -67,3 +67,30 @@ def numpy_epoch(case, seed=0):
         ref.epoch(X, y, case.batch, rng)
     epoch()
     return epoch
+
+
+# Prediction pairs for the floor check: (fastnn callable, NumPy callable) on
+# the same weights and rows, 784-256-10 (fastnn.bench.predict).
+PREDICT_CASES = {"predict_batch": 4000, "predict_row": 1}
+ROW_CALLS = 100   # single-row calls per timed unit
+
+
+def predict_pair(name, seed=2):
+    """(fastnn Network.predict_proba, NumPy forward pass) over the rows of ``name``."""
+    from .predict import SIZES, _numpy_forward, _weights, make_predictor
+    rows = PREDICT_CASES[name]
+    X = np.random.default_rng(seed).standard_normal((rows, SIZES[0]), dtype=np.float32)
+    fast = make_predictor("fastnn", None)
+    ref = _numpy_forward(*_weights())
+    calls = ROW_CALLS if rows == 1 else 1
+
+    def fn():
+        for _ in range(calls):
+            fast(X)
+
+    def np_fn():
+        for _ in range(calls):
+            ref(X)
+    fn()
+    np_fn()
+    return fn, np_fn
