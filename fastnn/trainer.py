@@ -10,7 +10,8 @@ import numpy as np
 
 from . import _validation as V
 from ._parallel import parallel_region
-from .kernels.step import LOSS_GROUP_ROWS, loss_gradient, train_epoch, weight_block_count
+from .kernels.step import (LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient, train_epoch,
+                           weight_block_count)
 from .optimizers import SGD
 
 # A batch of under MIN_PARALLEL_ROWS rows, or of fewer FLOPs than this
@@ -98,6 +99,15 @@ class Workspace:
         groups = -(-batch_size // LOSS_GROUP_ROWS)
         self.group_loss = np.empty(groups, dtype=np.float64)
         self.group_correct = np.empty(groups, dtype=np.int64)
+        self.bundle = Work(self.WT, self.act_ws, self.act_off, self.delta_ws, self.grad,
+                           self.Xb, self.Tb, self.wb, self.group_loss, self.group_correct,
+                           self.l2_parts)
+
+
+def _net_bundle(network):
+    """The network as the compiled step sees it (kernels.step.Net)."""
+    return Net(network.params, network._offs, network._dims, network._acts,
+               network._output_code)
 
 
 class _Snapshot:
@@ -175,15 +185,12 @@ class Trainer:
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
         serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
-        hyper = (dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps))
+        update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
+                        dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
-                net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code, X, T, w,
-                order.astype(np.int64), batch, ws.act_ws, ws.act_off, ws.delta_ws, ws.grad,
-                ws.Xb, ws.Tb, ws.wb, dt(self.l2), self.state1, self.state2,
-                np.int64(self.optimizer.kind), hyper, np.int64(self.steps),
-                ws.l2_parts, ws.group_loss, ws.group_correct,
-                np.int64(numba.get_num_threads()))
+                _net_bundle(net), X, T, w, order.astype(np.int64), batch, ws.bundle, update,
+                np.int64(self.steps), np.int64(numba.get_num_threads()))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
@@ -199,11 +206,8 @@ class Trainer:
         X, T, w = self._check_data(X, y, sample_weight)
         ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1])
         with parallel_region():
-            loss = loss_gradient(net.params, ws.WT, net._offs, net._dims, net._acts, net._output_code,
-                                 X, T, w, ws.act_ws, ws.act_off,
-                                 ws.delta_ws, ws.grad, ws.Xb, ws.Tb, ws.wb,
-                                 net.dtype.type(self.l2), ws.l2_parts, ws.group_loss,
-                                 ws.group_correct, np.int64(numba.get_num_threads()))
+            loss = loss_gradient(_net_bundle(net), X, T, w, ws.bundle, net.dtype.type(self.l2),
+                                 np.int64(numba.get_num_threads()))
         return float(loss), ws.grad.copy()
 
     def _check_data(self, X, y, sample_weight):

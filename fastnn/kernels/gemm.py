@@ -61,21 +61,16 @@ NC = 2048           # columns per block
 ROW_KERNEL_BELOW = 4
 
 
-@jit(inline="always")  # inlined: the branch on nv folds into the caller's loop
+@jit(inline="always")  # inlined: the branch folds into the caller's loop
 def _tile(kc, A, B, C, m_valid, n_valid, accumulate):
     """One register tile: C[:m_valid, :n_valid] (+)= A[:m_valid, :kc] B[:kc, :n_valid]."""
     vl = VECTOR_BYTES // C.itemsize
-    nv = (n_valid + vl - 1) // vl
     if n_valid == NV * vl:
         uk.tile_full(kc, A, B, C, m_valid, n_valid, accumulate)
-    elif nv == 1:
+    elif n_valid <= vl:
         uk.tile_edge1(kc, A, B, C, m_valid, n_valid, accumulate)
-    elif nv == 2:
-        uk.tile_edge2(kc, A, B, C, m_valid, n_valid, accumulate)
-    elif nv == 3:
-        uk.tile_edge3(kc, A, B, C, m_valid, n_valid, accumulate)
     else:
-        uk.tile_edge4(kc, A, B, C, m_valid, n_valid, accumulate)
+        uk.tile_edge(kc, A, B, C, m_valid, n_valid, accumulate)
 
 
 @jit(inline="always")
@@ -83,21 +78,16 @@ def _row(kc, A, B, C, n_valid, accumulate):
     """One row: C[0, :n_valid] (+)= A[0, :kc] B[:kc, :n_valid], with the widest
     kernel that fits; returns the number of columns done (n_valid or fewer)."""
     vl = VECTOR_BYTES // C.itemsize
-    nv = (n_valid + vl - 1) // vl
     if n_valid >= uk.ROW_VECTORS * vl:
         uk.row_wide(kc, A, B, C, 1, n_valid, accumulate)
         return uk.ROW_VECTORS * vl
     if n_valid >= NV * vl:
         uk.row_full(kc, A, B, C, 1, n_valid, accumulate)
         return NV * vl
-    if nv == 1:
+    if n_valid <= vl:
         uk.row_edge1(kc, A, B, C, 1, n_valid, accumulate)
-    elif nv == 2:
-        uk.row_edge2(kc, A, B, C, 1, n_valid, accumulate)
-    elif nv == 3:
-        uk.row_edge3(kc, A, B, C, 1, n_valid, accumulate)
     else:
-        uk.row_edge4(kc, A, B, C, 1, n_valid, accumulate)
+        uk.row_edge(kc, A, B, C, 1, n_valid, accumulate)
     return n_valid
 
 
@@ -117,21 +107,29 @@ def _epilogue(C, i0, i1, j0, j1, mode, code, bias, H):
             derivative_row(C[i][j0:j1], H[i][j0:j1], code)
 
 
-@jit
+@jit(inline="always")
 def gemm(A, B, C, accumulate, mode, code, bias, H):
     """C (=, or += when ``accumulate``) A B, then the epilogue, on the calling thread.
 
     A (M x K) any strides; B (K x N) and C (M x N) contiguous along rows.
     ``mode`` is EPI_STORE, EPI_BIAS_ACT (bias[j], activation ``code``) or
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
-    epilogue applied to zero (or to C).
+    epilogue applied to zero (or to C).  Every A is passed on as a strided
+    view, so a matrix and a transposed one share one compiled core (each
+    compiled copy of the core adds seconds to the first run).
     """
+    gemm_strided(A[:, 0:], B, C, accumulate, mode, code, bias, H)
+
+
+@jit
+def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
+    """gemm for an A typed as a strided view (see gemm)."""
     M, K = A.shape
     N = C.shape[1]
     if K == 0:  # an empty sum: C = 0 (or unchanged), then the epilogue
         if not accumulate:
             C[:, :] = 0
-        _epilogue(C, 0, M, 0, N, mode, code, bias, H)
+        _epilogue(C, _ZERO, M, _ZERO, N, mode, code, bias, H)
         return
     nr = NV * (VECTOR_BYTES // C.itemsize)
     # rows [0, m_tiles) go through MR-row tiles (a last partial tile keeps at

@@ -217,21 +217,19 @@ def _target_data(context):
     return context.target_data
 
 
-# The variants the GEMM uses.  Tiles of MR rows: full, and full-height at the
-# right edge (1..4 vectors, the last one masked; only 1..NV are ever called).
-# The last few rows of a matrix (and a one-row prediction) go through one-row
-# kernels: ROW_VECTORS vectors wide where the columns allow (many independent
+# The variants the GEMM uses.  Tiles of MR rows: full, and at the right edge
+# one vector wide with the last lanes masked (an output layer of up to VL
+# classes) or NV vectors wide with every vector masked (any other edge; a
+# variant per width would cost first-run compile time).  The last few rows
+# of a matrix (and a one-row prediction) go through one-row kernels:
+# ROW_VECTORS vectors wide where the columns allow (many independent
 # accumulators hide the FMA latency that a single row exposes), then NV
-# vectors, then 1..NV with the last masked.
+# vectors, then the same two edge kernels.
 ROW_VECTORS = 4 * NV
 tile_full = _make_microkernel(MR, NV, MASK_NONE)
 tile_edge1 = _make_microkernel(MR, 1, MASK_LAST)
-tile_edge2 = _make_microkernel(MR, 2, MASK_LAST)
-tile_edge3 = _make_microkernel(MR, 3, MASK_LAST)
-tile_edge4 = _make_microkernel(MR, 4, MASK_LAST)
+tile_edge = _make_microkernel(MR, NV, MASK_ALL)
 row_wide = _make_microkernel(1, ROW_VECTORS, MASK_NONE)
 row_full = _make_microkernel(1, NV, MASK_NONE)
 row_edge1 = _make_microkernel(1, 1, MASK_LAST)
-row_edge2 = _make_microkernel(1, 2, MASK_LAST)
-row_edge3 = _make_microkernel(1, 3, MASK_LAST)
-row_edge4 = _make_microkernel(1, 4, MASK_LAST)
+row_edge = _make_microkernel(1, NV, MASK_ALL)

@@ -2,10 +2,10 @@
 
 A step is two parallel passes, each writing disjoint memory:
 
-1. rows (``rows_pass``): the batch is cut into one shard per thread; each
+1. rows (``step_pass(ROWS, ...)``): the batch is cut into one shard per thread; each
    shard runs its rows forward, writes the loss gradient over its logits and
    runs its rows backward (delta_l for every layer);
-2. weights (``weights_pass``): dW_l = a_{l-1}^T delta_l over the whole batch
+2. weights (``step_pass(WEIGHTS, ...)``): dW_l = a_{l-1}^T delta_l over the whole batch
    in blocks of GRAD_BLOCK_ROWS rows of dW_l (a cut that depends only on the
    layer sizes), db_l = column sums of delta_l with the first block, then, in
    the same task while the block is in cache, the L2 term, the optimizer
@@ -24,6 +24,8 @@ its bias b_l; WT_l = W_l^T (l >= 1) sits at the same offset of WT.  The
 activations a_l of the whole batch (m x dims[l+1]) live at act_ws[act_off[l]:],
 the deltas at the same offsets of delta_ws.
 """
+from collections import namedtuple
+
 import numpy as np
 from numba import prange
 
@@ -40,6 +42,19 @@ LOSS_GROUP_ROWS = 16
 # register tile's rows; 784 inputs give 9 blocks, enough to balance a few threads.
 GRAD_BLOCK_ROWS = 96
 
+# The arguments of the compiled step travel in four bundles (namedtuples):
+Net = namedtuple("Net", ["params", "offs", "dims", "acts", "output"])
+"""The network: flat parameters, layer offsets and sizes, activation codes, output code."""
+Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "Xb", "Tb", "wb",
+                           "group_loss", "group_correct", "l2_parts"])
+"""The workspace of a fit (trainer.Workspace makes it once)."""
+Batch = namedtuple("Batch", ["X", "T", "w", "order", "scale"])
+"""One mini-batch: rows ``order`` of (X, T, w), and 1 / (sum of their weights)."""
+Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum", "beta1",
+                               "beta2", "eps", "apply"])
+"""Optimizer state and settings (flat: numba's parallel loops cannot take a
+tuple nested in a bundle)."""
+
 # Flags passed to gemm as typed int64 values rather than literal constants:
 # numba compiles one specialisation per distinct literal argument, and every
 # extra copy of the GEMM costs cold-start compile time.
@@ -47,6 +62,7 @@ NO_ACC = np.int64(0)
 STORE = np.int64(EPI_STORE)
 BIAS_ACT = np.int64(EPI_BIAS_ACT)
 DERIV = np.int64(EPI_DERIV)
+NO_ACTIVATION = np.int64(IDENTITY)
 
 
 @jit
@@ -81,7 +97,7 @@ def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1):
     for l in range(n_layers):
         W, b = layer_weights(params, offs, dims, l)
         Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
-        code = acts[l] if l < n_layers - 1 else IDENTITY
+        code = acts[l] if l < n_layers - 1 else NO_ACTIVATION
         gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z)
         a = Z
     return a
@@ -143,51 +159,56 @@ def weight_block(dims, t):
 
 
 @jit
-def weight_gradient_rows(offs, dims, X, act_ws, act_off, delta_ws, grad, l, i0, i1):
-    """Rows i0:i1 of dW_l = a_{l-1}^T delta_l over the whole batch, and
+def weight_gradient_rows(net, work, m, l, i0, i1):
+    """Rows i0:i1 of dW_l = a_{l-1}^T delta_l over the m rows of the batch, and
     db_l = sum_i delta_l[i, :] with the block that starts at row 0."""
-    n_layers = dims.shape[0] - 1
-    m = X.shape[0]
-    k = dims[l]
-    n = dims[l + 1]
-    a_in = X if l == 0 else layer_rows(act_ws, act_off[l - 1], m, k)
-    if l == n_layers - 1:
-        delta = layer_rows(act_ws, act_off[l], m, n)   # delta_L, over the logits
+    n_layers = net.dims.shape[0] - 1
+    k = net.dims[l]
+    n = net.dims[l + 1]
+    if l == 0:
+        a_in = work.Xb[:m]
     else:
-        delta = layer_rows(delta_ws, act_off[l], m, n)
-    gW, gb = layer_weights(grad, offs, dims, l)
-    gemm(a_in.T[i0:i1], delta, gW[i0:i1], NO_ACC, STORE, IDENTITY, gb, gW[i0:i1])
+        a_in = layer_rows(work.act_ws, work.act_off[l - 1], m, k)
+    if l == n_layers - 1:
+        delta = layer_rows(work.act_ws, work.act_off[l], m, n)   # delta_L, over the logits
+    else:
+        delta = layer_rows(work.delta_ws, work.act_off[l], m, n)
+    gW, gb = layer_weights(work.grad, net.offs, net.dims, l)
+    gemm(a_in.T[i0:i1], delta, gW[i0:i1], NO_ACC, STORE, NO_ACTIVATION, gb, gW[i0:i1])
     if i0 == 0:
         gb[:] = 0
         column_sums_acc(delta, gb)
 
 
 @jit
-def update_rows(params, grad, WT, offs, dims, l, i0, i1, l2, state1, state2, kind, hyper,
-                apply_update):
+def update_rows(net, work, update, l, i0, i1):
     """Rows i0:i1 of W_l (and b_l with the block at row 0): the L2 term, then
-    the optimizer step and W_l^T of the new rows (``apply_update``), or else
+    the optimizer step and W_l^T of the new rows (``update.apply``), or else
     the L2 term added to the gradient.  Returns lambda * sum W^2 over the rows
     (before the step)."""
-    k = dims[l]
-    n = dims[l + 1]
-    lo = offs[l] + i0 * n
-    hi = offs[l] + i1 * n
+    params = net.params
+    grad = work.grad
+    l2 = update.l2
+    k = net.dims[l]
+    n = net.dims[l + 1]
+    lo = net.offs[l] + i0 * n
+    hi = net.offs[l] + i1 * n
     squares = 0.0
     if l2 != 0:
         for i in range(lo, hi):
             p = np.float64(params[i])
             squares += p * p
-    if apply_update:
-        lr, momentum, beta1, beta2, eps = hyper
-        update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2,
-                     eps, l2)
+    if update.apply:
+        u = update
+        update_range(params, grad, u.state1, u.state2, lo, hi, u.kind, u.lr, u.momentum,
+                     u.beta1, u.beta2, u.eps, l2)
         if i0 == 0:  # the bias: no weight decay
-            update_range(params, grad, state1, state2, offs[l] + k * n, offs[l] + k * n + n,
-                         kind, lr, momentum, beta1, beta2, eps, params.dtype.type(0))
+            b0 = net.offs[l] + k * n
+            update_range(params, grad, u.state1, u.state2, b0, b0 + n, u.kind, u.lr,
+                         u.momentum, u.beta1, u.beta2, u.eps, params.dtype.type(0))
         if l >= 1:
-            W, _ = layer_weights(params, offs, dims, l)
-            WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
+            W, _ = layer_weights(params, net.offs, net.dims, l)
+            WT_l = work.WT[net.offs[l]:net.offs[l] + k * n].reshape((n, k))
             pack_transpose(W[i0:i1], WT_l[:, i0:i1])
     elif l2 != 0:
         for i in range(lo, hi):
@@ -196,85 +217,106 @@ def update_rows(params, grad, WT, offs, dims, l, i0, i1, l2, state1, state2, kin
 
 
 @jit
-def gather_rows(X, T, w, order, Xb, Tb, wb, r0, r1):
-    """Rows r0:r1 of the batch: Xb[i] = X[order[i]] (and T, w likewise)."""
-    for i in range(r0, r1):
-        src = order[i]
-        Xb[i, :] = X[src, :]
-        Tb[i, :] = T[src, :]
-        wb[i] = w[src]
+def weights_block(net, work, update, m, t):
+    """Block t of the weights pass: its rows of dW, then their update; its L2
+    part goes to work.l2_parts[t].
 
-
-@pjit
-def rows_pass(params, WT, offs, dims, acts, output, X, T, w, order, Xb, Tb, wb, scale,
-              act_ws, act_off, delta_ws, group_loss, group_correct, threads):
-    """Gather, forward, loss gradient and backward of the batch X[order] (into
-    Xb, Tb, wb, which the weights pass then reads); WT must hold W^T.
-
-    The rows are cut into one shard per thread (``threads``: numba's thread
-    count, passed in because calling numba.get_num_threads here would keep
-    the caller out of numba's cache), at multiples of LOSS_GROUP_ROWS; each
-    shard gathers its own rows, so they are in its core's cache.  The loss is
-    summed per group of rows and the groups in order, so it does not depend
-    on the number of threads.  Returns (summed weighted loss, correct rows).
-    """
-    m = order.shape[0]
-    n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
-    n_shards = max(1, min(threads, n_groups))
-    groups_per_shard = (n_groups + n_shards - 1) // n_shards
-    Xm = Xb[:m]
-    for s in prange(n_shards):
-        g0 = min(n_groups, s * groups_per_shard)
-        g1 = min(n_groups, g0 + groups_per_shard)
-        r0 = g0 * LOSS_GROUP_ROWS
-        r1 = min(m, g1 * LOSS_GROUP_ROWS)
-        if r1 > r0:
-            gather_rows(X, T, w, order, Xb, Tb, wb, r0, r1)
-            z = forward(params, offs, dims, acts, Xm, act_ws, act_off, r0, r1)
-            for g in range(g0, g1):  # delta_L written over the logits, group by group
-                q0 = g * LOSS_GROUP_ROWS
-                q1 = min(m, q0 + LOSS_GROUP_ROWS)
-                group_loss[g], group_correct[g] = loss_grad(
-                    z[q0 - r0:q1 - r0], Tb[q0:q1], wb[q0:q1], scale, output)
-            backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1)
-    loss = 0.0
-    correct = 0
-    for g in range(n_groups):  # in row order: same bits for any thread count
-        loss += group_loss[g]
-        correct += group_correct[g]
-    return loss, correct
-
-
-@pjit
-def weights_pass(params, grad, WT, offs, dims, X, act_ws, act_off, delta_ws, l2, state1,
-                 state2, kind, hyper, apply_update, l2_parts, threads):
-    """The weight gradient of the batch whose rows pass has run, then (with
-    ``apply_update``) the update, block by block.  Returns (lambda/2) sum W^2
-    before the step (the L2 part of the loss), summed in block order.
-
-    Thread s takes blocks s, s + threads, ...: the big blocks of the first
-    layer come first, so dealing them out in turn balances the threads (numba
-    hands each thread one contiguous range of a prange).  Which thread
-    computes a block changes no bits.
-    """
-    n_blocks = weight_block_count(dims)
-    n_workers = max(1, min(threads, n_blocks))
-    for s in prange(n_workers):
-        for t in range(s, n_blocks, n_workers):
-            l, i0, i1 = weight_block(dims, t)
-            weight_gradient_rows(offs, dims, X, act_ws, act_off, delta_ws, grad, l, i0, i1)
-            l2_parts[t] = update_rows(params, grad, WT, offs, dims, l, i0, i1, l2, state1,
-                                      state2, kind, hyper, apply_update)
-    total = 0.0
-    for t in range(n_blocks):
-        total += l2_parts[t]
-    return 0.5 * total
+    Only bundles cross into the parallel loop's body (numba 0.68 read the wrong
+    array of a bundle for ``work.l2_parts[t] = ...`` written in the body)."""
+    l, i0, i1 = weight_block(net.dims, t)
+    weight_gradient_rows(net, work, m, l, i0, i1)
+    work.l2_parts[t] = update_rows(net, work, update, l, i0, i1)
 
 
 @jit
-def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off, delta_ws,
-                  grad, Xb, Tb, wb, l2, l2_parts, group_loss, group_correct, threads):
-    """Loss of the whole batch (X, T, w), with L2, and its gradient in ``grad``.
+def gather_rows(batch, work, r0, r1):
+    """Rows r0:r1 of the batch: Xb[i] = X[order[i]] (and T, w likewise)."""
+    X, T, w, order = batch.X, batch.T, batch.w, batch.order
+    Xb, Tb, wb = work.Xb, work.Tb, work.wb
+    # explicit loops: a slice assignment here pulls in numba's broadcasting
+    # machinery, about 1.5 s of first-run compile time
+    for i in range(r0, r1):
+        src = order[i]
+        for j in range(X.shape[1]):
+            Xb[i, j] = X[src, j]
+        for j in range(T.shape[1]):
+            Tb[i, j] = T[src, j]
+        wb[i] = w[src]
+
+
+@jit
+def shard_rows(net, batch, work, g0, g1):
+    """Loss groups g0:g1 of the batch: gather, forward, loss gradient (delta_L
+    over the logits, group by group) and backward."""
+    m = batch.order.shape[0]
+    r0 = g0 * LOSS_GROUP_ROWS
+    r1 = min(m, g1 * LOSS_GROUP_ROWS)
+    if r1 <= r0:
+        return
+    gather_rows(batch, work, r0, r1)
+    z = forward(net.params, net.offs, net.dims, net.acts, work.Xb[:m], work.act_ws,
+                work.act_off, r0, r1)
+    for g in range(g0, g1):
+        q0 = g * LOSS_GROUP_ROWS
+        q1 = min(m, q0 + LOSS_GROUP_ROWS)
+        work.group_loss[g], work.group_correct[g] = loss_grad(
+            z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
+    backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
+             work.delta_ws, r0, r1)
+
+
+ROWS = np.int64(0)      # phases of step_pass (typed: one compiled copy for both)
+WEIGHTS = np.int64(1)
+
+
+@pjit
+def step_pass(phase, net, batch, work, update, threads):
+    """One parallel pass of a training step (see the module notes).
+
+    ROWS: the batch X[order] is cut into one shard per thread at multiples of
+    LOSS_GROUP_ROWS; each shard gathers its rows (so they are in its core's
+    cache), runs them forward, writes the loss gradient and runs them
+    backward.  Returns (summed weighted loss, correct rows), the loss summed
+    per group of rows and the groups in order.
+    WEIGHTS (after ROWS on the same batch): worker s takes blocks s, s +
+    workers, ... of the weight gradient, each followed by its update (the big
+    blocks of the first layer come first, so dealing them out in turn
+    balances the threads; numba hands each thread one contiguous range of a
+    prange).  Returns ((lambda/2) sum W^2 before the step, 0).
+
+    One compiled function for both passes: each function with a prange costs
+    about 2 s of first-run compile time.  ``threads`` is numba's thread count,
+    passed in because calling numba.get_num_threads here would keep the
+    caller out of numba's cache.  Which thread does what changes no bits.
+    """
+    m = batch.order.shape[0]
+    n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
+    n_tasks = n_groups if phase == ROWS else weight_block_count(net.dims)
+    workers = max(1, min(threads, n_tasks))
+    per_worker = (n_groups + workers - 1) // workers
+    for s in prange(workers):
+        if phase == ROWS:
+            g0 = min(n_groups, s * per_worker)
+            shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker))
+        else:
+            for t in range(s, n_tasks, workers):
+                weights_block(net, work, update, m, t)
+    total = 0.0
+    correct = 0
+    if phase == ROWS:
+        for g in range(n_groups):  # in row order: same bits for any thread count
+            total += work.group_loss[g]
+            correct += work.group_correct[g]
+    else:
+        for t in range(n_tasks):
+            total += work.l2_parts[t]
+        total *= 0.5
+    return total, correct
+
+
+@jit
+def loss_gradient(net, X, T, w, work, l2, threads):
+    """Loss of the whole batch (X, T, w), with L2, and its gradient in work.grad.
 
     The same arithmetic as one training step, without the update: this is what
     the finite-difference tests check.
@@ -282,58 +324,53 @@ def loss_gradient(params, WT, offs, dims, acts, output, X, T, w, act_ws, act_off
     weight = 0.0
     for i in range(w.shape[0]):
         weight += np.float64(w[i])
-    scale = params.dtype.type(1.0 / weight)
-    pack_weights_t(params, offs, dims, WT)
-    order = np.arange(X.shape[0])
-    loss, _ = rows_pass(params, WT, offs, dims, acts, output, X, T, w, order, Xb, Tb, wb, scale,
-                        act_ws, act_off, delta_ws, group_loss, group_correct, threads)
-    zero = params.dtype.type(0)
-    l2_loss = weights_pass(params, grad, WT, offs, dims, Xb[:X.shape[0]], act_ws, act_off,
-                           delta_ws, l2, params, params, 0, (zero, zero, zero, zero, zero),
-                           False, l2_parts, threads)
+    pack_weights_t(net.params, net.offs, net.dims, work.WT)
+    batch = Batch(X, T, w, np.arange(X.shape[0]), net.params.dtype.type(1.0 / weight))
+    zero = net.params.dtype.type(0)
+    update = Update(net.params, net.params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
+    loss, _ = step_pass(ROWS, net, batch, work, update, threads)
+    l2_loss, _ = step_pass(WEIGHTS, net, batch, work, update, threads)
     return loss / weight + l2_loss
 
 
 @jit
-def train_epoch(params, WT, offs, dims, acts, output, X, T, w, order, batch_size,
-                act_ws, act_off, delta_ws, grad, Xb, Tb, wb, l2,
-                state1, state2, kind, hyper, step, l2_parts, group_loss, group_correct,
-                threads):
+def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
     """One pass over the rows of X in the order ``order``, in mini-batches.
 
-    ``hyper`` is (lr, momentum, beta1, beta2, eps).  Every array is a
-    workspace made once per fit (see trainer.Workspace), so nothing is
-    allocated here.  Returns (summed weighted loss, summed weight, correct,
-    steps taken, finite).  When a batch's loss is not finite the epoch stops
-    *before* that batch's update, so params hold the last finite step.
+    ``update`` holds the optimizer state and settings (its learning rate
+    becomes Adam's bias-corrected step size at each step).
+    Every array is a workspace made once per fit (see trainer.Workspace), so
+    nothing is allocated here.  Returns (summed weighted loss, summed weight,
+    correct, steps taken, finite).  When a batch's loss is not finite the epoch
+    stops *before* that batch's update, so params hold the last finite step.
     """
     n = order.shape[0]
     loss_total = 0.0
     weight_total = 0.0
     correct_total = 0
     steps = 0
-    lr, momentum, beta1, beta2, eps = hyper
-    pack_weights_t(params, offs, dims, WT)   # then kept current by each update
+    lr = update.lr
+    pack_weights_t(net.params, net.offs, net.dims, work.WT)  # then kept current by each update
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         rows = order[start:start + m]
         batch_weight = 0.0
         for i in range(m):
             batch_weight += np.float64(w[rows[i]])
-        scale = params.dtype.type(1.0 / batch_weight)
-        batch_loss, correct = rows_pass(params, WT, offs, dims, acts, output, X, T, w, rows,
-                                        Xb, Tb, wb, scale, act_ws, act_off, delta_ws,
-                                        group_loss, group_correct, threads)
+        batch = Batch(X, T, w, rows, net.params.dtype.type(1.0 / batch_weight))
+        batch_loss, correct = step_pass(ROWS, net, batch, work, update, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
         step_lr = lr
-        if kind == ADAM:
-            step_lr = params.dtype.type(adam_step_size(np.float64(lr), np.float64(beta1),
-                                                       np.float64(beta2), step + steps + 1))
-        l2_loss = weights_pass(params, grad, WT, offs, dims, Xb[:m], act_ws, act_off, delta_ws,
-                               l2, state1, state2, kind, (step_lr, momentum, beta1, beta2, eps),
-                               True, l2_parts, threads)
+        if update.kind == ADAM:
+            step_lr = net.params.dtype.type(adam_step_size(
+                np.float64(lr), np.float64(update.beta1), np.float64(update.beta2),
+                step + steps + 1))
+        u = update
+        this_step = Update(u.state1, u.state2, u.kind, u.l2, step_lr, u.momentum, u.beta1,
+                           u.beta2, u.eps, u.apply)
+        l2_loss, _ = step_pass(WEIGHTS, net, batch, work, this_step, threads)
         steps += 1
         loss_total += batch_loss + l2_loss * batch_weight
         weight_total += batch_weight
