@@ -429,8 +429,6 @@ class _BaseMLP(BaseEstimator):
             np.copyto(trainer.state2, prev.state2)
             trainer.steps = prev.steps
         run.trainer = trainer
-        # Buffers for the shuffled copy of the data, allocated once per fit.
-        Xs, Ts, ws = np.empty_like(X), np.empty_like(T), np.empty_like(w_full)
         order = np.arange(n)
         best_params = net.params.copy()
         start = (net.params.copy(), trainer.state1.copy(), trainer.state2.copy())
@@ -449,12 +447,7 @@ class _BaseMLP(BaseEstimator):
                         perm = np.arange(n)
                         run.rng.shuffle(perm)
                         order = order[perm]
-                        np.take(X, order, axis=0, out=Xs)
-                        np.take(T, order, axis=0, out=Ts)
-                        np.take(w_full, order, out=ws)
-                        loss, acc, finite = trainer.run_epoch(Xs, Ts, ws)
-                    else:
-                        loss, acc, finite = trainer.run_epoch(X, T, w_full)
+                    loss, acc, finite = trainer.run_epoch(X, T, w_full, order)
                 except KeyboardInterrupt:
                     np.copyto(net.params, start[0])
                     np.copyto(trainer.state1, start[1])

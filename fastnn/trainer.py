@@ -174,14 +174,21 @@ class Trainer:
             self._workspace = (key, ws)
         return self._workspace[1]
 
-    def run_epoch(self, X, T, w):
-        """One compiled pass over (X, T, w); returns (loss, accuracy, finite)."""
+    def run_epoch(self, X, T, w, order=None):
+        """One compiled pass over (X, T, w); returns (loss, accuracy, finite).
+
+        ``order``: the rows in the order to train them (default: shuffled from
+        the trainer's seed, or as they are with shuffle=False).  The batches
+        are gathered from X inside the compiled step, so passing an order costs
+        no copy of the data.
+        """
         net = self.network
         dt = net.dtype.type
         n = X.shape[0]
         batch = min(self.batch_size, n)
         ws = self._get_workspace(batch, X.shape[1], T.shape[1])
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        if order is None:
+            order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
         serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
