@@ -240,3 +240,20 @@ def test_cache_built_for_one_cpu_is_not_used_for_another(tmp_path):
     assert runs["host"][0] == runs["host"][1]          # the host's own cache, same bits
     np.testing.assert_allclose(runs["haswell"][0]["proba"], runs["host"][0]["proba"],
                                rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_prediction_does_not_depend_on_the_other_rows(rng, dtype):
+    """A row's prediction has the same bits alone (the one-row path), in a small
+    batch (serial path), in a big batch (parallel blocks), and after shuffling."""
+    from fastnn.network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    net = fastnn.Network([37, 70, 33, 5], activation=["relu", "tanh"], dtype=dtype, seed=1)
+    n = 2 * PREDICT_BLOCK + 7
+    X = rng.standard_normal((n, 37))
+    P = net.predict_proba(X)
+    perm = rng.permutation(n)
+    np.testing.assert_array_equal(net.predict_proba(X[perm]), P[perm])
+    for i in (0, 5, PREDICT_BLOCK, n - 1):
+        np.testing.assert_array_equal(net.predict_proba(X[i:i + 1]), P[i:i + 1])
+    small = X[3:3 + SERIAL_PREDICT_ROWS]
+    np.testing.assert_array_equal(net.predict_proba(small), P[3:3 + SERIAL_PREDICT_ROWS])
