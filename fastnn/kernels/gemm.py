@@ -10,7 +10,8 @@ All three are ``gemm(A, B, C, ...)``: C (=, +=) A B, where A is any 2-D view
 (a matrix or a transposed one, read through its strides) and B, C have rows
 contiguous along their columns.  So the forward reads W in place, the weight
 gradient reads a^T as the view ``a.T`` and delta in place, and only the
-backward needs W^T, packed once per step for every shard (``pack_transpose``).
+backward needs W^T (``pack_transpose``; the training step rewrites the rows of
+W^T as it updates the rows of W).
 
 The loop nest is BLIS's (Van Zee & van de Geijn), around the register tile of
 microkernel.py:
@@ -21,6 +22,8 @@ microkernel.py:
           for jr in jc block, step NR    a kc x NR panel of B, in L1/L2
             for ir in ic block, step MR  one MR x NR tile of C in registers:
               C[ir, jr] (+)= A[ir, pc] B[pc, jr]    (the micro-kernel)
+        for the last M % MR rows (when fewer than ROW_KERNEL_BELOW):
+          one-row kernels across the jc block, up to 4 NR wide
 
 The epilogue runs on each tile right after its last K block, while it is in
 L1, and does the elementwise work that would otherwise be another pass over C:
@@ -36,9 +39,8 @@ rows of the batch or on how rows or columns are split between threads.  No
 BLAS is called.
 """
 import numpy as np
-from numba import prange
 
-from .._jit import jit, pjit
+from .._jit import jit
 from .activations import IDENTITY, bias_activate_row, derivative_row
 from . import microkernel as uk
 
@@ -231,7 +233,8 @@ def product_weight_grad(a, d, aT, dT, G):
 
 @jit
 def product_backward(d, W, out):
-    """out = d W^T, with W^T packed first (as the training step does once per step)."""
+    """out = d W^T, with W^T packed first (into a new array: this function is for
+    tests and benchmarks; the training step keeps W^T in its workspace)."""
     WT = np.empty((W.shape[1], W.shape[0]), W.dtype)
     pack_transpose(W, WT)
     gemm(d, WT, out, _ZERO, _STORE, _ZERO, out[0], out)
