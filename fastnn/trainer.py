@@ -10,8 +10,8 @@ import numpy as np
 
 from . import _validation as V
 from ._parallel import parallel_region
-from .kernels.step import (LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient, train_epoch,
-                           weight_block_count)
+from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient,
+                           train_epoch, weight_block_count)
 from .optimizers import SGD
 
 # A batch of under MIN_PARALLEL_ROWS rows, or of fewer FLOPs than this
@@ -92,6 +92,9 @@ class Workspace:
         # W^T of every layer, packed once per step for the backward product
         self.WT = np.empty(network.n_params, dtype=dt)
         self.grad = np.empty(network.n_params, dtype=dt)
+        # per thread: one block of dW in the weights pass (see kernels.step)
+        self.scratch = np.empty((numba.config.NUMBA_NUM_THREADS,
+                                 GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt)
         self.Xb = np.empty((batch_size, n_features), dtype=dt)
         self.Tb = np.empty((batch_size, n_outputs), dtype=dt)
         self.wb = np.empty(batch_size, dtype=dt)
@@ -100,8 +103,8 @@ class Workspace:
         self.group_loss = np.empty(groups, dtype=np.float64)
         self.group_correct = np.empty(groups, dtype=np.int64)
         self.bundle = Work(self.WT, self.act_ws, self.act_off, self.delta_ws, self.grad,
-                           self.Xb, self.Tb, self.wb, self.group_loss, self.group_correct,
-                           self.l2_parts)
+                           self.scratch, self.Xb, self.Tb, self.wb, self.group_loss,
+                           self.group_correct, self.l2_parts)
 
 
 def _net_bundle(network):

@@ -45,8 +45,8 @@ GRAD_BLOCK_ROWS = 96
 # The arguments of the compiled step travel in four bundles (namedtuples):
 Net = namedtuple("Net", ["params", "offs", "dims", "acts", "output"])
 """The network: flat parameters, layer offsets and sizes, activation codes, output code."""
-Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "Xb", "Tb", "wb",
-                           "group_loss", "group_correct", "l2_parts"])
+Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "scratch", "Xb",
+                           "Tb", "wb", "group_loss", "group_correct", "l2_parts"])
 """The workspace of a fit (trainer.Workspace makes it once)."""
 Batch = namedtuple("Batch", ["X", "T", "w", "order", "scale"])
 """One mini-batch: rows ``order`` of (X, T, w), and 1 / (sum of their weights)."""
@@ -159,9 +159,9 @@ def weight_block(dims, t):
 
 
 @jit
-def weight_gradient_rows(net, work, m, l, i0, i1):
-    """Rows i0:i1 of dW_l = a_{l-1}^T delta_l over the m rows of the batch, and
-    db_l = sum_i delta_l[i, :] with the block that starts at row 0."""
+def weight_gradient_rows(net, work, m, l, i0, i1, dW):
+    """dW = rows i0:i1 of a_{l-1}^T delta_l over the m rows of the batch, and
+    db_l = sum_i delta_l[i, :] into work.grad with the block that starts at row 0."""
     n_layers = net.dims.shape[0] - 1
     k = net.dims[l]
     n = net.dims[l + 1]
@@ -173,21 +173,20 @@ def weight_gradient_rows(net, work, m, l, i0, i1):
         delta = layer_rows(work.act_ws, work.act_off[l], m, n)   # delta_L, over the logits
     else:
         delta = layer_rows(work.delta_ws, work.act_off[l], m, n)
-    gW, gb = layer_weights(work.grad, net.offs, net.dims, l)
-    gemm(a_in.T[i0:i1], delta, gW[i0:i1], NO_ACC, STORE, NO_ACTIVATION, gb, gW[i0:i1])
+    _, gb = layer_weights(work.grad, net.offs, net.dims, l)
+    gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, gb, dW)
     if i0 == 0:
         gb[:] = 0
         column_sums_acc(delta, gb)
 
 
 @jit
-def update_rows(net, work, update, l, i0, i1):
-    """Rows i0:i1 of W_l (and b_l with the block at row 0): the L2 term, then
-    the optimizer step and W_l^T of the new rows (``update.apply``), or else
-    the L2 term added to the gradient.  Returns lambda * sum W^2 over the rows
-    (before the step)."""
+def update_rows(net, work, update, l, i0, i1, g_rows):
+    """Rows i0:i1 of W_l (and b_l with the block at row 0), whose gradient is
+    ``g_rows`` (flat): the L2 term, then the optimizer step and W_l^T of the
+    new rows (``update.apply``), or else the L2 term added to the gradient.
+    Returns lambda * sum W^2 over the rows (before the step)."""
     params = net.params
-    grad = work.grad
     l2 = update.l2
     k = net.dims[l]
     n = net.dims[l + 1]
@@ -200,32 +199,42 @@ def update_rows(net, work, update, l, i0, i1):
             squares += p * p
     if update.apply:
         u = update
-        update_range(params, grad, u.state1, u.state2, lo, hi, u.kind, u.lr, u.momentum,
-                     u.beta1, u.beta2, u.eps, l2)
+        start = lo - lo   # 0 as an int64 (a literal 0 compiles a second update_range)
+        update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], start, hi - lo,
+                     u.kind, u.lr, u.momentum, u.beta1, u.beta2, u.eps, l2)
         if i0 == 0:  # the bias: no weight decay
             b0 = net.offs[l] + k * n
-            update_range(params, grad, u.state1, u.state2, b0, b0 + n, u.kind, u.lr,
+            update_range(params, work.grad, u.state1, u.state2, b0, b0 + n, u.kind, u.lr,
                          u.momentum, u.beta1, u.beta2, u.eps, params.dtype.type(0))
         if l >= 1:
             W, _ = layer_weights(params, net.offs, net.dims, l)
             WT_l = work.WT[net.offs[l]:net.offs[l] + k * n].reshape((n, k))
             pack_transpose(W[i0:i1], WT_l[:, i0:i1])
     elif l2 != 0:
-        for i in range(lo, hi):
-            grad[i] += l2 * params[i]
+        for i in range(hi - lo):
+            g_rows[i] += l2 * params[lo + i]
     return np.float64(l2) * squares
 
 
 @jit
-def weights_block(net, work, update, m, t):
-    """Block t of the weights pass: its rows of dW, then their update; its L2
-    part goes to work.l2_parts[t].
+def weights_block(net, work, update, m, t, s):
+    """Block t of the weights pass, on worker s: its rows of dW, then their
+    update; its L2 part goes to work.l2_parts[t].
 
-    Only bundles cross into the parallel loop's body (numba 0.68 read the wrong
-    array of a bundle for ``work.l2_parts[t] = ...`` written in the body)."""
+    With an update, dW goes to worker s's scratch block (reused block after
+    block, so it stays in cache: the full gradient never goes through memory);
+    without, to work.grad.  Only bundles and integers cross into the parallel
+    loop's body (numba 0.68 read the wrong array of a bundle for
+    ``work.l2_parts[t] = ...`` written in the body)."""
     l, i0, i1 = weight_block(net.dims, t)
-    weight_gradient_rows(net, work, m, l, i0, i1)
-    work.l2_parts[t] = update_rows(net, work, update, l, i0, i1)
+    n = net.dims[l + 1]
+    if update.apply:
+        g_rows = work.scratch[s, :(i1 - i0) * n]
+    else:
+        lo = net.offs[l] + i0 * n
+        g_rows = work.grad[lo:lo + (i1 - i0) * n]
+    weight_gradient_rows(net, work, m, l, i0, i1, g_rows.reshape((i1 - i0, n)))
+    work.l2_parts[t] = update_rows(net, work, update, l, i0, i1, g_rows)
 
 
 @jit
@@ -292,7 +301,7 @@ def step_pass(phase, net, batch, work, update, threads):
     m = batch.order.shape[0]
     n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
     n_tasks = n_groups if phase == ROWS else weight_block_count(net.dims)
-    workers = max(1, min(threads, n_tasks))
+    workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
     per_worker = (n_groups + workers - 1) // workers
     for s in prange(workers):
         if phase == ROWS:
@@ -300,7 +309,8 @@ def step_pass(phase, net, batch, work, update, threads):
             shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker))
         else:
             for t in range(s, n_tasks, workers):
-                weights_block(net, work, update, m, t)
+                # int64, not prange's unsigned index: one compiled copy
+                weights_block(net, work, update, m, t, np.int64(s))
     total = 0.0
     correct = 0
     if phase == ROWS:
