@@ -5,7 +5,9 @@ A fastnn step is Trainer.fit for one epoch of exactly one batch, through the
 public API.  Each timed call runs STEP_REPS[case] steps (a fixed count, so two
 commits time the same work) to stay above 1 ms.  Compilation happens in setup.
 """
-from ._ref import CASE_NAMES, CASES, steps
+import numpy as np
+
+from ._ref import CASE_NAMES, CASES, cases, steps
 
 # steps per timed call: >= 1 ms per call even when fastnn is many times faster
 STEP_REPS = {"spiral": 20, "mnist": 4, "mnist_deep": 2, "wide": 1, "tiny_batch": 20}
@@ -71,3 +73,44 @@ class TrainEpoch:
         return CASES[case].n_samples / best
 
     track_fastnn_epoch_samples_per_s.unit = "samples/s"
+
+
+class EstimatorFit:
+    """The scikit-learn-compatible path on the mnist case: one epoch through
+    ``MLPClassifier.fit`` (warm_start, max_iter=1, as a user's loop would) and
+    one ``partial_fit`` call on one batch of 128 rows; each includes the
+    estimator's per-call Python work (validation, copies, label encoding)."""
+
+    params = ["fit_epoch", "partial_fit"]
+    param_names = ["call"]
+    timeout = 300
+
+    def setup(self, call):
+        import warnings
+        try:
+            from fastnn import MLPClassifier
+        except ImportError:
+            raise NotImplementedError("no estimators in this commit")
+        case = CASES["mnist"]
+        X, y = cases.make_data(case, seed=0)
+        self.clf = MLPClassifier(hidden_layer_sizes=case.sizes[1:-1], solver="sgd",
+                                 momentum=cases.MOMENTUM, nesterovs_momentum=False,
+                                 batch_size=case.batch, alpha=0.0,
+                                 learning_rate_init=cases.LR, max_iter=1, warm_start=True,
+                                 tol=0.0, n_iter_no_change=10**9, random_state=0)
+        self.X, self.y = X, y
+        self.Xb, self.yb = X[:case.batch], y[:case.batch]
+        self.classes = np.arange(case.sizes[-1])
+        warnings.simplefilter("ignore")   # ConvergenceWarning after each 1-epoch fit
+        self.clf.fit(X, y)                 # compile / load from cache
+        self.clf.partial_fit(self.Xb, self.yb, classes=self.classes)
+
+    def time_estimator(self, call):
+        if call == "fit_epoch":
+            self.clf.fit(self.X, self.y)
+        else:
+            for _ in range(PARTIAL_FIT_CALLS):
+                self.clf.partial_fit(self.Xb, self.yb)
+
+
+PARTIAL_FIT_CALLS = 10   # one call is about 0.5 ms of arithmetic: several per timed call
