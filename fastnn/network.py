@@ -154,13 +154,16 @@ class Network:
         if local is None:
             local = self.__dict__.setdefault("_predict_local", threading.local())
         cached = getattr(local, "ws", None)
-        if cached is None or cached[0] != (self.sizes, self.dtype):
-            widths = self._dims[1:]
-            ws = np.empty((PREDICT_SLOTS, PREDICT_BLOCK * int(widths.sum())), dtype=self.dtype)
-            act_off = PREDICT_BLOCK * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
-            cached = ((self.sizes, self.dtype), ws, act_off)
-            local.ws = cached
-        return cached[1], cached[2]
+        if cached is None:
+            ws = np.empty((PREDICT_SLOTS, PREDICT_BLOCK * int(self._dims[1:].sum())),
+                          dtype=self.dtype)
+            cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK))
+        return cached
+
+    def _activation_offsets(self, rows):
+        """Where layer l's outputs for ``rows`` rows start in a flat workspace
+        holding every layer's (rows x width) block, one after the other."""
+        return rows * np.concatenate([[0], np.cumsum(self._dims[1:-1])]).astype(np.int64)
 
     def forward(self, X):
         """Network output for X: class probabilities (softmax), label

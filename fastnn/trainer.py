@@ -79,32 +79,30 @@ def make_targets(network, y, name="y"):
     return T
 
 
-class Workspace:
-    """Every buffer a training epoch touches, made once per fit and reused."""
-
-    def __init__(self, network, batch_size, n_features, n_outputs):
-        dt = network.dtype
-        widths = network._dims[1:]
+def make_workspace(network, batch_size, n_features, n_outputs):
+    """Every buffer a training epoch touches (kernels.step.Work), made once per
+    fit and reused."""
+    dt = network.dtype
+    widths = network._dims[1:]
+    act_ws = np.empty(batch_size * int(widths.sum()), dtype=dt)
+    groups = -(-batch_size // LOSS_GROUP_ROWS)
+    return Work(
+        # W^T of every layer but the first, for the backward product
+        WT=np.empty(network.n_params, dtype=dt),
         # activations a_l and deltas of the whole batch, layer l at act_off[l]
-        self.act_off = batch_size * np.concatenate([[0], np.cumsum(widths[:-1])]).astype(np.int64)
-        self.act_ws = np.empty(batch_size * int(widths.sum()), dtype=dt)
-        self.delta_ws = np.empty_like(self.act_ws)
-        # W^T of every layer, packed once per step for the backward product
-        self.WT = np.empty(network.n_params, dtype=dt)
-        self.grad = np.empty(network.n_params, dtype=dt)
+        act_ws=act_ws,
+        act_off=network._activation_offsets(batch_size),
+        delta_ws=np.empty_like(act_ws),
+        grad=np.empty(network.n_params, dtype=dt),
         # per thread: one block of dW in the weights pass (see kernels.step)
-        self.scratch = np.empty((numba.config.NUMBA_NUM_THREADS,
-                                 GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt)
-        self.Xb = np.empty((batch_size, n_features), dtype=dt)
-        self.Tb = np.empty((batch_size, n_outputs), dtype=dt)
-        self.wb = np.empty(batch_size, dtype=dt)
-        self.l2_parts = np.empty(weight_block_count(network._dims), dtype=np.float64)
-        groups = -(-batch_size // LOSS_GROUP_ROWS)
-        self.group_loss = np.empty(groups, dtype=np.float64)
-        self.group_correct = np.empty(groups, dtype=np.int64)
-        self.bundle = Work(self.WT, self.act_ws, self.act_off, self.delta_ws, self.grad,
-                           self.scratch, self.Xb, self.Tb, self.wb, self.group_loss,
-                           self.group_correct, self.l2_parts)
+        scratch=np.empty((numba.config.NUMBA_NUM_THREADS,
+                          GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt),
+        Xb=np.empty((batch_size, n_features), dtype=dt),
+        Tb=np.empty((batch_size, n_outputs), dtype=dt),
+        wb=np.empty(batch_size, dtype=dt),
+        group_loss=np.empty(groups, dtype=np.float64),
+        group_correct=np.empty(groups, dtype=np.int64),
+        l2_parts=np.empty(weight_block_count(network._dims), dtype=np.float64))
 
 
 def _net_bundle(network):
@@ -173,7 +171,7 @@ class Trainer:
     def _get_workspace(self, batch_size, n_features, n_outputs):
         key = (batch_size, n_features, n_outputs)
         if self._workspace is None or self._workspace[0] != key:
-            ws = Workspace(self.network, batch_size, n_features, n_outputs)
+            ws = make_workspace(self.network, batch_size, n_features, n_outputs)
             self._workspace = (key, ws)
         return self._workspace[1]
 
@@ -199,7 +197,7 @@ class Trainer:
                         dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
-                _net_bundle(net), X, T, w, order.astype(np.int64), batch, ws.bundle, update,
+                _net_bundle(net), X, T, w, order.astype(np.int64), batch, ws, update,
                 np.int64(self.steps), np.int64(numba.get_num_threads()))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
@@ -214,9 +212,9 @@ class Trainer:
         """
         net = self.network
         X, T, w = self._check_data(X, y, sample_weight)
-        ws = Workspace(net, X.shape[0], X.shape[1], T.shape[1])
+        ws = make_workspace(net, X.shape[0], X.shape[1], T.shape[1])
         with parallel_region():
-            loss = loss_gradient(_net_bundle(net), X, T, w, ws.bundle, net.dtype.type(self.l2),
+            loss = loss_gradient(_net_bundle(net), X, T, w, ws, net.dtype.type(self.l2),
                                  np.int64(numba.get_num_threads()))
         return float(loss), ws.grad.copy()
 

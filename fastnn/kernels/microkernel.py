@@ -137,7 +137,7 @@ def _make_microkernel(rows, nv, mask):
             mstore = _vector_intrinsic(
                 builder, f"llvm.masked.store.v{vl}{_suffix(fty)}.p0",
                 ir.FunctionType(ir.VoidType(), [vecty, vecptr, ir.IntType(32), mask_ty]))
-            align = ir.Constant(ir.IntType(32), fty.get_abi_size(_target_data(context)))
+            align = ir.Constant(ir.IntType(32), fty.get_abi_size(context.target_data))
             zero_vec = ir.Constant(vecty, None)
             masks = [None] * nv  # lane masks of the vectors that can cross n_valid
             for v in range(nv):
@@ -211,10 +211,6 @@ def _data_and_strides(context, builder, arrty, value, itemsize):
 
 def _suffix(fty):
     return "f32" if isinstance(fty, ir.FloatType) else "f64"
-
-
-def _target_data(context):
-    return context.target_data
 
 
 # The variants the GEMM uses.  Tiles of MR rows: full, and at the right edge

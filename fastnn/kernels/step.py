@@ -47,7 +47,7 @@ Net = namedtuple("Net", ["params", "offs", "dims", "acts", "output"])
 """The network: flat parameters, layer offsets and sizes, activation codes, output code."""
 Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "scratch", "Xb",
                            "Tb", "wb", "group_loss", "group_correct", "l2_parts"])
-"""The workspace of a fit (trainer.Workspace makes it once)."""
+"""The workspace of a fit (trainer.make_workspace makes it once)."""
 Batch = namedtuple("Batch", ["X", "T", "w", "order", "scale"])
 """One mini-batch: rows ``order`` of (X, T, w), and 1 / (sum of their weights)."""
 Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum", "beta1",
@@ -63,6 +63,7 @@ STORE = np.int64(EPI_STORE)
 BIAS_ACT = np.int64(EPI_BIAS_ACT)
 DERIV = np.int64(EPI_DERIV)
 NO_ACTIVATION = np.int64(IDENTITY)
+FIRST = np.int64(0)   # index 0, typed (a literal 0 compiles another update_range)
 
 
 @jit
@@ -138,11 +139,16 @@ def pack_weights_t(params, offs, dims, WT):
 
 
 @jit
+def _blocks_of(rows):
+    return (rows + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
+
+
+@jit
 def weight_block_count(dims):
     """Number of blocks of the weights pass: GRAD_BLOCK_ROWS rows of each W_l."""
     count = 0
     for l in range(dims.shape[0] - 1):
-        count += (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
+        count += _blocks_of(dims[l])
     return count
 
 
@@ -151,8 +157,8 @@ def weight_block(dims, t):
     """(layer l, first row, end row) of block t of the weights pass."""
     l = 0
     first = 0
-    while t >= first + (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS:
-        first += (dims[l] + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
+    while t >= first + _blocks_of(dims[l]):
+        first += _blocks_of(dims[l])
         l += 1
     i0 = (t - first) * GRAD_BLOCK_ROWS
     return l, i0, min(dims[l], i0 + GRAD_BLOCK_ROWS)
@@ -199,8 +205,7 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
             squares += p * p
     if update.apply:
         u = update
-        start = lo - lo   # 0 as an int64 (a literal 0 compiles a second update_range)
-        update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], start, hi - lo,
+        update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], FIRST, hi - lo,
                      u.kind, u.lr, u.momentum, u.beta1, u.beta2, u.eps, l2)
         if i0 == 0:  # the bias: no weight decay
             b0 = net.offs[l] + k * n
@@ -349,7 +354,7 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
 
     ``update`` holds the optimizer state and settings (its learning rate
     becomes Adam's bias-corrected step size at each step).
-    Every array is a workspace made once per fit (see trainer.Workspace), so
+    Every array is a workspace made once per fit (see trainer.make_workspace), so
     nothing is allocated here.  Returns (summed weighted loss, summed weight,
     correct, steps taken, finite).  When a batch's loss is not finite the epoch
     stops *before* that batch's update, so params hold the last finite step.
