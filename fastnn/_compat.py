@@ -13,20 +13,7 @@ import inspect
 
 import numpy as np
 
-def r2_score(y, pred, w=None):
-    """R^2 of ``pred`` against ``y`` (both n x outputs), weighted by ``w``,
-    averaged over outputs; a constant output scores 1 if predicted exactly,
-    else 0 (scikit-learn's convention)."""
-    y = y.astype(np.float64)
-    pred = pred.astype(np.float64)
-    w = np.ones(len(y)) if w is None else w
-    mean = np.average(y, axis=0, weights=w)
-    ss_res = (w[:, None] * (y - pred) ** 2).sum(axis=0)
-    ss_tot = (w[:, None] * (y - mean) ** 2).sum(axis=0)
-    safe = np.where(ss_tot > 0, ss_tot, 1.0)
-    r2 = np.where(ss_tot > 0, 1 - ss_res / safe, np.where(ss_res > 0, 0.0, 1.0))
-    return float(r2.mean())
-
+from ._metrics import r2_score  # noqa: F401  (re-exported for the estimators)
 
 try:  # pragma: no cover - which branch runs depends on the environment
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin

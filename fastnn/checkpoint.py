@@ -2,30 +2,54 @@
 
 A checkpoint is a fastnn archive (see io.py) of kind "checkpoint": the
 parameters, both optimizer state buffers, and in the header's ``extra`` the
-optimizer's settings, batch size, L2, shuffling, step count, the shuffling
-generator's exact state and the history so far.
+optimizer's settings, batch size, L2, the step and sample counters, the epoch
+order's exact state (generator state, and scikit-learn's running order), the
+learning-rate schedule, the stopping rule's state and the history so far.
+This module only reads and writes; :meth:`Trainer.resume` rebuilds the trainer.
 """
 import dataclasses
 
 import numpy as np
 
 from . import io
+from .epoch_order import InOrder, RunningShuffle, Shuffled
 from .optimizers import SGD, Adam
-from .trainer import History, Trainer
+from .schedules import Plateau, schedule_from_state, schedule_settings
 
 _OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
+_ORDERS = {"Shuffled": Shuffled, "InOrder": InOrder, "RunningShuffle": RunningShuffle}
+
+
+def _jsonable(value):
+    """``value`` with arrays and tuples turned into lists (for the JSON header)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def save_checkpoint(trainer, path):
     """Write ``trainer``'s complete state to ``path`` atomically."""
     opt = trainer.optimizer
+    stopping = trainer.stopping
     extra = {
         "optimizer": {"name": type(opt).__name__, **dataclasses.asdict(opt)},
         "batch_size": trainer.batch_size,
         "l2": trainer.l2,
-        "shuffle": trainer.shuffle,
         "steps": trainer.steps,
-        "rng": trainer.rng.bit_generator.state,
+        "samples_seen": trainer.samples_seen,
+        "order": {"name": type(trainer.order).__name__,
+                  "state": _jsonable(trainer.order.get_state())},
+        "schedule": {"name": trainer.schedule.name,
+                     "settings": schedule_settings(trainer.schedule)},
+        "stopping": None if stopping is None else {
+            "monitor": stopping.monitor, "tol": stopping.tol, "patience": stopping.patience,
+            "restore_best": stopping.restore_best, "state": stopping.get_state()},
         "history": trainer.history.as_dict(),
     }
     net = trainer.network
@@ -33,26 +57,30 @@ def save_checkpoint(trainer, path):
                      {"params": net.params, "state1": trainer.state1, "state2": trainer.state2})
 
 
-def load_checkpoint(path):
-    """The Trainer (with its network) saved by :func:`save_checkpoint`."""
+def read_checkpoint(path):
+    """(network, arrays, parts) of a checkpoint: the network with its
+    parameters, the optimizer buffers and the rebuilt optimizer, order,
+    schedule and stopping rule; ModelFileError if the file is not one."""
     meta, net, arrays = io.read_archive(path, "checkpoint", ["params", "state1", "state2"])
     extra = meta["extra"]
     try:
         opt_fields = dict(extra["optimizer"])
-        optimizer = _OPTIMIZERS[opt_fields.pop("name")](**opt_fields)
-        trainer = Trainer(net, optimizer=optimizer, batch_size=extra["batch_size"],
-                          l2=extra["l2"], shuffle=extra["shuffle"])
-        trainer.rng = np.random.default_rng()
-        trainer.rng.bit_generator.state = extra["rng"]
-        trainer.steps = int(extra["steps"])
-        history = History()
-        for name, values in extra["history"].items():
-            getattr(history, name).extend(values)
+        parts = dict(extra)
+        parts["optimizer"] = _OPTIMIZERS[opt_fields.pop("name")](**opt_fields)
+        order_cls = _ORDERS[extra["order"]["name"]]
+        order = order_cls(np.random.RandomState()) if order_cls is RunningShuffle \
+            else order_cls()
+        order.set_state(extra["order"]["state"])
+        parts["order"] = order
+        parts["schedule"] = schedule_from_state(extra["schedule"]["name"],
+                                                extra["schedule"]["settings"])
+        if extra["stopping"] is not None:
+            s = dict(extra["stopping"])
+            state = s.pop("state")
+            parts["stopping"] = Plateau(**s)
+            parts["stopping"].set_state(state)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise io.ModelFileError(f"{path}: checkpoint header is incomplete or invalid "
                                 f"({type(exc).__name__}: {exc})") from None
     net.params[:] = arrays["params"]
-    trainer.state1[:] = arrays["state1"]
-    trainer.state2[:] = arrays["state2"]
-    trainer.history = history
-    return trainer
+    return net, arrays, parts

@@ -32,10 +32,11 @@ import numpy as np
 
 from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
-                      DataConversionWarning, NotFittedError, RegressorMixin,
-                      r2_score)
+                      DataConversionWarning, NotFittedError, RegressorMixin)
+from .epoch_order import InOrder, RunningShuffle
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
+from .schedules import Adaptive, Constant, InvScaling, Plateau
 from .trainer import Trainer
 
 _SK_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid",
@@ -167,11 +168,6 @@ def _stratified_split(n, strata, fraction, rng):
     mask = np.ones(n, dtype=bool)
     mask[val] = False
     return np.flatnonzero(mask), val
-
-
-class _Run:
-    """The mutable state of one fit call, built from copies so that the
-    estimator is only touched (in :meth:`commit`) once everything succeeded."""
 
 
 # ------------------------------------------------------------------- base
@@ -342,8 +338,8 @@ class _BaseMLP(BaseEstimator):
         w = _as_sample_weight(sample_weight, X.shape[0])
         w = self._apply_class_weight(w, target, incremental)
         with _num_threads(self.n_threads):
-            run = self._train(X, target, w, p, reuse, incremental)
-        self._commit(run, target, names)
+            trainer, rng = self._train(X, target, w, p, reuse, incremental)
+        self._commit(trainer, rng, target, names)
         return self
 
     def _build_network(self, n_features, n_outputs, p, rng, output):
@@ -370,44 +366,45 @@ class _BaseMLP(BaseEstimator):
             return Adam(lr=lr, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
         return SGD(lr=lr, momentum=self.momentum, nesterov=bool(self.nesterovs_momentum))
 
+    def _schedule(self):
+        """scikit-learn's learning_rate (it applies to solver='sgd' only)."""
+        if self.solver != "sgd" or self.learning_rate == "constant":
+            return Constant()
+        if self.learning_rate == "invscaling":
+            return InvScaling(float(self.learning_rate_init), float(self.power_t))
+        return Adaptive(factor=5.0, min_lr=1e-6)
+
+    def _stopping(self, early_stopping):
+        """scikit-learn's tol / n_iter_no_change rule, on the validation score
+        (keeping the best weights) when early stopping, else on the loss."""
+        return Plateau(monitor="val_score" if early_stopping else "loss", tol=float(self.tol),
+                       patience=int(self.n_iter_no_change), restore_best=early_stopping)
+
     def _train(self, X, target, w, p, reuse, incremental):
-        """All training on copies; returns the _Run to commit."""
+        """Map scikit-learn's parameters onto the Trainer and run its loop.
+
+        A new fit builds a new network and trainer; warm_start and partial_fit
+        train the fitted ones in place, inside ``trainer.transaction()``, so a
+        call that raises leaves them as they were (no copy of the model)."""
         T = target["T"]
-        n_out = T.shape[1]
-        run = _Run()
+        # partial_fit ignores early stopping, as scikit-learn's does
+        early_stopping = bool(self.early_stopping) and not incremental
         if reuse:
-            run.rng = copy.deepcopy(self._rng) if incremental else p["rng"]
-            run.net = self._network.copy()
-            run.loss_curve = list(self.loss_curve_)
-            run.t = self.t_
-            run.best_loss = self.best_loss_
-            run.val_scores = None if self.validation_scores_ is None \
-                else list(self.validation_scores_)
-            run.best_val = self.best_validation_score_
-            run.no_improve = self._no_improvement_count
+            trainer = self._trainer if self._trainer is not None else self._trainer_from_fitted()
+            rng = self._rng if incremental else p["rng"]
         else:
-            run.rng = p["rng"]
-            run.net = self._build_network(X.shape[1], n_out, p, run.rng,
-                                          target["output_name"])
-            run.loss_curve, run.t = [], 0
-            run.no_improve = 0
-            run.best_loss = None if self.early_stopping else np.inf
-            run.val_scores = [] if self.early_stopping else None
-            run.best_val = -np.inf if self.early_stopping else None
-        net = run.net
-        if self.early_stopping and run.val_scores is None:   # warm start switched it on
-            run.val_scores, run.best_val, run.best_loss = [], -np.inf, None
-        if not self.early_stopping and run.best_loss is None:
-            run.best_loss, run.val_scores, run.best_val = np.inf, None, None
-        # The early-stopping split (stratified for single-label classification).
-        if self.early_stopping:
-            strata = target.get("indices")
-            tr, va = _stratified_split(X.shape[0], strata, self.validation_fraction, run.rng)
+            rng = p["rng"]
+            net = self._build_network(X.shape[1], T.shape[1], p, rng, target["output_name"])
+            trainer = Trainer(net, optimizer=self._make_optimizer(float(self.learning_rate_init)),
+                              shuffle=False)
+        val = None
+        if early_stopping:   # the split (stratified for single-label classification)
+            tr, va = _stratified_split(X.shape[0], target.get("indices"),
+                                       self.validation_fraction, rng)
             if len(va) < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
-            X_val, T_val = X[va], T[va]
-            w_val = None if w is None else w[va]
+            val = (X[va], T[va], None if w is None else w[va].astype(X.dtype))
             X, T = X[tr], T[tr]
             w = None if w is None else w[tr]
         n = X.shape[0]
@@ -416,129 +413,75 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
                           "It is going to be clipped")
             batch = n
-        w_full = np.ones(n, dtype=net.dtype) if w is None else w.astype(net.dtype)
+        w_full = np.ones(n, dtype=X.dtype) if w is None else w.astype(X.dtype)
         mean_w = float(w_full.mean()) if w is not None else 1.0
-        # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
-        l2 = p["alpha"] / (batch * mean_w)
-        prev = getattr(self, "_trainer", None) if incremental else None
-        lr = prev.optimizer.lr if prev is not None else float(self.learning_rate_init)
-        trainer = Trainer(net, optimizer=self._make_optimizer(lr), batch_size=batch, l2=l2,
-                          shuffle=False, seed=None)
-        if prev is not None:   # partial_fit keeps the optimizer state (as scikit-learn)
-            np.copyto(trainer.state1, prev.state1)
-            np.copyto(trainer.state2, prev.state2)
-            trainer.steps = prev.steps
-        run.trainer = trainer
-        order = np.arange(n)
-        best_params = net.params.copy()
-        start = (net.params.copy(), trainer.state1.copy(), trainer.state2.copy())
         epochs = 1 if incremental else int(self.max_iter)
-        bar = self._progress_bar(epochs) if self.verbose else None
-        run.n_iter = 0
-        stopped = False
-        try:
-            for _ in range(epochs):
-                np.copyto(start[0], net.params)
-                np.copyto(start[1], trainer.state1)
-                np.copyto(start[2], trainer.state2)
-                steps0 = trainer.steps
-                try:
-                    if self.shuffle:   # scikit-learn's utils.shuffle on the running order
-                        perm = np.arange(n)
-                        run.rng.shuffle(perm)
-                        order = order[perm]
-                    loss, acc, finite = trainer.run_epoch(X, T, w_full, order)
-                except KeyboardInterrupt:
-                    np.copyto(net.params, start[0])
-                    np.copyto(trainer.state1, start[1])
-                    np.copyto(trainer.state2, start[2])
-                    trainer.steps = steps0
-                    raise
-                if not finite or not np.isfinite(net.params).all():
-                    raise ValueError("Solver produced non-finite parameter weights. The "
-                                     "input data may contain large values and need to be "
-                                     "preprocessed (or lower learning_rate_init).")
-                run.n_iter += 1
-                run.t += n
-                run.loss_curve.append(float(loss))
-                # accuracy: on the training rows as they were trained (None for
-                # regression; for multi-label, of every label at once).
-                logs = {"epoch": len(run.loss_curve), "loss": float(loss), "accuracy": acc,
-                        "learning_rate": trainer.optimizer.lr, "network": net}
-                if self.early_stopping:
-                    score = self._score_outputs(net.forward(X_val), T_val, w_val,
-                                                target["kind"])
-                    run.val_scores.append(score)
-                    logs["validation_score"] = score
-                    run.no_improve = run.no_improve + 1 \
-                        if score < run.best_val + self.tol else 0
-                    if score > run.best_val:
-                        run.best_val = score
-                        np.copyto(best_params, net.params)
-                else:
-                    run.no_improve = run.no_improve + 1 \
-                        if loss > run.best_loss - self.tol else 0
-                    run.best_loss = min(run.best_loss, float(loss))
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    trainer.optimizer.lr = float(self.learning_rate_init) / \
-                        (run.t + 1) ** float(self.power_t)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.6f}")
-                    bar.update(1)
-                elif self.verbose:   # no tqdm: scikit-learn's line per epoch
-                    print(f"Iteration {len(run.loss_curve)}, loss = {loss:.8f}")
-                if any(bool(cb(logs)) for cb in p["callbacks"]):
-                    stopped = True
-                    break
-                if run.no_improve > self.n_iter_no_change:
-                    if (self.solver == "sgd" and self.learning_rate == "adaptive"
-                            and trainer.optimizer.lr > 1e-6):
-                        trainer.optimizer.lr /= 5.0   # scikit-learn's adaptive schedule
-                        run.no_improve = 0
-                    else:
-                        stopped = True
-                        break
-        except KeyboardInterrupt:
-            if run.n_iter == 0 and not reuse:
-                raise   # nothing trained yet: leave the estimator as it was (unfitted)
-            warnings.warn("Training interrupted by user; the model holds the state after "
-                          f"epoch {len(run.loss_curve)}.")
-            stopped = True
-        finally:
-            if bar is not None:
-                bar.close()
-        if not incremental and not stopped and run.n_iter == self.max_iter:
+        with trainer.transaction():
+            trainer.batch_size = batch
+            # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
+            trainer.l2 = p["alpha"] / (batch * mean_w)
+            trainer.schedule = self._schedule()
+            if not incremental:
+                # a (warm-started) fit starts a new optimizer, as scikit-learn's
+                trainer.reset_optimizer(self._make_optimizer(float(self.learning_rate_init)))
+            if not self.shuffle:
+                trainer.order = InOrder()
+            elif not (isinstance(trainer.order, RunningShuffle) and trainer.order.rng is rng):
+                trainer.order = RunningShuffle(rng)   # partial_fit keeps shuffling with its own
+            monitor = "val_score" if early_stopping else "loss"
+            if trainer.stopping is None or trainer.stopping.monitor != monitor:
+                trainer.stopping = self._stopping(early_stopping)   # new, or switched
+            else:   # warm start / partial_fit: the count and best value carry on
+                trainer.stopping.tol = float(self.tol)
+                trainer.stopping.patience = int(self.n_iter_no_change)
+            try:
+                trainer._fit_checked(X, T, w_full, epochs, val, p["callbacks"],
+                                     progress=bool(self.verbose))
+            except FloatingPointError:
+                raise ValueError("Solver produced non-finite parameter weights. The input "
+                                 "data may contain large values and need to be preprocessed "
+                                 "(or lower learning_rate_init).") from None
+        if not incremental and trainer.stop_reason is None:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning)
-        if self.early_stopping and run.val_scores:
-            np.copyto(net.params, best_params)   # restore the best validation weights
-        return run
+        return trainer, rng
 
-    @staticmethod
-    def _progress_bar(total):
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=total, unit="epoch")
+    def _trainer_from_fitted(self):
+        """A trainer continuing a model read from a file (which keeps no
+        optimizer state): a fresh optimizer, the counters, curve and stopping
+        state from the fitted attributes."""
+        trainer = Trainer(self._network, shuffle=False,
+                          optimizer=self._make_optimizer(float(self.learning_rate_init)))
+        trainer.samples_seen = int(self.t_)
+        trainer.history.loss.extend(self.loss_curve_)
+        validating = self.validation_scores_ is not None
+        trainer.stopping = self._stopping(validating)
+        if validating:
+            trainer.history.val_score.extend(self.validation_scores_)
+        best = self.best_validation_score_ if validating else self.best_loss_
+        trainer.stopping.set_state({"best": best, "count": self._no_improvement_count})
+        return trainer
 
-    def _commit(self, run, target, names):
+    def _commit(self, trainer, rng, target, names):
         """Publish a successful run's results (nothing before this touches self)."""
-        net = run.net
+        net = trainer.network
+        history = trainer.history
+        stopping = trainer.stopping
         self._network = net
-        self._trainer = run.trainer
-        self._rng = run.rng
+        self._trainer = trainer
+        self._rng = rng
         self.coefs_ = net.weights
         self.intercepts_ = net.biases
-        self.n_iter_ = run.n_iter
-        self.t_ = run.t
-        self.loss_curve_ = run.loss_curve
-        self.loss_ = run.loss_curve[-1] if run.loss_curve else None
-        self.best_loss_ = run.best_loss
-        self.validation_scores_ = run.val_scores
-        self.best_validation_score_ = run.best_val
-        self._no_improvement_count = run.no_improve
+        self.n_iter_ = trainer.epochs_run
+        self.t_ = trainer.samples_seen
+        self.loss_curve_ = [float(v) for v in history.loss]
+        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
+        validating = stopping.monitor == "val_score"
+        self.best_loss_ = None if validating else stopping.best
+        self.validation_scores_ = list(history.val_score) if validating else None
+        self.best_validation_score_ = stopping.best if validating else None
+        self._no_improvement_count = stopping.count
         self.n_features_in_ = net.sizes[0]
         self.n_layers_ = len(net.sizes)
         self.n_outputs_ = target["n_outputs"]
@@ -557,10 +500,6 @@ class _BaseMLP(BaseEstimator):
         state = dict(state)
         state.pop("coefs_", None)       # views into the network: rebuilt on load
         state.pop("intercepts_", None)
-        if state.get("_trainer") is not None:
-            trainer = copy.copy(state["_trainer"])
-            trainer._workspace = None   # scratch buffers, rebuilt on demand
-            state["_trainer"] = trainer
         return state
 
     def __setstate__(self, state):
@@ -757,15 +696,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError("class_weight and sample_weight leave no positive weight")
         return w
 
-    def _score_outputs(self, out, T, w, kind):
-        if kind == "multilabel":
-            hit = np.all((out > 0.5) == (T > 0.5), axis=1)
-        elif T.shape[1] == 1:
-            hit = (out[:, 0] > 0.5) == (T[:, 0] > 0.5)
-        else:
-            hit = out.argmax(axis=1) == T.argmax(axis=1)
-        return float(np.average(hit, weights=w))
-
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y), continuing from the current state (optimizer
         included).  ``classes`` (every label) is required on the first call."""
@@ -829,9 +759,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _apply_class_weight(self, w, target, incremental):
         return w
-
-    def _score_outputs(self, out, T, w, kind):
-        return r2_score(T, out, w)
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current state."""

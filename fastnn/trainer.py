@@ -3,16 +3,26 @@
 All per-sample and per-batch work happens in one compiled call per epoch
 (kernels.step.train_epoch); Python only shuffles, records and reports.
 """
+import contextlib
+import copy
+import inspect
+import signal
+import threading
 import warnings
 
 import numba
 import numpy as np
 
 from . import _validation as V
+from ._metrics import r2_score
 from ._parallel import parallel_region
+from .checkpoint import read_checkpoint, save_checkpoint
+from .epoch_order import InOrder, Shuffled
+from .io import ModelFileError
 from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient,
                            train_epoch, weight_block_count)
 from .optimizers import SGD
+from .schedules import Constant
 
 # A batch of under MIN_PARALLEL_ROWS rows, or of fewer FLOPs than this
 # (about 6 per weight per row), trains on one thread: waking the second thread for each of its parallel
@@ -27,18 +37,31 @@ MIN_PARALLEL_ROWS = 32
 class History:
     """Per-epoch record: loss and accuracy on the training rows (averaged over
     the epoch's mini-batches as they were trained), and on validation data when
-    given.  Accuracy entries are None for regression."""
+    given (``val_score``: accuracy, or R^2 for a linear output).  Accuracy
+    entries are None for regression."""
+
+    FIELDS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_score")
+    _LOG_KEYS = {"val_score": "validation_score"}
 
     def __init__(self):
-        self.loss = []
-        self.accuracy = []
-        self.val_loss = []
-        self.val_accuracy = []
+        for name in self.FIELDS:
+            setattr(self, name, [])
+
+    def record(self, logs):
+        """Append one epoch's logs."""
+        for name in self.FIELDS:
+            key = self._LOG_KEYS.get(name, name)
+            if key in logs:
+                getattr(self, name).append(logs[key])
+
+    def truncate(self, n_epochs):
+        """Forget every epoch after the first ``n_epochs``."""
+        for name in self.FIELDS:
+            del getattr(self, name)[n_epochs:]
 
     def as_dict(self):
         """The history as a dict of lists."""
-        return {"loss": list(self.loss), "accuracy": list(self.accuracy),
-                "val_loss": list(self.val_loss), "val_accuracy": list(self.val_accuracy)}
+        return {name: list(getattr(self, name)) for name in self.FIELDS}
 
     def __len__(self):
         return len(self.loss)
@@ -112,8 +135,10 @@ def _net_bundle(network):
 
 
 class _Snapshot:
-    """The trainer's state at the start of an epoch, to roll back to if the
-    epoch does not complete (buffers allocated once, refilled each epoch)."""
+    """The trainer's state at one moment, to roll back to: parameters, both
+    optimizer buffers (into buffers allocated once per trainer), the step and
+    sample counters, the history's length, the epoch order's state, the
+    stopping rule's count and the learning rate."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -122,24 +147,58 @@ class _Snapshot:
         self.state2 = np.empty_like(trainer.state2)
 
     def take(self):
+        """Record the trainer's state now."""
         t = self.trainer
         np.copyto(self.params, t.network.params)
         np.copyto(self.state1, t.state1)
         np.copyto(self.state2, t.state2)
-        self.steps = t.steps
-        self.rng_state = t.rng.bit_generator.state
-        self.n_epochs = len(t.history)
+        self.counters = (t.steps, t.samples_seen, len(t.history), t.optimizer, t.optimizer.lr)
+        self.order = (t.order, t.order.get_state())
+        self.stopping = (t.stopping, None if t.stopping is None else t.stopping.get_state())
+        return self
 
     def restore(self):
+        """Put the recorded state back."""
         t = self.trainer
         np.copyto(t.network.params, self.params)
         np.copyto(t.state1, self.state1)
         np.copyto(t.state2, self.state2)
-        t.steps = self.steps
-        t.rng.bit_generator.state = self.rng_state
-        for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            del getattr(t.history, name)[self.n_epochs:]
+        t.steps, t.samples_seen, n_epochs, t.optimizer, t.optimizer.lr = self.counters
+        t.history.truncate(n_epochs)
+        t.order, state = self.order
+        t.order.set_state(state)
+        t.stopping, state = self.stopping
+        if state is not None:
+            t.stopping.set_state(state)
 
+
+class _Interrupts:
+    """Ctrl-C during training: the first press asks the loop to stop after the
+    epoch that is running (nothing is lost or rolled back); a second press
+    raises KeyboardInterrupt at once (the running epoch is then rolled back).
+    Only the main thread receives signals; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+            except ValueError:    # e.g. an embedded interpreter without signals
+                self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 class Trainer:
     """Trains a :class:`~fastnn.Network` by mini-batch backpropagation.
@@ -152,21 +211,53 @@ class Trainer:
     l2 : float, L2 penalty lambda: loss + lambda/2 sum ||W||^2 (weights only)
     shuffle : bool, reshuffle the rows every epoch
     seed : int or None, seed of the shuffling
+    schedule : learning-rate schedule applied after each epoch
+        (fastnn.schedules: Constant (default), InvScaling, Adaptive)
+    stopping : stopping rule (fastnn.schedules.Plateau) or None (run every epoch)
+
+    ``trainer.order`` (fastnn.epoch_order) decides the rows' order in each epoch.
     """
 
-    def __init__(self, network, optimizer=None, batch_size=200, l2=0.0, shuffle=True, seed=None):
+    def __init__(self, network, optimizer=None, batch_size=200, l2=0.0, shuffle=True, seed=None,
+                 schedule=None, stopping=None):
         self.network = network
         self.optimizer = SGD() if optimizer is None else optimizer
         self.batch_size = V.check_positive_int(batch_size, "batch_size")
         self.l2 = V.check_float(l2, "l2", low=0.0)
         self.shuffle = bool(shuffle)
-        self.rng = np.random.default_rng(seed)
+        self.order = Shuffled(seed) if self.shuffle else InOrder()
+        self.schedule = Constant() if schedule is None else schedule
+        self.stopping = stopping
         self.state1 = np.zeros(network.n_params, dtype=network.dtype)
         self.state2 = np.zeros(network.n_params, dtype=network.dtype)
         self.steps = 0
+        self.samples_seen = 0
         self.history = History()
         self.interrupted = False
+        self.stop_reason = None
+        self.epochs_run = 0
         self._workspace = None
+        self._snapshot_buffers = None
+        self._entry_snapshot = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        # scratch buffers, rebuilt on demand: not part of the trainer's state
+        state.update(_workspace=None, _snapshot_buffers=None, _entry_snapshot=None)
+        return state
+
+    @property
+    def rng(self):
+        """The generator of the shuffling (``shuffle=True``)."""
+        return self.order.rng
+
+    def reset_optimizer(self, optimizer):
+        """Start ``optimizer`` afresh: zero state, step count 0 (a new fit of
+        the same network, as scikit-learn's warm_start does)."""
+        self.optimizer = optimizer
+        self.state1[:] = 0
+        self.state2[:] = 0
+        self.steps = 0
 
     def _get_workspace(self, batch_size, n_features, n_outputs):
         key = (batch_size, n_features, n_outputs)
@@ -178,8 +269,8 @@ class Trainer:
     def run_epoch(self, X, T, w, order=None):
         """One compiled pass over (X, T, w); returns (loss, accuracy, finite).
 
-        ``order``: the rows in the order to train them (default: shuffled from
-        the trainer's seed, or as they are with shuffle=False).  The batches
+        ``order``: the rows in the order to train them (default: the next
+        order of ``self.order``).  The batches
         are gathered from X inside the compiled step, so passing an order costs
         no copy of the data.
         """
@@ -189,7 +280,7 @@ class Trainer:
         batch = min(self.batch_size, n)
         ws = self._get_workspace(batch, X.shape[1], T.shape[1])
         if order is None:
-            order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+            order = self.order.next(n)
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
         serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
@@ -197,7 +288,7 @@ class Trainer:
                         dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
-                _net_bundle(net), X, T, w, order.astype(np.int64), batch, ws, update,
+                _net_bundle(net), X, T, w, np.ascontiguousarray(order, dtype=np.int64), batch, ws, update,
                 np.int64(self.steps), np.int64(numba.get_num_threads()))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
@@ -227,118 +318,255 @@ class Trainer:
                              f"and {T.shape[0]}")
         return X, T, self._sample_weight(sample_weight, X.shape[0])
 
-    def evaluate(self, X, y):
+    def evaluate(self, X, y, sample_weight=None):
         """(loss, accuracy) of the network on (X, y), without training.
 
-        The loss is the training objective's data term in float64 (no L2).
+        The loss is the training objective's data term in float64 (no L2);
+        accuracy is None for a linear output.
         """
         net = self.network
         X = net._check_X(X, "X_val")
-        T = make_targets(net, y, "y_val").astype(np.float64)
-        out = net._forward_checked(X).astype(np.float64)
+        T = make_targets(net, y, "y_val")
+        w = None if sample_weight is None else self._sample_weight(sample_weight, X.shape[0])
+        loss, acc, _ = self._evaluate(X, T, w)
+        return loss, acc
+
+    def _evaluate(self, X, T, w):
+        """(loss, accuracy, score) on checked data; score is the accuracy, or
+        R^2 for a linear output (scikit-learn's ``score``), weighted by w."""
+        net = self.network
+        out = net._forward_checked(X)
+        out64 = out.astype(np.float64)
+        T64 = T.astype(np.float64)
         if net.output == "softmax":
-            loss = -np.mean(np.sum(T * np.log(np.maximum(out, 1e-300)), axis=1))
-            acc = float(np.mean(out.argmax(1) == T.argmax(1)))
+            row_loss = -np.sum(T64 * np.log(np.maximum(out64, 1e-300)), axis=1)
+            hit = out.argmax(1) == T.argmax(1)
         elif net.output == "sigmoid":
-            p = np.clip(out, 1e-300, 1 - 1e-16)
-            loss = -np.mean(np.sum(T * np.log(p) + (1 - T) * np.log1p(-p), axis=1))
-            acc = float(np.mean(np.all((out > 0.5) == (T > 0.5), axis=1)))
+            p = np.clip(out64, 1e-300, 1 - 1e-16)
+            row_loss = -np.sum(T64 * np.log(p) + (1 - T64) * np.log1p(-p), axis=1)
+            hit = np.all((out > 0.5) == (T > 0.5), axis=1)
         else:
-            loss = 0.5 * np.mean(np.sum((out - T) ** 2, axis=1))
-            acc = None
-        return float(loss), acc
+            row_loss = 0.5 * np.sum((out64 - T64) ** 2, axis=1)
+            hit = None
+        loss = float(np.average(row_loss, weights=w))
+        if hit is None:
+            return loss, None, r2_score(T, out, w)
+        acc = float(np.average(hit, weights=w))
+        return loss, acc, acc
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Everything in the block or nothing: if it raises, the trainer (its
+        network's parameters, optimizer state and settings, history, counters,
+        epoch order and stopping rule) is put back as it was at entry.
+
+        The estimators train inside one, so a failed ``fit`` or ``partial_fit``
+        leaves the model exactly as it was.  The snapshot taken at entry is
+        also the rollback point of the block's first epoch, so a one-epoch
+        call copies the parameters once.
+        """
+        settings = (self.batch_size, self.l2, self.optimizer, copy.copy(self.optimizer),
+                    self.schedule, self.stopping, self.order, self.epochs_run,
+                    self.stop_reason, self.interrupted)
+        snapshot = self._snapshots()[0].take()
+        self._entry_snapshot = snapshot
+        try:
+            yield self
+        except BaseException:
+            (self.batch_size, self.l2, self.optimizer, saved_optimizer, self.schedule,
+             self.stopping, self.order, self.epochs_run, self.stop_reason,
+             self.interrupted) = settings
+            self.optimizer.__dict__.update(saved_optimizer.__dict__)
+            snapshot.restore()
+            raise
+        finally:
+            self._entry_snapshot = None
+
+    def _snapshots(self):
+        """(entry snapshot, epoch snapshot) buffers, allocated once."""
+        if self._snapshot_buffers is None:
+            self._snapshot_buffers = (_Snapshot(self), _Snapshot(self))
+        return self._snapshot_buffers
 
     def fit(self, X, y, epochs=10, validation_data=None, sample_weight=None,
             callbacks=(), progress=False, checkpoint=None, checkpoint_every=1):
-        """Train for ``epochs`` passes over (X, y); returns the :class:`History`.
+        """Train for up to ``epochs`` passes over (X, y); returns the :class:`History`.
 
-        callbacks: functions ``cb(trainer, epoch, logs)`` called after each epoch
-        with that epoch's logs (a dict); a callback returning True stops training.
-        progress: show a tqdm progress bar (needs tqdm installed).
+        validation_data: (X_val, y_val) or (X_val, y_val, sample_weight_val),
+        scored after every epoch (``val_loss``, ``val_accuracy`` and
+        ``validation_score``: accuracy, or R^2 for a linear output).
+        callbacks: functions ``cb(logs)`` called after each epoch with a dict:
+        ``epoch``, ``loss``, ``accuracy`` (None for regression),
+        ``learning_rate`` (the rate the epoch trained with), the validation
+        entries when there is validation data, ``network`` and ``trainer``.
+        A callback returning True stops training.
+        progress: a tqdm progress bar when tqdm is installed, else a line per
+        epoch.
         checkpoint: a path; every ``checkpoint_every`` epochs the whole training
         state is written there atomically (resume with :meth:`Trainer.resume`).
+
+        Between epochs the trainer's ``schedule`` sets the learning rate and
+        its ``stopping`` rule (if any) may end training; ``stop_reason`` then
+        says why ("plateau", "callback", "interrupted"; None when all epochs
+        ran) and ``epochs_run`` how many epochs this call trained.
 
         Failures never leave a half-trained epoch behind:
 
         * if the loss stops being finite, FloatingPointError is raised and the
           network keeps the parameters of the last finite step;
-        * Ctrl-C (KeyboardInterrupt) stops training with a warning, and the
-          network, optimizer state and history are those of the last
-          completed epoch (``trainer.interrupted`` is then True).
+        * Ctrl-C stops training after the running epoch with a warning
+          (``trainer.interrupted`` is then True); a second Ctrl-C, or a
+          KeyboardInterrupt raised inside an epoch, rolls that epoch back.  If
+          no epoch of this call completed, the KeyboardInterrupt propagates.
         """
         epochs = V.check_positive_int(epochs, "epochs")
-        checkpoint_every = V.check_positive_int(checkpoint_every, "checkpoint_every")
         X, T, w = self._check_data(X, y, sample_weight)
-        if validation_data is not None:
-            if len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            self.evaluate(*validation_data)  # validate it now, before any training
-        bar = _progress_bar(epochs) if progress else None
+        val = self._check_validation(validation_data)
+        return self._fit_checked(X, T, w, epochs, val, callbacks, progress, checkpoint,
+                                 checkpoint_every)
+
+    def _check_validation(self, validation_data):
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or a triple "
+                             "(X_val, y_val, sample_weight_val)")
+        X_val, y_val = validation_data[:2]
+        X_val = self.network._check_X(X_val, "X_val")
+        T_val = make_targets(self.network, y_val, "y_val")
+        if T_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"X_val and y_val have different numbers of samples: "
+                             f"{X_val.shape[0]} and {T_val.shape[0]}")
+        w_val = None
+        if len(validation_data) == 3 and validation_data[2] is not None:
+            w_val = self._sample_weight(validation_data[2], X_val.shape[0])
+        return X_val, T_val, w_val
+
+    def _fit_checked(self, X, T, w, epochs, val, callbacks=(), progress=False,
+                     checkpoint=None, checkpoint_every=1):
+        """The training loop, on checked data: the one loop of fastnn (the
+        estimators call it too).  ``val`` is (X_val, T_val, w_val) or None."""
+        callbacks = _check_callbacks(callbacks)
+        checkpoint_every = V.check_positive_int(checkpoint_every, "checkpoint_every")
+        if self.stopping is not None and self.stopping.monitor == "val_score" and val is None:
+            raise ValueError("a stopping rule on 'val_score' needs validation_data")
+        entry, epoch_snapshot = self._snapshots()
+        restore_best = self.stopping is not None and self.stopping.restore_best
+        if restore_best:
+            best_params = self.network.params.copy()
         self.interrupted = False
-        snapshot = _Snapshot(self)
+        self.stop_reason = None
+        self.epochs_run = 0
+        self.order.start(X.shape[0])
+        bar = _progress_bar(epochs) if progress else None
         try:
-            for _ in range(epochs):
-                snapshot.take()
-                try:
-                    logs = self._train_one_epoch(X, T, w, validation_data, snapshot)
-                except KeyboardInterrupt:
-                    snapshot.restore()   # the epoch did not complete: undo it all
-                    self._warn_interrupted()
-                    break
-                try:
-                    if checkpoint is not None and len(self.history) % checkpoint_every == 0:
-                        from .checkpoint import save_checkpoint
-                        save_checkpoint(self, checkpoint)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
-                                         if v is not None})
-                        bar.update(1)
-                    if any(cb(self, len(self.history), logs) for cb in callbacks):
+            with _Interrupts() as interrupts:
+                for _ in range(epochs):
+                    # In a transaction the entry snapshot serves as the first epoch's
+                    # rollback point (no second copy).  Settings changed since entry
+                    # are undone with it, which is right: a first epoch that fails
+                    # always propagates, and the transaction restores everything.
+                    snapshot = entry if (self.epochs_run == 0 and self._entry_snapshot is entry) \
+                        else epoch_snapshot.take()
+                    try:
+                        logs, improved = self._train_one_epoch(X, T, w, val, snapshot)
+                    except KeyboardInterrupt:
+                        snapshot.restore()   # the epoch did not complete: undo it all
+                        if self.epochs_run == 0:
+                            raise
+                        self._warn_interrupted()
                         break
-                except KeyboardInterrupt:  # the epoch itself is complete: keep it
-                    self._warn_interrupted()
-                    break
+                    self.epochs_run += 1
+                    if restore_best and improved:
+                        np.copyto(best_params, self.network.params)
+                    reason = self._after_epoch(logs, callbacks, bar, checkpoint,
+                                               checkpoint_every)
+                    if reason is None and interrupts.requested:
+                        self._warn_interrupted()
+                        reason = "interrupted"
+                    if reason is not None:
+                        self.stop_reason = reason
+                        break
+        except KeyboardInterrupt:
+            if self.epochs_run == 0:
+                raise
+            self._warn_interrupted()   # Ctrl-C between epochs: the epochs done stay
+            self.stop_reason = "interrupted"
         finally:
             if bar is not None:
                 bar.close()
+        if restore_best and self.history.val_score:
+            np.copyto(self.network.params, best_params)
         return self.history
+
+    def _after_epoch(self, logs, callbacks, bar, checkpoint, checkpoint_every):
+        """Schedule, progress, checkpoint, callbacks and the stopping rule after
+        an epoch; returns the reason to stop, or None."""
+        self.schedule.after_epoch(self.optimizer, self.samples_seen)
+        if bar is not None:
+            bar.update(logs)
+        if checkpoint is not None and len(self.history) % checkpoint_every == 0:
+            save_checkpoint(self, checkpoint)
+        if any([bool(cb(logs)) for cb in callbacks]):
+            return "callback"
+        if self.stopping is not None and self.stopping.exhausted:
+            if self.schedule.on_plateau(self.optimizer):
+                self.stopping.count = 0
+            else:
+                return "plateau"
+        return None
 
     def _warn_interrupted(self):
         self.interrupted = True
         warnings.warn(f"training interrupted (KeyboardInterrupt); the network holds the "
-                      f"state after epoch {len(self.history)}", RuntimeWarning, stacklevel=3)
+                      f"state after epoch {len(self.history)}", UserWarning, stacklevel=4)
 
-    def _train_one_epoch(self, X, T, w, validation_data, snapshot):
-        """One epoch, committed to the history only once everything succeeded."""
-        loss, acc, finite = self.run_epoch(X, T, w)
-        if not finite:
+    def _train_one_epoch(self, X, T, w, val, snapshot):
+        """One epoch, committed to the history only once everything succeeded;
+        returns its logs and whether the stopping rule saw an improvement."""
+        lr = self.optimizer.lr
+        loss, acc, finite = self.run_epoch(X, T, w, self.order.next(X.shape[0]))
+        if not finite or not np.isfinite(self.network.params).all():
             if not np.isfinite(self.network.params).all():
                 snapshot.restore()  # an update overflowed: back to the epoch's start
             raise FloatingPointError(
                 f"the training loss became NaN or infinite in epoch "
                 f"{len(self.history) + 1}; the network keeps the parameters of the "
                 "last finite step. Lower the learning rate or scale the inputs.")
-        logs = {"loss": loss, "accuracy": acc}
-        if validation_data is not None:
-            logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
-        self._record(logs)
-        return logs
+        self.samples_seen += X.shape[0]
+        logs = {"epoch": len(self.history) + 1, "loss": loss, "accuracy": acc,
+                "learning_rate": lr}
+        if val is not None:
+            logs["val_loss"], logs["val_accuracy"], logs["validation_score"] = \
+                self._evaluate(*val)
+        improved = self.stopping.update(logs) if self.stopping is not None else False
+        self.history.record(logs)
+        logs["network"] = self.network
+        logs["trainer"] = self
+        return logs, improved
 
     @classmethod
     def resume(cls, path):
         """A Trainer (with its network) restored from a checkpoint written by
         ``fit(checkpoint=path)``; continuing it gives the same bits as a run
         that was never interrupted."""
-        from .checkpoint import load_checkpoint
-        return load_checkpoint(path)
-
-    def _record(self, logs):
-        h = self.history
-        h.loss.append(logs["loss"])
-        h.accuracy.append(logs["accuracy"])
-        if "val_loss" in logs:
-            h.val_loss.append(logs["val_loss"])
-            h.val_accuracy.append(logs["val_accuracy"])
+        net, arrays, parts = read_checkpoint(path)
+        try:
+            trainer = cls(net, optimizer=parts["optimizer"], batch_size=parts["batch_size"],
+                          l2=parts["l2"], schedule=parts["schedule"],
+                          stopping=parts.get("stopping"))
+            trainer.order = parts["order"]
+            trainer.shuffle = not isinstance(trainer.order, InOrder)
+            trainer.steps = int(parts["steps"])
+            trainer.samples_seen = int(parts["samples_seen"])
+            for name, values in parts["history"].items():
+                getattr(trainer.history, name).extend(values)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFileError(f"{path}: checkpoint header is incomplete or invalid "
+                                 f"({type(exc).__name__}: {exc})") from None
+        trainer.state1[:] = arrays["state1"]
+        trainer.state2[:] = arrays["state2"]
+        return trainer
 
     def _sample_weight(self, sample_weight, n):
         if sample_weight is None:
@@ -353,12 +581,56 @@ class Trainer:
         return w
 
 
+def _check_callbacks(callbacks):
+    """The callbacks as a tuple of one-argument functions ``cb(logs)``."""
+    cbs = () if callbacks is None else (callbacks,) if callable(callbacks) else tuple(callbacks)
+    for cb in cbs:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be functions cb(logs) -> bool; got {cb!r}")
+        try:
+            inspect.signature(cb).bind({})
+        except TypeError:
+            raise TypeError(f"callback {getattr(cb, '__name__', cb)!r} must take one "
+                            "argument, the epoch's logs dict (cb(logs) -> bool; the network "
+                            "and trainer are logs['network'] and logs['trainer'])") from None
+        except ValueError:   # no signature available (some builtins): trust it
+            pass
+    return cbs
+
+
+class _EpochLines:
+    """Progress without tqdm: scikit-learn's line per epoch on stdout."""
+
+    def update(self, logs):
+        print(f"Iteration {logs['epoch']}, loss = {logs['loss']:.8f}", flush=True)
+
+    def close(self):
+        pass
+
+
+class _EpochBar:
+    """A tqdm progress bar over the epochs, the latest loss beside it."""
+
+    def __init__(self, tqdm, total):
+        self.bar = tqdm(total=total, unit="epoch")
+
+    def update(self, logs):
+        self.bar.set_postfix({k: f"{logs[k]:.4f}" for k in
+                              ("loss", "accuracy", "val_loss", "validation_score")
+                              if logs.get(k) is not None})
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
 def _progress_bar(total):
+    """A tqdm bar when tqdm is installed (the ``progress`` extra), else lines."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        raise ImportError("progress=True needs tqdm: pip install tqdm") from None
-    return tqdm(total=total, unit="epoch")
+        return _EpochLines()
+    return _EpochBar(tqdm, total)
 
 
 def train(network, X, y, epochs=10, optimizer=None, batch_size=200, l2=0.0, shuffle=True,

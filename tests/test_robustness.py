@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastnn
-from fastnn.checkpoint import load_checkpoint
 
 
 def problem(seed, n=500, d=20, classes=5):
@@ -50,7 +49,7 @@ def test_a_checkpoint_is_not_a_model_and_vice_versa(tmp_path):
         fastnn.load(tmp_path / "c.npz")
     fastnn.save(trainer.network, tmp_path / "m.npz")
     with pytest.raises(fastnn.ModelFileError):
-        load_checkpoint(tmp_path / "m.npz")
+        fastnn.Trainer.resume(tmp_path / "m.npz")
 
 
 def test_interrupt_inside_an_epoch_rolls_back_to_the_last_completed_one(monkeypatch):
@@ -69,7 +68,7 @@ def test_interrupt_inside_an_epoch_rolls_back_to_the_last_completed_one(monkeypa
         return out
 
     monkeypatch.setattr(trainer, "run_epoch", run_then_interrupt)
-    with pytest.warns(RuntimeWarning, match="state after epoch 2"):
+    with pytest.warns(UserWarning, match="state after epoch 2"):
         history = trainer.fit(X, y, epochs=10)
     assert trainer.interrupted and len(history) == 2
     assert trainer.network.params.tobytes() == reference.network.params.tobytes()
@@ -85,15 +84,15 @@ def test_real_sigint_during_fit_leaves_a_consistent_model():
     trainer = fresh_trainer(sizes=(100, 256, 5))
     timers = []
 
-    def send_sigint_soon(trainer, epoch, logs):
+    def send_sigint_soon(logs):
         # once compiled and running, Ctrl-C lands at an arbitrary point of a later epoch
-        if epoch == 2:
+        if logs["epoch"] == 2:
             timers.append(threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)))
             timers[0].start()
         return False
 
     try:
-        with pytest.warns(RuntimeWarning, match="interrupted"):
+        with pytest.warns(UserWarning, match="interrupted"):
             trainer.fit(X, y, epochs=100_000, callbacks=[send_sigint_soon])
     finally:
         for t in timers:

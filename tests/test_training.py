@@ -163,14 +163,16 @@ def test_history_validation_and_callbacks_stop_training(rng):
     net = fastnn.Network([3, 5, 2], seed=0)
     seen = []
 
-    def stop_after_three(trainer, epoch, logs):
-        seen.append((epoch, sorted(logs)))
-        return epoch >= 3
+    def stop_after_three(logs):
+        seen.append((logs["epoch"], sorted(logs)))
+        assert logs["network"] is net and logs["trainer"].network is net
+        return logs["epoch"] >= 3
 
     hist = fastnn.train(net, X, y, epochs=10, batch_size=7, validation_data=(X, y),
                         callbacks=[stop_after_three])
     assert len(hist) == 3 and len(hist.val_loss) == 3
-    assert seen[-1] == (3, ["accuracy", "loss", "val_accuracy", "val_loss"])
+    assert seen[-1] == (3, ["accuracy", "epoch", "learning_rate", "loss", "network", "trainer",
+                            "val_accuracy", "val_loss", "validation_score"])
     assert all(0 <= a <= 1 for a in hist.accuracy + hist.val_accuracy)
 
 
