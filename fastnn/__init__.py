@@ -2,10 +2,11 @@
 import importlib
 
 from .datasets import load_csv, load_npz, spiral
-from .io import ModelFileError, load, save
+from .io import ModelFileError
 from .network import Network
 from .optimizers import SGD, Adam
 from .plotting import plot_history
+from .saving import load, load_estimator, save
 from .trainer import History, Trainer, train
 
 __version__ = "0.1.0"
@@ -13,8 +14,7 @@ __version__ = "0.1.0"
 # The estimators build on scikit-learn's base classes when it is installed, and
 # importing scikit-learn takes about 0.7 s: load them on first use (PEP 562) so
 # that `import fastnn` for the Network/Trainer API stays fast.
-_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators",
-         "load_estimator": "_estimator_io"}
+_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators"}
 
 
 def __getattr__(name):

@@ -98,12 +98,12 @@ def save_estimator(est, path):
     io.save(est._network, path, extra=extra)
 
 
-def load_estimator(path, expected=None):
-    """The estimator in ``path``; ``expected`` (a class) must match if given."""
-    from .estimators import MLPClassifier, MLPRegressor
+def load_estimator(path, classes, expected=None):
+    """The estimator in ``path``; ``classes`` maps the saved class names to the
+    estimator classes (passed in, so this module never imports the
+    estimators); ``expected`` (a class) must match if given."""
     net, extra = io.load(path, return_extra=True)
     name = extra.get("estimator")
-    classes = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
     if name not in classes:
         raise ModelFileError(f"{path}: holds a bare fastnn network, not an estimator "
                              "(load it with fastnn.load)")
@@ -133,7 +133,7 @@ def load_estimator(path, expected=None):
             setattr(est, key, value)
         if "feature_names_in_" in fitted:
             est.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
-        if cls is MLPClassifier:
+        if name == "MLPClassifier":
             est.classes_ = _classes_from_json(extra["classes"])
             est._kind = extra["kind"]
             est._label_dtype = np.dtype(extra["label_dtype"])

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import datasets
 from ._compat import ConvergenceWarning
-from ._estimator_io import load_estimator
+from .saving import load_estimator
 from .estimators import MLPClassifier, MLPRegressor
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin)
+from ._estimator_io import load_estimator, save_estimator
 from .epoch_order import InOrder, RunningShuffle
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
@@ -515,15 +516,13 @@ class _BaseMLP(BaseEstimator):
         """Write the fitted estimator to ``path`` in fastnn's model format
         (``.npz`` + JSON header, no pickle, written atomically); see
         :mod:`fastnn._estimator_io`."""
-        from ._estimator_io import save_estimator
         save_estimator(self, path)
 
     @classmethod
     def load(cls, path):
         """An estimator read from a file written by :meth:`save`; raises
         ModelFileError on a file that is not one (or holds another estimator)."""
-        from ._estimator_io import load_estimator
-        return load_estimator(path, expected=cls)
+        return load_estimator(path, classes=_CLASSES, expected=cls)
 
 
 # ------------------------------------------------------------ classifier
@@ -769,3 +768,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         # float64 like scikit-learn's regressors, whatever the training dtype.
         out = self._forward(X).astype(np.float64)
         return out.ravel() if self.n_outputs_ == 1 and out.shape[1] == 1 else out
+
+
+# the saved class names (fastnn._estimator_io reads files of both)
+_CLASSES = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sklearn = pytest.importorskip("sklearn")   # a test-time dependency (the `test` extra)
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 from sklearn.model_selection import GridSearchCV  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier  # noqa: E402
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
@@ -547,3 +547,47 @@ def test_ctrl_c_keeps_completed_epochs_or_leaves_a_fresh_estimator_unfitted(rng,
     with pytest.raises(KeyboardInterrupt):
         fresh.fit(X, y)
     assert not hasattr(fresh, "coefs_")
+
+
+# ------------------------------------------------------ one save / load
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_fastnn_save_and_load_take_estimators_and_networks(tmp_path, rng, cls):
+    X = rng.standard_normal((33, 5))
+    y = rng.integers(0, 3, 33) if cls is MLPClassifier else rng.standard_normal(33)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = cls(hidden_layer_sizes=(7,), max_iter=3, random_state=0).fit(X, y)
+    fastnn.save(est, tmp_path / "est.npz")
+    back = fastnn.load(tmp_path / "est.npz")
+    assert type(back) is cls
+    assert np.array_equal(back.predict(X), est.predict(X))
+    assert isinstance(cls.load(tmp_path / "est.npz"), cls)      # the alias
+    est.save(tmp_path / "alias.npz")
+    assert np.array_equal(fastnn.load(tmp_path / "alias.npz").predict(X), est.predict(X))
+    net = fastnn.Network([5, 4, 2], seed=0)
+    fastnn.save(net, tmp_path / "net.npz")
+    assert isinstance(fastnn.load(tmp_path / "net.npz"), fastnn.Network)
+    with pytest.raises(TypeError, match="Network or a fitted"):
+        fastnn.save({"not": "a model"}, tmp_path / "x.npz")
+    with pytest.raises(TypeError, match="Trainer"):
+        fastnn.save(fastnn.Trainer(net), tmp_path / "x.npz")
+    with pytest.raises(NotFittedError):
+        fastnn.save(cls(), tmp_path / "x.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.npz", "est.npz", "net.npz"]
+
+
+def test_partial_fit_trains_the_model_in_place_and_continues_after_load(tmp_path, rng):
+    X, y = _blobs(rng, n=99)
+    clf = MLPClassifier(hidden_layer_sizes=(9,), random_state=0)
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    net, trainer = clf._network, clf._trainer
+    for _ in range(3):
+        clf.partial_fit(X, y)
+    # no copy of the model per call: the same network and trainer, coefs_ views into it
+    assert clf._network is net and clf._trainer is trainer
+    assert np.shares_memory(clf.coefs_[0], net.params)
+    assert len(clf.loss_curve_) == 4 and clf.t_ == 4 * 99
+    clf.save(tmp_path / "m.npz")
+    back = MLPClassifier.load(tmp_path / "m.npz")
+    back.partial_fit(X, y)           # a fresh optimizer, the counters carry on
+    assert len(back.loss_curve_) == 5 and back.t_ == 5 * 99

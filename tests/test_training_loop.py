@@ -1,0 +1,113 @@
+"""The one training loop through the Trainer API: stopping rules, schedules,
+callbacks, checkpoints of all of it, transactions."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.schedules import Adaptive, InvScaling, Plateau
+
+
+def problem(rng, n=129, d=7, classes=3):
+    X = rng.standard_normal((n, d))
+    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5).astype(int) % classes
+
+
+def test_plateau_on_the_loss_stops_and_says_why(rng):
+    X, y = problem(rng)
+    trainer = fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0), fastnn.SGD(lr=0.05),
+                             batch_size=33, seed=0, stopping=Plateau(tol=1e9, patience=2))
+    history = trainer.fit(X, y, epochs=50)
+    # epoch 1 beats inf; epochs 2, 3, 4 do not improve by tol: 3 > patience
+    assert len(history) == 4 and trainer.stop_reason == "plateau" and trainer.epochs_run == 4
+
+
+def test_adaptive_schedule_lowers_the_rate_instead_of_stopping(rng):
+    X, y = problem(rng)
+    seen = []
+    trainer = fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0), fastnn.SGD(lr=0.1),
+                             batch_size=33, seed=0, schedule=Adaptive(factor=5.0, min_lr=0.01),
+                             stopping=Plateau(tol=1e9, patience=1))
+    trainer.fit(X, y, epochs=50, callbacks=[lambda logs: seen.append(logs["learning_rate"])])
+    # count 2 > 1 after epochs 3 and 5 (lowering to 0.02, 0.004); at 0.004 <= min_lr: stop
+    np.testing.assert_allclose(seen, [0.1] * 3 + [0.02] * 2 + [0.004] * 2, rtol=1e-12)
+    assert trainer.stop_reason == "plateau"
+
+
+def test_invscaling_follows_the_samples_seen(rng):
+    X, y = problem(rng)
+    seen = []
+    trainer = fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0), fastnn.SGD(lr=0.3),
+                             batch_size=50, seed=0, schedule=InvScaling(0.3, 0.5))
+    trainer.fit(X, y, epochs=3, callbacks=[lambda logs: seen.append(logs["learning_rate"])])
+    np.testing.assert_allclose(seen, [0.3, 0.3 / (129 + 1) ** 0.5, 0.3 / (258 + 1) ** 0.5])
+    assert trainer.samples_seen == 3 * 129
+
+
+def test_early_stopping_on_validation_restores_the_best_weights(rng):
+    X, y = problem(rng, n=300)
+    y[rng.random(300) < 0.3] = 0      # label noise: the validation score wanders
+    snapshots = []
+    trainer = fastnn.Trainer(fastnn.Network([7, 33, 3], seed=0), fastnn.Adam(lr=0.05),
+                             batch_size=32, seed=0,
+                             stopping=Plateau("val_score", tol=0.0, patience=3,
+                                              restore_best=True))
+    trainer.fit(X[:200], y[:200], epochs=300, validation_data=(X[200:], y[200:]),
+                callbacks=[lambda logs: snapshots.append(logs["network"].params.copy())])
+    scores = trainer.history.val_score
+    best = int(np.argmax(scores))
+    assert trainer.stop_reason == "plateau" and len(scores) == best + 1 + 4
+    assert np.array_equal(trainer.network.params, snapshots[best])
+    with pytest.raises(ValueError, match="needs validation_data"):
+        trainer.fit(X, y, epochs=1)
+
+
+def test_callbacks_take_one_argument(rng):
+    X, y = problem(rng)
+    trainer = fastnn.Trainer(fastnn.Network([7, 4, 3], seed=0))
+    with pytest.raises(TypeError, match="one argument"):
+        trainer.fit(X, y, epochs=1, callbacks=[lambda trainer, epoch, logs: False])
+    assert len(trainer.history) == 0
+
+
+def test_checkpoint_with_schedule_and_stopping_resumes_bit_for_bit(tmp_path, rng):
+    X, y = problem(rng)
+
+    def fresh():
+        return fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0),
+                              fastnn.SGD(lr=0.2, momentum=0.9), batch_size=20, seed=3,
+                              schedule=InvScaling(0.2, 0.25),
+                              stopping=Plateau(tol=1e-3, patience=30))
+    straight = fresh()
+    straight.fit(X, y, epochs=8)
+    first = fresh()
+    first.fit(X, y, epochs=5, checkpoint=tmp_path / "c.npz")
+    resumed = fastnn.Trainer.resume(tmp_path / "c.npz")
+    assert resumed.stopping.count == first.stopping.count
+    resumed.fit(X, y, epochs=3)
+    assert resumed.network.params.tobytes() == straight.network.params.tobytes()
+    assert resumed.history.loss == straight.history.loss
+    assert resumed.optimizer.lr == straight.optimizer.lr
+
+
+def test_a_transaction_that_raises_restores_everything(rng):
+    X, y = problem(rng)
+    trainer = fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0), fastnn.Adam(lr=0.01),
+                             batch_size=16, seed=0)
+    trainer.fit(X, y, epochs=2)
+    before = (trainer.network.params.tobytes(), trainer.state1.tobytes(),
+              trainer.state2.tobytes(), trainer.steps, trainer.history.as_dict(),
+              trainer.rng.bit_generator.state, trainer.batch_size, trainer.optimizer.lr)
+
+    def fail(logs):
+        if logs["epoch"] == 4:
+            raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        with trainer.transaction():
+            trainer.batch_size = 7
+            trainer.optimizer.lr = 0.5
+            trainer.fit(X, y, epochs=5, callbacks=[fail])
+    after = (trainer.network.params.tobytes(), trainer.state1.tobytes(),
+             trainer.state2.tobytes(), trainer.steps, trainer.history.as_dict(),
+             trainer.rng.bit_generator.state, trainer.batch_size, trainer.optimizer.lr)
+    assert after == before
