@@ -44,7 +44,7 @@ def save_checkpoint(trainer, path):
         "steps": trainer.steps,
         "samples_seen": trainer.samples_seen,
         "order": {"name": type(trainer.order).__name__,
-                  "state": _jsonable(trainer.order.get_state())},
+                  "state": _jsonable(trainer.order.json_state())},
         "schedule": {"name": trainer.schedule.name,
                      "settings": schedule_settings(trainer.schedule)},
         "stopping": None if stopping is None else {

@@ -111,3 +111,24 @@ def test_a_transaction_that_raises_restores_everything(rng):
              trainer.state2.tobytes(), trainer.steps, trainer.history.as_dict(),
              trainer.rng.bit_generator.state, trainer.batch_size, trainer.optimizer.lr)
     assert after == before
+
+
+def test_running_shuffle_state_round_trips_like_scikit_learns(rng):
+    from fastnn.epoch_order import RunningShuffle
+    seed = int(rng.integers(2**31))
+    order = RunningShuffle(np.random.RandomState(seed))
+    order.start(33)
+    order.next(33)
+    saved, saved_json = order.get_state(), order.json_state()
+    ahead = [order.next(33).copy() for _ in range(3)]
+    for state in (saved, saved_json):
+        order.set_state(state)
+        assert all(np.array_equal(order.next(33), a) for a in ahead)
+    # and the orders are scikit-learn's: utils.shuffle of the running order
+    from sklearn.utils import shuffle
+    reference, sk = np.random.RandomState(seed), np.arange(33)
+    mine = RunningShuffle(np.random.RandomState(seed))
+    mine.start(33)
+    for _ in range(4):
+        sk = shuffle(sk, random_state=reference)
+        assert np.array_equal(mine.next(33), sk)
