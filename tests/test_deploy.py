@@ -182,3 +182,135 @@ def test_missing_onnx_is_an_import_error_naming_the_extra(monkeypatch, rng):
     monkeypatch.setitem(sys.modules, "onnx", None)   # `import onnx` now fails
     with pytest.raises(ImportError, match=r'pip install "fastnn\[onnx\]"'):
         fastnn.to_onnx(net)
+
+
+# ------------------------------------------------------- scikit-learn conversion
+def _task_data(rng, task, n=33, d=7):
+    X = rng.standard_normal((n, d))
+    if task == "regression":
+        return X, X @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
+    if task == "regression-2":
+        return X, X @ rng.standard_normal((d, 2))
+    y = _labels(rng, {"binary": "binary-str", "multiclass": "multiclass-int",
+                      "multilabel": "multilabel"}[task], n)
+    if y.ndim == 1:
+        classes = np.unique(y)
+        y[:len(classes)] = classes
+    return X, y
+
+
+def _fast_cls(task):
+    return MLPRegressor if task.startswith("regression") else MLPClassifier
+
+
+def _same_predictions(a, b, X, tol=1e-10):
+    pa, pb = a.predict(X), b.predict(X)
+    assert pa.shape == pb.shape
+    if np.asarray(pa).dtype.kind == "f":
+        np.testing.assert_allclose(pa, pb, rtol=tol, atol=tol)
+    else:
+        assert pa.tolist() == pb.tolist()
+    if hasattr(a, "predict_proba"):
+        np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=0, atol=tol)
+
+
+TASKS = ["binary", "multiclass", "multilabel", "regression", "regression-2"]
+
+
+@pytest.mark.parametrize("activation", ["relu", "logistic", "tanh", "identity"])
+@pytest.mark.parametrize("task", TASKS)
+def test_to_sklearn_predicts_the_same_and_trains_on(rng, task, activation):
+    X, y = _task_data(rng, task)
+    est = _fit(_fast_cls(task)((7, 5), activation=activation, max_iter=5, dtype="float64",
+                               n_threads=1, random_state=0), X, y)
+    sk = est.to_sklearn()
+    assert isinstance(sk, SkMLPRegressor if task.startswith("regression")
+                      else SkMLPClassifier)
+    assert sk.activation == activation and sk.hidden_layer_sizes == (7, 5)
+    assert sk.n_iter_ == est.n_iter_ and sk.loss_curve_ == est.loss_curve_
+    Xt = rng.standard_normal((33, 7))
+    _same_predictions(est, sk, Xt)
+    _same_predictions(est, sk, Xt[:1])
+    assert all(c is not W for c, W in zip(sk.coefs_, est.coefs_))   # copies
+    before = [W.copy() for W in sk.coefs_]
+    sk.partial_fit(X, y)
+    assert len(sk.loss_curve_) == len(est.loss_curve_) + 1
+    assert not np.array_equal(before[0], sk.coefs_[0])
+    _same_predictions(sk, _fast_cls(task).from_sklearn(sk), Xt)   # trained there, back
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_from_sklearn_predicts_the_same_and_continues_like_sklearn(rng, task):
+    X, y = _task_data(rng, task)
+    sk_cls = SkMLPRegressor if task.startswith("regression") else SkMLPClassifier
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = sk_cls(hidden_layer_sizes=(7,), activation="tanh", max_iter=5, random_state=3).fit(X, y)
+    est = _fast_cls(task).from_sklearn(sk)
+    assert est.dtype == "float64" and est.n_iter_ == sk.n_iter_
+    assert est.loss_curve_ == sk.loss_curve_ and est.t_ == sk.t_
+    Xt = rng.standard_normal((33, 7))
+    _same_predictions(sk, est, Xt)
+    # one more epoch in each library, both with a fresh optimizer and the same
+    # shuffling (random_state=3): the same weights to float64 rounding
+    sk_again = sk_cls(hidden_layer_sizes=(7,), activation="tanh", max_iter=5, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk_again.fit(X, y)
+    est.partial_fit(X, y)
+    sk_fresh = est.__class__.from_sklearn(sk_again).to_sklearn()   # no _optimizer
+    sk_fresh.partial_fit(X, y)
+    for W_est, W_sk in zip(est.coefs_, sk_fresh.coefs_):
+        np.testing.assert_allclose(W_est, W_sk, rtol=1e-9, atol=1e-9)
+    assert len(est.loss_curve_) == sk.n_iter_ + 1
+    if task != "regression-2":   # there the reported losses differ in scale (README)
+        np.testing.assert_allclose(est.loss_curve_[-1], sk_fresh.loss_curve_[-1], rtol=1e-9)
+    # warm_start fit continues from the imported weights
+    warm = _fast_cls(task).from_sklearn(sk).set_params(warm_start=True, max_iter=2)
+    _fit(warm, X, y)
+    assert warm.n_iter_ == 2 and len(warm.loss_curve_) == sk.n_iter_ + 2
+
+
+def test_from_sklearn_keeps_float32_weights_or_the_asked_dtype(rng):
+    X, y = _task_data(rng, "multiclass")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SkMLPClassifier((5,), max_iter=3, random_state=0).fit(X.astype(np.float32), y)
+    assert sk.coefs_[0].dtype == np.float32
+    est = MLPClassifier.from_sklearn(sk)
+    assert est.dtype == "float32" and est._network.dtype == np.float32
+    assert np.array_equal(est.coefs_[0], sk.coefs_[0])
+    assert MLPClassifier.from_sklearn(sk, dtype="float64")._network.dtype == np.float64
+    Xt = rng.standard_normal((7, 7)).astype(np.float32)
+    np.testing.assert_allclose(est.predict_proba(Xt), sk.predict_proba(Xt), atol=1e-6)
+
+
+def test_sklearn_conversion_refusals(rng):
+    X, y = _task_data(rng, "multiclass")
+    mixed = _fit(MLPClassifier((5, 3), activation=["relu", "tanh"], max_iter=2,
+                               n_threads=1), X, y)
+    with pytest.raises(ValueError, match="one activation to every hidden layer.*"
+                                         r"\['relu', 'tanh'\]"):
+        mixed.to_sklearn()
+    with pytest.raises(NotFittedError):
+        MLPClassifier().to_sklearn()
+    with pytest.raises(NotFittedError, match="not fitted"):
+        MLPClassifier.from_sklearn(SkMLPClassifier())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk_reg = SkMLPRegressor(hidden_layer_sizes=(3,), max_iter=2).fit(X, X[:, 0])
+        lbfgs = SkMLPClassifier((3,), solver="lbfgs", max_iter=2).fit(X, y)
+        poisson = SkMLPRegressor(hidden_layer_sizes=(3,), loss="poisson", max_iter=2).fit(X, np.abs(X[:, 0]))
+    with pytest.raises(TypeError, match="sk_model must be a fitted sklearn.neural_network."
+                                        "MLPClassifier; got MLPRegressor"):
+        MLPClassifier.from_sklearn(sk_reg)
+    with pytest.raises(TypeError, match="got str"):
+        MLPRegressor.from_sklearn("model")
+    with pytest.raises(ValueError, match="solver='lbfgs'"):
+        MLPClassifier.from_sklearn(lbfgs)
+    with pytest.raises(ValueError, match="'exp'.*poisson"):
+        MLPRegressor.from_sklearn(poisson)
+    # after the documented fix, lbfgs weights import and predict the same
+    est = MLPClassifier.from_sklearn(lbfgs.set_params(solver="adam"))
+    _same_predictions(lbfgs, est, X)
+    est.partial_fit(X, y)
