@@ -314,3 +314,185 @@ def test_sklearn_conversion_refusals(rng):
     est = MLPClassifier.from_sklearn(lbfgs.set_params(solver="adam"))
     _same_predictions(lbfgs, est, X)
     est.partial_fit(X, y)
+
+
+# ------------------------------------------------------------ the command line
+def _cli(*args, cwd):
+    """Run ``python -m fastnn ARGS`` on this checkout; (status, stdout, stderr)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "fastnn", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _assert_clean_error(status, out, err, *fragments):
+    assert status == 2, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fastnn: error: ")
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def _read_csv_out(text):
+    lines = text.strip().splitlines()
+    return lines[0].split(","), [line.split(",") for line in lines[1:]]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Model and data files: a 3-class classifier with labels 1/6/11 on 7
+    features (trained by the Python API), a 2-output... regressor on 7 features,
+    and fresh random data in both CSV layouts and .npz."""
+    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % 2**32))
+    folder = tmp_path_factory.mktemp("cli")
+    X = rng.standard_normal((40, 7))
+    y = np.array([1, 6, 11])[np.argmax(X[:, :3], axis=1)]
+    clf = _fit(MLPClassifier((5,), max_iter=200, learning_rate_init=0.05, n_threads=1,
+                             random_state=0), X, y)
+    clf.save(folder / "clf.npz")
+    t = X @ rng.standard_normal(7)
+    reg = _fit(MLPRegressor((5,), max_iter=50, n_threads=1, random_state=0), X, t)
+    reg.save(folder / "reg.npz")
+    np.savetxt(folder / "features.csv", X[:33], delimiter=",", fmt="%.17g")
+    np.savetxt(folder / "labelled.csv", np.c_[X, y], delimiter=",", fmt="%.17g",
+               header=",".join([f"x{i}" for i in range(7)] + ["label"]), comments="")
+    np.savetxt(folder / "targets.csv", np.c_[X, t], delimiter=",", fmt="%.17g")
+    np.savez(folder / "features.npz", X=X[:1])
+    np.savez(folder / "labelled.npz", X=X, y=y)
+    return {"dir": folder, "X": X, "y": y, "t": t, "clf": clf, "reg": reg}
+
+
+def test_cli_version(tmp_path):
+    status, out, _ = _cli("--version", cwd=tmp_path)
+    assert status == 0 and out.strip() == f"fastnn {fastnn.__version__}"
+
+
+def test_cli_predict_labels_probabilities_and_values(files):
+    d, X, clf, reg = files["dir"], files["X"], files["clf"], files["reg"]
+    for data in ("features.csv", "labelled.csv"):      # both layouts
+        status, out, err = _cli("predict", "clf.npz", data, cwd=d)
+        assert status == 0, err
+        header, rows = _read_csv_out(out)
+        n = 33 if data == "features.csv" else 40
+        assert header == ["label"] and [int(r[0]) for r in rows] == \
+            clf.predict(X[:n]).tolist()
+    status, out, err = _cli("predict", "clf.npz", "features.npz", "--proba",
+                            "--out", "proba.csv", cwd=d)
+    assert status == 0 and "wrote 1 predictions to proba.csv" in out, err
+    header, rows = _read_csv_out((d / "proba.csv").read_text())
+    assert header == ["proba_1", "proba_6", "proba_11"]
+    np.testing.assert_allclose(np.array(rows, dtype=float), clf.predict_proba(X[:1]),
+                               rtol=1e-6)
+    status, out, err = _cli("predict", "reg.npz", "features.csv", cwd=d)
+    assert status == 0, err
+    header, rows = _read_csv_out(out)
+    assert header == ["prediction"]
+    np.testing.assert_allclose(np.array(rows, dtype=float)[:, 0], reg.predict(X[:33]),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_cli_evaluate_classifier_and_regressor(files):
+    d, X, y, t = files["dir"], files["X"], files["y"], files["t"]
+    clf, reg = files["clf"], files["reg"]
+    status, out, err = _cli("evaluate", "clf.npz", "labelled.csv", "--json", cwd=d)
+    assert status == 0, err
+    import json
+    result = json.loads(out)
+    pred = clf.predict(X)
+    assert result["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert result["classes"] == [1, 6, 11] and result["n_samples"] == 40
+    expected = [[int(np.sum((y == a) & (pred == b))) for b in (1, 6, 11)] for a in (1, 6, 11)]
+    assert result["confusion_matrix"] == expected
+    P = clf.predict_proba(X)
+    assert result["loss"] == pytest.approx(
+        -np.mean(np.log(P[np.arange(40), np.searchsorted([1, 6, 11], y)])), rel=1e-6)
+    status, out, err = _cli("evaluate", "clf.npz", "labelled.npz", cwd=d)
+    assert status == 0, err
+    assert f"accuracy  {np.mean(pred == y):.4f}" in out and "confusion matrix" in out
+    assert out.splitlines()[-3].split() == ["1", *map(str, expected[0])]
+    status, out, err = _cli("evaluate", "reg.npz", "targets.csv", "--json", cwd=d)
+    assert status == 0, err
+    result = json.loads(out)
+    err_ = reg.predict(X) - t
+    assert result["rmse"] == pytest.approx(np.sqrt(np.mean(err_ ** 2)), rel=1e-6)
+    assert result["mae"] == pytest.approx(np.mean(np.abs(err_)), rel=1e-6)
+    assert result["r2"] == pytest.approx(reg.score(X, t), rel=1e-6, abs=1e-9)
+
+
+def test_cli_export_runs_in_onnxruntime(files):
+    d, X, clf = files["dir"], files["X"], files["clf"]
+    status, out, err = _cli("export", "clf.npz", "--onnx", "clf.onnx", cwd=d)
+    assert status == 0 and "outputs label, probabilities" in out, err
+    got = _run(onnx.load(str(d / "clf.onnx")), X.astype(np.float32))
+    assert got["label"].tolist() == clf.predict(X).tolist()
+    np.testing.assert_allclose(got["probabilities"], clf.predict_proba(X), atol=1e-5)
+
+
+def test_cli_train_holds_out_a_stratified_test_fraction(tmp_path, rng):
+    X = rng.standard_normal((61, 3))
+    y = (X[:, 0] > 0).astype(int)
+    np.savetxt(tmp_path / "d.csv", np.c_[X, y], delimiter=",")
+    status, out, err = _cli("train", "--data", "d.csv", "--hidden", "7", "--epochs", "30",
+                            "--optimizer", "adam", "--lr", "0.01", "--quiet",
+                            "--test-fraction", "0.3", "--save", "m.npz", cwd=tmp_path)
+    assert status == 0, err
+    assert "42 samples (19 more held out)" in out          # ceil(0.3 * 61) = 19
+    line = out.splitlines()[-2]
+    train_acc = float(line.split("training accuracy")[1].split()[0])
+    test_acc = float(line.split("held-out accuracy")[1].split()[0])
+    assert "(19 rows)" in line and 0 <= test_acc <= 1 and 0 <= train_acc <= 1
+    est = MLPClassifier.load(tmp_path / "m.npz")
+    assert est.t_ == 42 * 30                               # trained on the 42 rows only
+    # stratified: each class keeps its share in the held-out rows (to one row)
+    from fastnn import cli
+    labels = np.repeat([0, 1, 2], [30, 20, 11])
+    _, y_train, _, y_test = cli._hold_out(rng.standard_normal((61, 2)), labels, 0.3, True, 0)
+    assert len(y_test) == 19 and len(y_train) == 42
+    assert np.all(np.abs(np.bincount(y_test, minlength=3) - 19 * np.array([30, 20, 11]) / 61)
+                  < 1)
+    status, out, err = _cli("train", "--data", "d.csv", "--test-fraction", "1.5",
+                            cwd=tmp_path)
+    _assert_clean_error(status, out, err, "--test-fraction must be between 0 and 1")
+
+
+def test_cli_errors_are_one_line_naming_the_file(files):
+    d = files["dir"]
+    (d / "corrupt.npz").write_bytes(b"PK\x03\x04 this is no zip archive")
+    (d / "words.csv").write_text("1,2,3,4,5,6,7\n1,2,x,4,5,6,7\n")
+    (d / "short.csv").write_text("1,2,3\n4,5,6\n")
+    cases = [
+        (("predict", "missing.npz", "features.csv"), ["missing.npz", "cannot be read"]),
+        (("predict", "corrupt.npz", "features.csv"), ["corrupt.npz", "not a readable"]),
+        (("predict", "clf.npz", "short.csv"), ["short.csv", "3 columns", "expects 7"]),
+        (("evaluate", "clf.npz", "features.csv"), ["features.csv", "7 columns",
+                                                   "label last"]),
+        (("predict", "clf.npz", "words.csv"), ["words.csv", "line 2",
+                                               "non-numeric"]),
+        (("evaluate", "reg.npz", "words.csv"), ["words.csv", "line 2"]),
+        (("predict", "clf.npz", "absent.csv"), ["absent.csv", "No such file"]),
+        (("predict", "reg.npz", "features.csv", "--proba"), ["--proba needs a classifier"]),
+        (("export", "corrupt.npz", "--onnx", "x.onnx"), ["corrupt.npz"]),
+        (("evaluate", "features.csv", "labelled.csv"), ["features.csv"]),
+    ]
+    for args, fragments in cases:
+        _assert_clean_error(*_cli(*args, cwd=d), *fragments)
+    assert not (d / "x.onnx").exists()
+
+
+def test_cli_failed_predict_leaves_the_output_file_untouched(files, tmp_path):
+    for name in ("clf.npz", "features.csv"):
+        (tmp_path / name).write_bytes((files["dir"] / name).read_bytes())
+    (tmp_path / "words.csv").write_text("1,2,3,4,5,6,7\nx,2,3,4,5,6,7\n")
+    (tmp_path / "short.csv").write_text("1,2\n")
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip")
+    out_file = tmp_path / "keep.csv"
+    out_file.write_text("what the user had\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (("clf.npz", "words.csv"), ("corrupt.npz", "features.csv"),
+                 ("clf.npz", "short.csv"), ("missing.npz", "features.csv")):
+        _assert_clean_error(*_cli("predict", *args, "--out", "keep.csv", cwd=tmp_path))
+        assert out_file.read_text() == "what the user had\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before   # no temporary left
+    status, _, err = _cli("predict", "clf.npz", "features.csv", "--out", "keep.csv",
+                          cwd=tmp_path)
+    assert status == 0 and out_file.read_text().startswith("label\n"), err
