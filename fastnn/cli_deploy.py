@@ -15,6 +15,7 @@ import csv
 import io as _io
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -250,7 +251,9 @@ def predict_command(args, out):
     """``fastnn predict MODEL DATA [--out FILE] [--proba]``; returns 0."""
     est = load_model(args.model)
     X = read_features(args.data, est.n_features_in_)
-    text = prediction_csv(est, X, proba=args.proba)
+    with warnings.catch_warnings():   # a CSV file has no column names to check
+        warnings.filterwarnings("ignore", "X does not have valid feature names")
+        text = prediction_csv(est, X, proba=args.proba)
     if args.out:
         write_text(args.out, text)
         print(f"wrote {len(X)} predictions to {args.out}", file=out)
@@ -263,7 +266,9 @@ def evaluate_command(args, out):
     """``fastnn evaluate MODEL DATA [--json]``; returns 0."""
     est = load_model(args.model)
     X, y = read_labelled(args.data, est.n_features_in_)
-    metrics = evaluate(est, X, y, args.data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "X does not have valid feature names")
+        metrics = evaluate(est, X, y, args.data)
     if args.json:
         out.write(json.dumps({"model": args.model, "data": args.data, **metrics}) + "\n")
     else:

@@ -98,7 +98,7 @@ def build_graph(model):
     onnx, helper, numpy_helper = _import_onnx()
     from . import __version__
     net, kind, classes, squeeze = _describe(model)
-    elem = helper.np_dtype_to_tensor_dtype(net.dtype)
+    elem = onnx.TensorProto.FLOAT if net.dtype == np.float32 else onnx.TensorProto.DOUBLE
     inits, nodes = [], []
 
     def const(name, value):

@@ -338,13 +338,12 @@ def _read_csv_out(text):
     return lines[0].split(","), [line.split(",") for line in lines[1:]]
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
+@pytest.fixture
+def files(tmp_path, rng):
     """Model and data files: a 3-class classifier with labels 1/6/11 on 7
-    features (trained by the Python API), a 2-output... regressor on 7 features,
-    and fresh random data in both CSV layouts and .npz."""
-    rng = np.random.default_rng(int(np.random.SeedSequence().entropy % 2**32))
-    folder = tmp_path_factory.mktemp("cli")
+    features and a one-output regressor (both trained through the Python API),
+    and fresh random data in both CSV layouts and as .npz."""
+    folder = tmp_path
     X = rng.standard_normal((40, 7))
     y = np.array([1, 6, 11])[np.argmax(X[:, :3], axis=1)]
     clf = _fit(MLPClassifier((5,), max_iter=200, learning_rate_init=0.05, n_threads=1,
@@ -426,6 +425,32 @@ def test_cli_export_runs_in_onnxruntime(files):
     got = _run(onnx.load(str(d / "clf.onnx")), X.astype(np.float32))
     assert got["label"].tolist() == clf.predict(X).tolist()
     np.testing.assert_allclose(got["probabilities"], clf.predict_proba(X), atol=1e-5)
+
+
+def test_cli_multilabel_model_and_bare_network(tmp_path, rng):
+    X = rng.standard_normal((33, 4))
+    Y = (X[:, :3] > 0).astype(int)
+    clf = _fit(MLPClassifier((7,), max_iter=100, learning_rate_init=0.05, n_threads=1),
+               X, Y)
+    clf.save(tmp_path / "ml.npz")
+    np.savez(tmp_path / "ml.npz.data.npz", X=X, y=Y)
+    status, out, err = _cli("predict", "ml.npz", "ml.npz.data.npz", cwd=tmp_path)
+    assert status == 0, err
+    header, rows = _read_csv_out(out)
+    assert header == ["label_0", "label_1", "label_2"]
+    assert np.array(rows, dtype=int).tolist() == clf.predict(X).tolist()
+    status, out, err = _cli("evaluate", "ml.npz", "ml.npz.data.npz", "--json", cwd=tmp_path)
+    assert status == 0, err
+    import json
+    result = json.loads(out)
+    assert result["accuracy"] == pytest.approx(np.mean(np.all(clf.predict(X) == Y, axis=1)))
+    assert [sum(map(sum, m)) for m in result["confusion_matrices"]] == [33, 33, 33]
+    net = _randomized(fastnn.Network([4, 7, 2], output="linear", dtype="float64"), rng)
+    fastnn.save(net, tmp_path / "net.npz")
+    status, out, err = _cli("export", "net.npz", "--onnx", "net.onnx", cwd=tmp_path)
+    assert status == 0 and "outputs predictions" in out, err
+    got = _run(onnx.load(str(tmp_path / "net.onnx")), X)["predictions"]
+    np.testing.assert_allclose(got, net.predict(X), rtol=1e-12, atol=1e-12)
 
 
 def test_cli_train_holds_out_a_stratified_test_fraction(tmp_path, rng):
