@@ -13,8 +13,10 @@ __version__ = "0.1.0"
 
 # The estimators build on scikit-learn's base classes when it is installed, and
 # importing scikit-learn takes about 0.7 s: load them on first use (PEP 562) so
-# that `import fastnn` for the Network/Trainer API stays fast.
-_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators"}
+# that `import fastnn` for the Network/Trainer API stays fast.  ONNX export
+# likewise (and `onnx` itself is imported only inside to_onnx).
+_LAZY = {"MLPClassifier": "estimators", "MLPRegressor": "estimators",
+         "to_onnx": "onnx_export"}
 
 
 def __getattr__(name):
@@ -27,5 +29,5 @@ def __getattr__(name):
 
 __all__ = ["Network", "Trainer", "History", "train", "SGD", "Adam",
            "spiral", "load_csv", "load_npz", "save", "load", "ModelFileError",
-           "MLPClassifier", "MLPRegressor", "load_estimator", "plot_history",
+           "MLPClassifier", "MLPRegressor", "load_estimator", "to_onnx", "plot_history",
            "__version__"]

@@ -121,31 +121,53 @@ def load_estimator(path, classes, expected=None):
                 params[key] = {_hashable(k): v for k, v in value["__pairs__"]}
         if isinstance(params.get("hidden_layer_sizes"), list):
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        est = cls(**params)
-        p = est._checked_params()
-        if p["dtype"] != net.dtype or net.sizes[1:-1] != tuple(p["sizes"]):
-            raise ValueError("parameters do not match the stored network")
-        fitted = extra["fitted"]
-        for key in _FITTED:
-            value = fitted[key]
-            if key in ("best_loss_", "best_validation_score_", "loss_"):
-                value = _from_json_float(value)
-            setattr(est, key, value)
-        if "feature_names_in_" in fitted:
-            est.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
+        fitted = {key: extra["fitted"][key] for key in _FITTED}
+        for key in ("best_loss_", "best_validation_score_", "loss_"):
+            fitted[key] = _from_json_float(fitted[key])
+        names = extra["fitted"].get("feature_names_in_")
         if name == "MLPClassifier":
-            est.classes_ = _classes_from_json(extra["classes"])
-            est._kind = extra["kind"]
-            est._label_dtype = np.dtype(extra["label_dtype"])
-            n_out = len(est.classes_) if est._kind != "binary" else 1
-            if est._kind not in ("binary", "multiclass", "multilabel") \
-                    or net.sizes[-1] != n_out:
-                raise ValueError("classes do not match the network's outputs")
+            return restore_estimator(cls, net, params, fitted,
+                                     _classes_from_json(extra["classes"]), extra["kind"],
+                                     np.dtype(extra["label_dtype"]), names)
+        return restore_estimator(cls, net, params, fitted, feature_names=names)
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"{path}: estimator header is not valid ({type(exc).__name__}: "
                              f"{exc})") from None
+
+
+def restore_estimator(cls, net, params, fitted, classes=None, kind=None, label_dtype=None,
+                      feature_names=None):
+    """A fitted ``cls`` (MLPClassifier / MLPRegressor) around the network ``net``.
+
+    ``params`` are its constructor parameters, ``fitted`` holds every name of
+    ``_FITTED``; a classifier also needs ``classes`` (its ``classes_``),
+    ``kind`` ('binary', 'multiclass' or 'multilabel') and ``label_dtype`` (of
+    multi-label predictions); a regressor passes none of them.  The one way a fitted estimator is rebuilt
+    without training: used by :func:`load_estimator` and by
+    ``from_sklearn``.  Raises ValueError (or TypeError / KeyError) when the
+    pieces do not fit together.
+    """
+    est = cls(**params)
+    p = est._checked_params()
+    if (p["dtype"] != net.dtype or net.sizes[1:-1] != tuple(p["sizes"])
+            or tuple(p["activations"]) != net.activations):
+        raise ValueError("parameters do not match the stored network")
+    for key in _FITTED:
+        setattr(est, key, fitted[key])
+    if feature_names is not None:
+        est.feature_names_in_ = np.asarray([str(c) for c in feature_names], dtype=object)
+    if kind is not None or classes is not None:   # a classifier
+        if kind not in ("binary", "multiclass", "multilabel"):
+            raise ValueError(f"kind must be 'binary', 'multiclass' or 'multilabel'; got "
+                             f"{kind!r}")
+        est.classes_ = classes
+        est._kind = kind
+        est._label_dtype = np.dtype(label_dtype)
+        n_out = len(est.classes_) if est._kind != "binary" else 1
+        if net.sizes[-1] != n_out:
+            raise ValueError("classes do not match the network's outputs")
     est._network = net
     est._trainer = None
     est._rng = np.random.RandomState(params.get("random_state")

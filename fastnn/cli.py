@@ -1,5 +1,7 @@
 """The ``fastnn`` command line.  ``fastnn train`` with no options trains a
-2-100-3 relu network on the spiral data and prints its progress and accuracy."""
+2-100-3 relu network on the spiral data and prints its progress and accuracy;
+``fastnn predict``, ``evaluate`` and ``export`` use a saved model (see
+:mod:`fastnn.cli_deploy`)."""
 import argparse
 import sys
 import time
@@ -7,10 +9,10 @@ import warnings
 
 import numpy as np
 
-from . import datasets
+from . import __version__, cli_deploy, datasets
 from ._compat import ConvergenceWarning
+from .estimators import MLPClassifier, MLPRegressor, _stratified_split
 from .saving import load_estimator
-from .estimators import MLPClassifier, MLPRegressor
 
 
 def _hidden_sizes(text):
@@ -27,6 +29,7 @@ def _hidden_sizes(text):
 def build_parser():
     """The argument parser of ``fastnn``."""
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a network and report its accuracy",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -80,8 +83,47 @@ def build_parser():
     t.add_argument("--plot", metavar="LOSS.png",
                    help="write the loss curve here (and, for 2-D data, the decision "
                         "boundary beside it as *_boundary.png); needs matplotlib")
+    t.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                   help="hold out this fraction of the rows (stratified by label for "
+                        "classification), train on the rest and print the held-out score "
+                        "beside the training score")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
+    t.set_defaults(func=train_command)
+    _add_deploy_commands(sub)
     return parser
+
+
+def _add_deploy_commands(sub):
+    """The predict / evaluate / export subcommands."""
+    p = sub.add_parser("predict", help="predict with a saved model",
+                       description="Write the predictions of a model saved by fastnn train "
+                                   "--save (or MLPClassifier.save) for each row of DATA as "
+                                   "CSV with a header row: the labels (classifiers), the "
+                                   "probabilities with --proba (one column per class, "
+                                   "proba_<class>), or the predicted values (regressors).")
+    p.add_argument("model", metavar="MODEL", help="a model file (.npz) saved by fastnn")
+    p.add_argument("data", metavar="DATA", help=cli_deploy.PREDICT_DATA_HELP)
+    p.add_argument("--out", metavar="FILE",
+                   help="write the CSV here (atomically; default: standard output)")
+    p.add_argument("--proba", action="store_true",
+                   help="class probabilities instead of labels (classifiers only)")
+    p.set_defaults(func=cli_deploy.predict_command)
+    e = sub.add_parser("evaluate", help="score a saved model on labelled data",
+                       description="Loss, accuracy and confusion matrix (classifiers) or "
+                                   "R^2, MAE and RMSE (regressors) of a saved model on DATA.")
+    e.add_argument("model", metavar="MODEL", help="a model file (.npz) saved by fastnn")
+    e.add_argument("data", metavar="DATA", help=cli_deploy.EVALUATE_DATA_HELP)
+    e.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    e.set_defaults(func=cli_deploy.evaluate_command)
+    x = sub.add_parser("export", help="export a saved model to ONNX",
+                       description="Write a saved model (estimator or network) as an ONNX "
+                                   "graph: input X, outputs label and probabilities "
+                                   "(classifiers) or predictions (regressors). Needs "
+                                   'pip install "fastnn[onnx]".')
+    x.add_argument("model", metavar="MODEL", help="a model file (.npz) saved by fastnn")
+    x.add_argument("--onnx", metavar="FILE", required=True,
+                   help="the ONNX file to write (atomically)")
+    x.set_defaults(func=cli_deploy.export_command)
 
 
 def _is_classification(y, task):
@@ -117,6 +159,9 @@ def train_command(args, out=None):
     X = np.asarray(X, dtype=np.float64)
     classify = _is_classification(y, args.task)
     y = np.asarray(y) if classify else np.asarray(y, dtype=np.float64)
+    X_test = y_test = None
+    if args.test_fraction is not None:
+        X, y, X_test, y_test = _hold_out(X, y, args.test_fraction, classify, args.seed)
     params = _estimator_params(args, X.shape[0])
     if args.load:
         est = load_estimator(args.load)
@@ -142,9 +187,10 @@ def train_command(args, out=None):
         return False
 
     est.set_params(callbacks=[report])
+    held = "" if X_test is None else f" ({len(X_test)} more held out)"
     print(f"fastnn: {type(est).__name__}(hidden={list(est.hidden_layer_sizes)}, "
           f"activation={est.activation!r}, dtype={est.dtype}) on {args.data}: "
-          f"{X.shape[0]} samples, up to {args.epochs} epochs, batch {params['batch_size']}, "
+          f"{X.shape[0]} samples{held}, up to {args.epochs} epochs, batch {params['batch_size']}, "
           f"{args.optimizer} lr={args.lr} ({args.learning_rate}), alpha={params['alpha']:g}",
           file=out)
     start = time.perf_counter()
@@ -157,13 +203,30 @@ def train_command(args, out=None):
     name = "training accuracy" if classify else "training R^2"
     final = est.loss_curve_[-1] if est.loss_curve_ else float("nan")
     stopped = f", stopped after {est.n_iter_} epochs" if est.n_iter_ < args.epochs else ""
-    print(f"final loss {final:.6f}  {name} {score:.4f}  ({seconds:.2f} s{stopped})", file=out)
+    test = "" if X_test is None else \
+        f"  held-out {name.split()[1]} {est.score(X_test, y_test):.4f} ({len(X_test)} rows)"
+    print(f"final loss {final:.6f}  {name} {score:.4f}{test}  ({seconds:.2f} s{stopped})",
+          file=out)
     if args.save:
         est.save(args.save)
         print(f"saved model to {args.save}", file=out)
     if args.plot:
         _plot(args.plot, est, X, y, out)
     return 0
+
+
+def _hold_out(X, y, fraction, classify, seed):
+    """(X_train, y_train, X_test, y_test): ceil(fraction * n) rows held out,
+    stratified by label for classification."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--test-fraction must be between 0 and 1 (exclusive); got "
+                         f"{fraction}")
+    n = X.shape[0]
+    if n - int(np.ceil(fraction * n)) < 1:
+        raise ValueError(f"--test-fraction {fraction} leaves no training rows of {n}")
+    strata = np.unique(y, return_inverse=True)[1] if classify else None
+    train, test = _stratified_split(n, strata, fraction, np.random.RandomState(seed))
+    return X[train], y[train], X[test], y[test]
 
 
 def _plot(path, est, X, y, out):
@@ -182,10 +245,21 @@ def main(argv=None):
     """Entry point of the ``fastnn`` command."""
     args = build_parser().parse_args(argv)
     try:
-        return train_command(args)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"fastnn: error: {exc}", file=sys.stderr)
+        return args.func(args, sys.stdout)
+    except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
+        print(f"fastnn: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc):
+    """The message of ``exc`` on one line, naming the file of an OSError."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -524,6 +524,22 @@ class _BaseMLP(BaseEstimator):
         ModelFileError on a file that is not one (or holds another estimator)."""
         return load_estimator(path, classes=_CLASSES, expected=cls)
 
+    def to_sklearn(self):
+        """A fitted ``sklearn.neural_network`` MLPClassifier / MLPRegressor with
+        this model's weights, which predicts the same; ValueError when
+        scikit-learn cannot represent it (one activation per hidden layer).
+        See :mod:`fastnn.sklearn_convert`."""
+        from .sklearn_convert import to_sklearn
+        return to_sklearn(self)
+
+    @classmethod
+    def from_sklearn(cls, sk_model, dtype=None):
+        """This estimator with the weights of a fitted scikit-learn MLP, ready to
+        predict or to train on (``partial_fit``, ``warm_start``); ``dtype``
+        defaults to that of its weights.  See :mod:`fastnn.sklearn_convert`."""
+        from .sklearn_convert import from_sklearn
+        return from_sklearn(cls, sk_model, dtype=dtype)
+
 
 # ------------------------------------------------------------ classifier
 class MLPClassifier(ClassifierMixin, _BaseMLP):
