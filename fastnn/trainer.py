@@ -282,14 +282,14 @@ class Trainer:
         if order is None:
             order = self.order.next(n)
         momentum, beta1, beta2, eps = self.optimizer.hyper()
-        n_weights = int((net._dims[:-1] * net._dims[1:]).sum())
+        n_weights = sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
         serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
         update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
                         dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
-                _net_bundle(net), X, T, w, np.ascontiguousarray(order, dtype=np.int64), batch, ws, update,
-                np.int64(self.steps), np.int64(numba.get_num_threads()))
+                _net_bundle(net), X, T, w, np.ascontiguousarray(order, dtype=np.int64), batch,
+                ws, update, np.int64(self.steps), np.int64(numba.get_num_threads()))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
