@@ -22,7 +22,8 @@ from .io import ModelFileError
 from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient,
                            train_epoch, weight_block_count)
 from .optimizers import SGD
-from .schedules import Constant
+from .kernels import run as run_kernels
+from .schedules import Adaptive, Constant, InvScaling, Plateau
 
 # A batch of under MIN_PARALLEL_ROWS rows, or of fewer FLOPs than this
 # (about 6 per weight per row), trains on one thread: waking the second thread for each of its parallel
@@ -32,6 +33,10 @@ from .schedules import Constant
 # batch 128, 156 MFLOP: 52 k vs 80 k).
 SERIAL_STEP_FLOPS = 20e6
 MIN_PARALLEL_ROWS = 32
+# Epochs per compiled call of the fast path: about this many row visits, so
+# that Python (Ctrl-C, the history) is visited every few milliseconds to a
+# few tenths of a second, and the chunk's orders (8 bytes a row) stay small.
+CHUNK_ROWS = 1 << 18
 
 
 class History:
@@ -275,17 +280,10 @@ class Trainer:
         no copy of the data.
         """
         net = self.network
-        dt = net.dtype.type
         n = X.shape[0]
-        batch = min(self.batch_size, n)
-        ws = self._get_workspace(batch, X.shape[1], T.shape[1])
         if order is None:
             order = self.order.next(n)
-        momentum, beta1, beta2, eps = self.optimizer.hyper()
-        n_weights = sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
-        serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
-        update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
-                        dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
+        batch, ws, update, serial = self._epoch_args(X, T)
         with parallel_region(serial):
             loss, weight, correct, steps, finite = train_epoch(
                 _net_bundle(net), X, T, w, np.ascontiguousarray(order, dtype=np.int64), batch,
@@ -294,6 +292,19 @@ class Trainer:
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
         return mean_loss, accuracy, bool(finite)
+
+    def _epoch_args(self, X, T):
+        """(batch size, workspace, Update bundle, serial?) of an epoch over X."""
+        net = self.network
+        dt = net.dtype.type
+        batch = min(self.batch_size, X.shape[0])
+        ws = self._get_workspace(batch, X.shape[1], T.shape[1])
+        momentum, beta1, beta2, eps = self.optimizer.hyper()
+        n_weights = sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+        serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
+        update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
+                        dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
+        return batch, ws, update, serial
 
     def loss_and_gradient(self, X, y, sample_weight=None):
         """The training objective on all rows of (X, y) as one batch, and its
@@ -459,6 +470,9 @@ class Trainer:
         self.epochs_run = 0
         self.order.start(X.shape[0])
         bar = _progress_bar(epochs) if progress else None
+        if (not callbacks and bar is None and val is None and checkpoint is None
+                and self._compiled_runs_apply()):
+            return self._fit_compiled(X, T, w, epochs, entry, epoch_snapshot)
         try:
             with _Interrupts() as interrupts:
                 for _ in range(epochs):
@@ -498,6 +512,112 @@ class Trainer:
         if restore_best and self.history.val_score:
             np.copyto(self.network.params, best_params)
         return self.history
+
+    def _compiled_runs_apply(self):
+        """True when the stopping rule and schedule can run inside the compiled
+        loop (kernels.run), and run_epoch is this class's own (not replaced,
+        e.g. by a test or a subclass that needs Python around every epoch)."""
+        return (getattr(self.run_epoch, "__func__", None) is _OWN_RUN_EPOCH
+                and type(self.schedule) in (Constant, InvScaling, Adaptive)
+                and (self.stopping is None or (type(self.stopping) is Plateau
+                                               and self.stopping.monitor == "loss")))
+
+    def _fit_compiled(self, X, T, w, epochs, entry, epoch_snapshot):
+        """The loop when nothing needs Python between epochs: chunks of epochs,
+        each one compiled call (kernels.run.train_epochs) with the schedule and
+        stopping rule inside, the same bits as epoch by epoch.  Python is
+        visited once per chunk (about CHUNK_ROWS row visits) for Ctrl-C and the
+        history.  A chunk that goes non-finite is replayed epoch by epoch from
+        its start, which raises as the epoch path does."""
+        n = X.shape[0]
+        chunk = max(1, min(epochs, CHUNK_ROWS // n))
+        orders = np.empty((chunk, n), dtype=np.int64)
+        results = np.empty((3, chunk), dtype=np.float64)
+        try:
+            with _Interrupts() as interrupts:
+                while self.epochs_run < epochs:
+                    snapshot = entry if (self.epochs_run == 0 and self._entry_snapshot is entry) \
+                        else epoch_snapshot.take()
+                    size = min(chunk, epochs - self.epochs_run)
+                    try:
+                        done, reason = self._train_chunk(X, T, w, orders[:size], results)
+                    except KeyboardInterrupt:
+                        snapshot.restore()   # the chunk did not complete: undo it all
+                        if self.epochs_run == 0:
+                            raise
+                        self._warn_interrupted()
+                        self.stop_reason = "interrupted"
+                        break
+                    if reason == run_kernels.DIVERGED:
+                        snapshot.restore()
+                        self._replay_and_raise(X, T, w, done)
+                    self.epochs_run += done
+                    if reason == run_kernels.STOPPED:
+                        self.stop_reason = "plateau"
+                        break
+                    if interrupts.requested:
+                        self._warn_interrupted()
+                        self.stop_reason = "interrupted"
+                        break
+        except KeyboardInterrupt:
+            if self.epochs_run == 0:
+                raise
+            self._warn_interrupted()
+            self.stop_reason = "interrupted"
+        return self.history
+
+    def _train_chunk(self, X, T, w, orders, results):
+        """One compiled call of up to len(orders) epochs; records the
+        completed ones and returns (epochs completed, reason)."""
+        n = X.shape[0]
+        states = []
+        for e in range(orders.shape[0]):   # drawn as the epoch path draws them
+            states.append(self.order.get_state())
+            orders[e] = self.order.next(n)
+        net = self.network
+        batch, ws, update, serial = self._epoch_args(X, T)
+        schedule, stopping = self.schedule, self.stopping
+        plan = run_kernels.Plan(
+            np.int64(run_kernels.SCHEDULES[type(schedule).__name__]),
+            float(getattr(schedule, "lr0", 0.0)), float(getattr(schedule, "power_t", 0.0)),
+            float(getattr(schedule, "factor", 1.0)), float(getattr(schedule, "min_lr", 0.0)),
+            stopping is not None, float(stopping.tol) if stopping else 0.0,
+            np.int64(stopping.patience if stopping else 0))
+        state = run_kernels.State(float(self.optimizer.lr), np.int64(self.samples_seen),
+                                  float(stopping.best) if stopping else 0.0,
+                                  np.int64(stopping.count if stopping else 0),
+                                  np.int64(self.steps))
+        losses, accuracies, rates = results[:, :orders.shape[0]]
+        with parallel_region(serial):
+            done, state, reason = run_kernels.train_epochs(
+                _net_bundle(net), X, T, w, orders, batch, ws, update, plan, state,
+                np.int64(numba.get_num_threads()), losses, accuracies, rates)
+        if reason == run_kernels.DIVERGED:
+            return done, reason   # replayed by the caller from the chunk's start
+        if done < orders.shape[0]:
+            self.order.set_state(states[done])   # orders drawn but not trained: undrawn
+        self.optimizer.lr = float(state.lr)
+        self.samples_seen = int(state.samples_seen)
+        self.steps = int(state.steps)
+        if stopping is not None:
+            stopping.best, stopping.count = float(state.best), int(state.count)
+        classify = net.output != "linear"
+        for e in range(done):
+            self.history.record({"loss": float(losses[e]),
+                                 "accuracy": float(accuracies[e]) if classify else None})
+        return done, reason
+
+    def _replay_and_raise(self, X, T, w, done):
+        """Train the ``done`` good epochs of a chunk epoch by epoch (the same
+        bits), then the one that went non-finite, which raises."""
+        for _ in range(done + 1):
+            self._train_one_epoch(X, T, w, None, self._snapshots()[1].take())
+            self.epochs_run += 1
+            self.schedule.after_epoch(self.optimizer, self.samples_seen)
+            if self.stopping is not None and self.stopping.exhausted:
+                if self.schedule.on_plateau(self.optimizer):
+                    self.stopping.count = 0
+        raise AssertionError("a chunk that went non-finite trained finitely when replayed")
 
     def _after_epoch(self, logs, callbacks, bar, checkpoint, checkpoint_every):
         """Schedule, progress, checkpoint, callbacks and the stopping rule after
@@ -579,6 +699,9 @@ class Trainer:
         if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError("sample_weight must be finite, >= 0, and not all zero")
         return w
+
+
+_OWN_RUN_EPOCH = Trainer.run_epoch
 
 
 def _check_callbacks(callbacks):

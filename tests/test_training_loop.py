@@ -140,3 +140,56 @@ def test_running_shuffle_state_round_trips_like_scikit_learns(rng):
     for _ in range(4):
         sk = shuffle(sk, random_state=reference)
         assert np.array_equal(mine.next(33), sk)
+
+
+def _fit_twice(make, X, y, epochs):
+    """The same run through the compiled chunks (no callback) and epoch by
+    epoch (a callback that never stops forces Python after every epoch)."""
+    out = []
+    for callbacks in ((), [lambda logs: False]):
+        trainer = make()
+        trainer.fit(X, y, epochs=epochs, callbacks=callbacks)
+        out.append((trainer.network.params.tobytes(), trainer.state1.tobytes(),
+                    trainer.history.as_dict(), trainer.optimizer.lr, trainer.steps,
+                    trainer.samples_seen, trainer.stop_reason, trainer.order.get_state(),
+                    None if trainer.stopping is None else trainer.stopping.get_state()))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rules", ["plain", "plateau", "invscaling", "adaptive"])
+def test_compiled_runs_give_the_same_bits_as_epoch_by_epoch(rng, dtype, rules):
+    X, y = problem(rng, n=129)
+    settings = {"plain": {}, "plateau": {"stopping": Plateau(tol=1e-3, patience=3)},
+                "invscaling": {"schedule": InvScaling(0.3, 0.5)},
+                "adaptive": {"schedule": Adaptive(5.0, 1e-4),
+                             "stopping": Plateau(tol=1e-2, patience=2)}}
+
+    def make():
+        import copy
+        optimizer = fastnn.Adam(lr=0.01) if rules == "plateau" else fastnn.SGD(lr=0.3)
+        return fastnn.Trainer(fastnn.Network([7, 17, 3], dtype=dtype, seed=0), optimizer,
+                              batch_size=33, seed=1, **copy.deepcopy(settings[rules]))
+    fast, slow = _fit_twice(make, X, y, epochs=80)
+    assert fast == slow
+
+
+def test_compiled_runs_span_several_chunks_and_stop_mid_chunk(rng, monkeypatch):
+    X, y = problem(rng, n=33)
+    monkeypatch.setattr(fastnn.trainer, "CHUNK_ROWS", 33 * 7)   # chunks of 7 epochs
+    fast, slow = _fit_twice(lambda: fastnn.Trainer(
+        fastnn.Network([7, 9, 3], seed=0), fastnn.SGD(lr=0.1), batch_size=8, seed=2,
+        stopping=Plateau(tol=1e-3, patience=2)), X, y, epochs=200)
+    assert fast == slow and fast[6] == "plateau" and len(fast[2]["loss"]) % 7 != 0
+
+
+def test_a_compiled_run_that_diverges_keeps_the_last_finite_step(rng):
+    X, y = problem(rng, n=64)
+    reference = fastnn.Network([7, 8, 3], seed=0)
+    net = reference.copy()
+    for target, callbacks in ((net, ()), (reference, [lambda logs: False])):
+        with pytest.raises(FloatingPointError, match="last finite step"):
+            fastnn.train(target, X * 1e3, y, epochs=50, optimizer=fastnn.SGD(lr=1e30),
+                         batch_size=8, callbacks=callbacks, seed=0)
+    assert np.isfinite(net.params).all()
+    assert net.params.tobytes() == reference.params.tobytes()
