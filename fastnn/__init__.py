@@ -7,7 +7,7 @@ from .network import Network
 from .optimizers import SGD, Adam
 from .plotting import plot_history
 from .saving import load, load_estimator, save
-from .trainer import History, Trainer, train
+from .trainer import History, Trainer, every, train
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 
-__all__ = ["Network", "Trainer", "History", "train", "SGD", "Adam",
+__all__ = ["Network", "Trainer", "History", "train", "every", "SGD", "Adam",
            "spiral", "load_csv", "load_npz", "save", "load", "ModelFileError",
            "MLPClassifier", "MLPRegressor", "load_estimator", "to_onnx", "plot_history",
            "__version__"]

@@ -13,6 +13,7 @@ from . import __version__, cli_deploy, datasets
 from ._compat import ConvergenceWarning
 from .estimators import MLPClassifier, MLPRegressor, _stratified_split
 from .saving import load_estimator
+from .trainer import every
 
 
 def _hidden_sizes(text):
@@ -176,9 +177,9 @@ def train_command(args, out=None):
                   dtype=args.dtype, **params)
     report_every = max(1, args.epochs // 10)
 
-    def report(logs):
+    def report(logs):   # every report_every epochs: the epochs between run compiled
         epoch = logs["epoch"]
-        if not args.quiet and (epoch % report_every == 0 or epoch == 1):
+        if not args.quiet:
             acc = "" if logs["accuracy"] is None else f"  accuracy {logs['accuracy']:.4f}"
             val = "" if "validation_score" not in logs \
                 else f"  validation {logs['validation_score']:.4f}"
@@ -186,7 +187,7 @@ def train_command(args, out=None):
                   flush=True)
         return False
 
-    est.set_params(callbacks=[report])
+    est.set_params(callbacks=[every(report_every, report)])
     held = "" if X_test is None else f" ({len(X_test)} more held out)"
     print(f"fastnn: {type(est).__name__}(hidden={list(est.hidden_layer_sizes)}, "
           f"activation={est.activation!r}, dtype={est.dtype}) on {args.data}: "

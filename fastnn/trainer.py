@@ -33,9 +33,12 @@ from .schedules import Adaptive, Constant, InvScaling, Plateau
 # batch 128, 156 MFLOP: 52 k vs 80 k).
 SERIAL_STEP_FLOPS = 20e6
 MIN_PARALLEL_ROWS = 32
-# Epochs per compiled call of the fast path: about this many row visits, so
-# that Python (Ctrl-C, the history) is visited every few milliseconds to a
-# few tenths of a second, and the chunk's orders (8 bytes a row) stay small.
+# Epochs per compiled call of the fast path: about CHUNK_FLOPS of arithmetic
+# (6 per weight and row: some 10-30 ms here), so that Python (Ctrl-C, periodic
+# callbacks, the progress bar, the history) is visited every few tens of
+# milliseconds, and at most CHUNK_ROWS row visits, so the chunk's orders
+# (8 bytes a row) stay small.
+CHUNK_FLOPS = 2e9
 CHUNK_ROWS = 1 << 18
 
 
@@ -470,9 +473,14 @@ class Trainer:
         self.epochs_run = 0
         self.order.start(X.shape[0])
         bar = _progress_bar(epochs) if progress else None
-        if (not callbacks and bar is None and val is None and checkpoint is None
-                and self._compiled_runs_apply()):
-            return self._fit_compiled(X, T, w, epochs, entry, epoch_snapshot)
+        if (all(hasattr(cb, "every") for cb in callbacks) and val is None
+                and checkpoint is None and self._compiled_runs_apply()):
+            try:
+                return self._fit_compiled(X, T, w, epochs, entry, epoch_snapshot,
+                                          callbacks, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
         try:
             with _Interrupts() as interrupts:
                 for _ in range(epochs):
@@ -522,15 +530,20 @@ class Trainer:
                 and (self.stopping is None or (type(self.stopping) is Plateau
                                                and self.stopping.monitor == "loss")))
 
-    def _fit_compiled(self, X, T, w, epochs, entry, epoch_snapshot):
+    def _fit_compiled(self, X, T, w, epochs, entry, epoch_snapshot, callbacks, bar):
         """The loop when nothing needs Python between epochs: chunks of epochs,
         each one compiled call (kernels.run.train_epochs) with the schedule and
         stopping rule inside, the same bits as epoch by epoch.  Python is
         visited once per chunk (about CHUNK_ROWS row visits) for Ctrl-C and the
         history.  A chunk that goes non-finite is replayed epoch by epoch from
-        its start, which raises as the epoch path does."""
+        its start, which raises as the epoch path does.  Periodic callbacks
+        (:func:`every`) end chunks at their epochs; the progress bar is
+        brought up to date after each chunk."""
         n = X.shape[0]
-        chunk = max(1, min(epochs, CHUNK_ROWS // n))
+        n_weights = sum(a * b for a, b in zip(self.network.sizes[:-1], self.network.sizes[1:]))
+        rows = min(CHUNK_ROWS, CHUNK_FLOPS / (6.0 * n_weights))
+        chunk = max(1, min(epochs, int(rows) // n))
+        period = min([cb.every for cb in callbacks], default=chunk)
         orders = np.empty((chunk, n), dtype=np.int64)
         results = np.empty((3, chunk), dtype=np.float64)
         try:
@@ -538,7 +551,9 @@ class Trainer:
                 while self.epochs_run < epochs:
                     snapshot = entry if (self.epochs_run == 0 and self._entry_snapshot is entry) \
                         else epoch_snapshot.take()
-                    size = min(chunk, epochs - self.epochs_run)
+                    size = min(chunk, epochs - self.epochs_run,
+                               period - self.epochs_run % period)
+                    first = len(self.history)
                     try:
                         done, reason = self._train_chunk(X, T, w, orders[:size], results)
                     except KeyboardInterrupt:
@@ -552,6 +567,9 @@ class Trainer:
                         snapshot.restore()
                         self._replay_and_raise(X, T, w, done)
                     self.epochs_run += done
+                    if self._after_chunk(first, results[2], callbacks, bar):
+                        self.stop_reason = "callback"
+                        break
                     if reason == run_kernels.STOPPED:
                         self.stop_reason = "plateau"
                         break
@@ -565,6 +583,23 @@ class Trainer:
             self._warn_interrupted()
             self.stop_reason = "interrupted"
         return self.history
+
+    def _after_chunk(self, first, rates, callbacks, bar):
+        """Progress for the chunk's epochs (history entries from ``first``) and
+        the periodic callbacks due at its last epoch; True if one says stop."""
+        h = self.history
+        last = len(h)
+        if last == first:
+            return False
+        logs = None
+        for e in range(first, last):
+            logs = {"epoch": e + 1, "loss": h.loss[e], "accuracy": h.accuracy[e],
+                    "learning_rate": float(rates[e - first])}
+            if bar is not None:
+                bar.update(logs)
+        logs.update(network=self.network, trainer=self)
+        due = [cb for cb in callbacks if self.epochs_run % cb.every == 0]
+        return any([bool(cb(logs)) for cb in due])
 
     def _train_chunk(self, X, T, w, orders, results):
         """One compiled call of up to len(orders) epochs; records the
@@ -627,7 +662,8 @@ class Trainer:
             bar.update(logs)
         if checkpoint is not None and len(self.history) % checkpoint_every == 0:
             save_checkpoint(self, checkpoint)
-        if any([bool(cb(logs)) for cb in callbacks]):
+        due = [cb for cb in callbacks if len(self.history) % getattr(cb, "every", 1) == 0]
+        if any([bool(cb(logs)) for cb in due]):
             return "callback"
         if self.stopping is not None and self.stopping.exhausted:
             if self.schedule.on_plateau(self.optimizer):
@@ -702,6 +738,23 @@ class Trainer:
 
 
 _OWN_RUN_EPOCH = Trainer.run_epoch
+
+
+class every:
+    """``every(k, cb)``: the callback ``cb(logs)`` called after every k-th
+    epoch of a fit (epochs k, 2k, ...) instead of after each one.  Training
+    in between needs no Python, so it runs as compiled chunks of epochs (the
+    same bits); use it for reports and checks that need not see each epoch."""
+
+    def __init__(self, k, callback):
+        self.every = V.check_positive_int(k, "k")
+        if not callable(callback):
+            raise TypeError(f"callback must be a function cb(logs); got {callback!r}")
+        self.callback = callback
+
+    def __call__(self, logs):
+        return self.callback(logs)
+
 
 
 def _check_callbacks(callbacks):
