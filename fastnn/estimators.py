@@ -462,6 +462,7 @@ class _BaseMLP(BaseEstimator):
                           optimizer=self._make_optimizer(float(self.learning_rate_init)))
         trainer.samples_seen = int(self.t_)
         trainer.history.loss.extend(self.loss_curve_)
+        trainer.history.accuracy.extend([None] * len(self.loss_curve_))   # not saved
         validating = self.validation_scores_ is not None
         trainer.stopping = self._stopping(validating)
         if validating:
