@@ -13,6 +13,10 @@ written atomically).  The header's ``extra`` dict carries the estimator::
      "classes": {"dtype": "<i8" | "<U5" | ... , "values": [...]},   # classifiers
      "kind": "binary" | "multiclass" | "multilabel"}
 
+The stochastic solvers' loss_curve_, best_loss_, validation_scores_,
+best_validation_score_ are absent after a solver='lbfgs' fit (as in
+scikit-learn) and then absent from the file.
+
 Labels must be JSON-able (integers, floats, booleans, strings); others are
 refused with a TypeError that suggests pickle.  The optimizer state is not
 saved: ``partial_fit`` after ``load`` starts a fresh optimizer.
@@ -27,6 +31,10 @@ from .io import ModelFileError
 ESTIMATOR_VERSION = 1
 _FITTED = ("n_iter_", "t_", "loss_curve_", "loss_", "best_loss_", "validation_scores_",
            "best_validation_score_", "n_outputs_", "out_activation_", "_no_improvement_count")
+# Set by the stochastic solvers only (as in scikit-learn): absent after a
+# solver='lbfgs' fit, and then absent from the file too.
+_STOCHASTIC_ONLY = ("loss_curve_", "best_loss_", "validation_scores_",
+                    "best_validation_score_", "_no_improvement_count")
 
 
 def _json_value(value, name):
@@ -88,7 +96,8 @@ def save_estimator(est, path):
     extra = {"estimator": type(est).__name__, "estimator_version": ESTIMATOR_VERSION,
              "params": {k: _json_value(v, k) for k, v in params.items()
                         if k != "random_state" or not hasattr(v, "get_state")},
-             "fitted": {k: _json_value(getattr(est, k), k) for k in _FITTED}}
+             "fitted": {k: _json_value(getattr(est, k), k) for k in _FITTED
+                        if k not in _STOCHASTIC_ONLY or hasattr(est, k)}}
     if hasattr(est, "feature_names_in_"):
         extra["fitted"]["feature_names_in_"] = [str(c) for c in est.feature_names_in_]
     if hasattr(est, "classes_"):
@@ -127,6 +136,8 @@ def load_estimator(path, expected=None):
             raise ValueError("parameters do not match the stored network")
         fitted = extra["fitted"]
         for key in _FITTED:
+            if key in _STOCHASTIC_ONLY and key not in fitted:
+                continue
             value = fitted[key]
             if key in ("best_loss_", "best_validation_score_", "loss_"):
                 value = _from_json_float(value)

@@ -238,11 +238,8 @@ class _BaseMLP(BaseEstimator):
                              f"list of them, one per hidden layer ({len(sizes)}); got "
                              f"{self.activation!r}")
         p["activations"] = [_SK_ACTIVATIONS[a] for a in acts]
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not implemented in fastnn; use "
-                             "solver='adam' or solver='sgd'")
-        if self.solver not in ("sgd", "adam"):
-            raise ValueError(f"solver must be 'sgd' or 'adam'; got {self.solver!r}")
+        if self.solver not in ("sgd", "adam", "lbfgs"):
+            raise ValueError(f"solver must be 'lbfgs', 'sgd' or 'adam'; got {self.solver!r}")
         p["alpha"] = V.check_float(self.alpha, "alpha", low=0.0)
         if self.batch_size != "auto":
             V.check_positive_int(self.batch_size, "batch_size")
@@ -321,6 +318,15 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         p = self._checked_params()
+        if incremental and self.solver == "lbfgs":   # scikit-learn's error and wording
+            raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                                 "lbfgs is not stochastic.")
+        if (self.solver != "lbfgs" and hasattr(self, "_network") and not hasattr(
+                self, "loss_curve_") and (incremental or self.warm_start)):
+            # scikit-learn fails here with an AttributeError on loss_curve_
+            raise ValueError(f"this model was fitted with solver='lbfgs', which keeps no "
+                             f"stochastic-solver state: continuing it with solver="
+                             f"{self.solver!r} is not supported; fit with warm_start=False")
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None.")
@@ -341,6 +347,9 @@ class _BaseMLP(BaseEstimator):
         target = self._encode_targets(y, X.shape[0], p["dtype"], reuse, incremental, classes)
         w = _as_sample_weight(sample_weight, X.shape[0])
         w = self._apply_class_weight(w, target, incremental)
+        # ---- solver='lbfgs' (fastnn.lbfgs): a full-batch run with its own commit
+        if self.solver == "lbfgs":
+            return self._fit_lbfgs(X, target, w, p, reuse, names)
         with _num_threads(self.n_threads):
             run = self._train(X, target, w, p, reuse, incremental)
         self._commit(run, target, names)
@@ -515,6 +524,58 @@ class _BaseMLP(BaseEstimator):
             np.copyto(net.params, best_params)   # restore the best validation weights
         return run
 
+    def _fit_lbfgs(self, X, target, w, p, reuse, names):
+        """solver='lbfgs': scikit-learn's ``_fit_lbfgs`` on fastnn's compiled step.
+
+        One batch of all rows; the objective is scikit-learn's, mean loss +
+        alpha / (2 sw_sum) * sum ||W||^2 (sw_sum: the summed sample weight, the
+        row count without weights), minimised by fastnn.lbfgs on a copy of the
+        network.  Committed as scikit-learn does: ``n_iter_`` (capped at
+        max_iter), ``loss_``, ``t_`` (0 on a fresh fit, else unchanged);
+        ``loss_curve_``, ``best_loss_``, ``validation_scores_`` and
+        ``best_validation_score_`` are not set (a warm start keeps an earlier
+        stochastic fit's).  Early stopping, batch_size, shuffle and the
+        learning-rate settings do not apply.  ``callbacks`` are called after
+        each iteration with ``epoch`` (the iteration), ``loss`` and ``network``.
+        """
+        from .lbfgs import convergence_message, minimize_lbfgs
+        T = target["T"]
+        net = self._network.copy() if reuse else self._build_network(
+            X.shape[1], T.shape[1], p, p["rng"], target["output_name"])
+        sw_sum = float(X.shape[0]) if w is None else float(w.sum())
+        w_net = np.ones(X.shape[0], dtype=net.dtype) if w is None else w.astype(net.dtype)
+
+        def callback(iteration, loss):
+            logs = {"epoch": iteration, "loss": loss, "network": net}
+            return any([bool(cb(logs)) for cb in p["callbacks"]])
+
+        with _num_threads(self.n_threads):
+            res = minimize_lbfgs(net, X, T, w_net, l2=p["alpha"] / sw_sum,
+                                 max_iter=self.max_iter, max_fun=self.max_fun, tol=self.tol,
+                                 verbose=bool(self.verbose),
+                                 callback=callback if p["callbacks"] else None)
+        if not np.isfinite(net.params).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data "
+                             "may contain large values and need to be preprocessed.")
+        if not res.converged and not res.stopped:
+            warnings.warn(convergence_message(res, int(self.max_iter)), ConvergenceWarning)
+        stochastic = ("loss_curve_", "best_loss_", "validation_scores_",
+                      "best_validation_score_", "_no_improvement_count")
+        kept = {k: getattr(self, k) for k in stochastic if reuse and hasattr(self, k)}
+        run = _Run()
+        run.net, run.trainer, run.rng = net, None, p["rng"]
+        run.n_iter, run.t = min(res.n_iter, int(self.max_iter)), self.t_ if reuse else 0
+        run.loss_curve, run.best_loss, run.val_scores, run.best_val, run.no_improve = \
+            [], None, None, None, 0
+        self._commit(run, target, names)
+        self.loss_ = res.loss
+        for k in stochastic:
+            if k in kept:
+                setattr(self, k, kept[k])
+            else:
+                delattr(self, k)
+        return self
+
     @staticmethod
     def _progress_bar(total):
         try:
@@ -592,7 +653,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier, a drop-in for scikit-learn's.
 
     Same parameters as ``sklearn.neural_network.MLPClassifier`` (solver
-    'adam' or 'sgd'; 'lbfgs' raises ValueError), plus:
+    'adam', 'sgd' or 'lbfgs', which needs scipy), plus:
 
     dtype : 'float32' (default) or 'float64', the arithmetic of training and
         prediction.
