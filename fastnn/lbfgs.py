@@ -19,6 +19,7 @@ import numpy as np
 from .trainer import FullBatchObjective
 
 _EXTRA_HINT = 'pip install "fastnn[lbfgs]"'
+_BLAS_CONTROLLER = None   # threadpoolctl's, made on the first minimisation
 
 
 @dataclass
@@ -60,13 +61,17 @@ def _one_blas_thread():
     n-vectors), where BLAS threads gain nothing and instead compete with
     numba's threads for the cores: measured on 2 busy cores, fits of the
     parity sets took 2.5-7x longer with OpenBLAS's 2 threads than with 1
-    (digits 0.48 s against 0.07 s).
+    (digits 0.48 s against 0.07 s).  The controller is made once: finding the
+    loaded libraries takes 2-20 ms, about a whole small fit (wine: 17 ms).
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return contextlib.nullcontext()
+        _BLAS_CONTROLLER = ThreadpoolController()   # after scipy: sees its BLAS
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _takes_iprint(version):

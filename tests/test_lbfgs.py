@@ -14,6 +14,7 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier  # noqa: E402
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
 
+import fastnn.lbfgs  # noqa: E402
 from fastnn import MLPClassifier, MLPRegressor  # noqa: E402
 from fastnn.network import Network  # noqa: E402
 from fastnn.trainer import FullBatchObjective, make_targets  # noqa: E402
@@ -405,6 +406,24 @@ def test_runs_without_threadpoolctl(rng, monkeypatch):
               dtype="float64")
     with_it = _fit_quiet(MLPClassifier(**kw), X, y)
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    monkeypatch.setattr(fastnn.lbfgs, "_BLAS_CONTROLLER", None)
     without = _fit_quiet(MLPClassifier(**kw), X, y)
+    assert fastnn.lbfgs._BLAS_CONTROLLER is None   # the fallback ran
     assert without.n_iter_ == with_it.n_iter_
     assert without.loss_ == pytest.approx(with_it.loss_, rel=1e-9)
+
+
+def test_blas_runs_on_one_thread_during_the_minimisation_only(rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    X, y = _classes(rng, 129)
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"]
+                for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    during = []
+    _fit_quiet(MLPClassifier((9,), solver="lbfgs", max_iter=3, random_state=0,
+                             callbacks=lambda logs: during.append(blas_threads())), X, y)
+    assert during and all(set(d.values()) == {1} for d in during)
+    assert blas_threads() == before
