@@ -33,7 +33,7 @@ import numpy as np
 from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
-                      r2_score)
+                      available_if, r2_score)
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
 from .trainer import Trainer
@@ -318,9 +318,6 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         p = self._checked_params()
-        if incremental and self.solver == "lbfgs":   # scikit-learn's error and wording
-            raise AttributeError("partial_fit is only available for stochastic optimizers. "
-                                 "lbfgs is not stochastic.")
         if (self.solver != "lbfgs" and hasattr(self, "_network") and not hasattr(
                 self, "loss_curve_") and (incremental or self.warm_start)):
             # scikit-learn fails here with an AttributeError on loss_curve_
@@ -524,6 +521,14 @@ class _BaseMLP(BaseEstimator):
             np.copyto(net.params, best_params)   # restore the best validation weights
         return run
 
+    def _check_stochastic_solver(self):
+        """partial_fit's availability (scikit-learn's check and wording): with
+        solver='lbfgs' the estimator has no partial_fit (``hasattr`` is False)."""
+        if self.solver == "lbfgs":   # other bad values: fit's ValueError naming solver
+            raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                                 "lbfgs is not stochastic.")
+        return True
+
     def _fit_lbfgs(self, X, target, w, p, reuse, names):
         """solver='lbfgs': scikit-learn's ``_fit_lbfgs`` on fastnn's compiled step.
 
@@ -537,6 +542,7 @@ class _BaseMLP(BaseEstimator):
         stochastic fit's).  Early stopping, batch_size, shuffle and the
         learning-rate settings do not apply.  ``callbacks`` are called after
         each iteration with ``epoch`` (the iteration), ``loss`` and ``network``.
+        Ctrl-C propagates and leaves the estimator as it was (the run is on a copy).
         """
         from .lbfgs import convergence_message, minimize_lbfgs
         T = target["T"]
@@ -547,7 +553,7 @@ class _BaseMLP(BaseEstimator):
 
         def callback(iteration, loss):
             logs = {"epoch": iteration, "loss": loss, "network": net}
-            return any([bool(cb(logs)) for cb in p["callbacks"]])
+            return any(bool(cb(logs)) for cb in p["callbacks"])
 
         with _num_threads(self.n_threads):
             res = minimize_lbfgs(net, X, T, w_net, l2=p["alpha"] / sw_sum,
@@ -827,6 +833,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             hit = out.argmax(axis=1) == T.argmax(axis=1)
         return float(np.average(hit, weights=w))
 
+    @available_if(_BaseMLP._check_stochastic_solver)   # none with solver='lbfgs'
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y), continuing from the current state (optimizer
         included).  ``classes`` (every label) is required on the first call."""
@@ -894,6 +901,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _score_outputs(self, out, T, w, kind):
         return r2_score(T, out, w)
 
+    @available_if(_BaseMLP._check_stochastic_solver)   # none with solver='lbfgs'
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current state."""
         return self._fit(X, y, sample_weight, incremental=True)

@@ -13,6 +13,7 @@ from sklearn import datasets  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SkMLPClassifier  # noqa: E402
 from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastnn.lbfgs  # noqa: E402
 from fastnn import MLPClassifier, MLPRegressor  # noqa: E402
@@ -303,19 +304,47 @@ def test_stochastic_warm_start_after_lbfgs_is_refused_cleanly(rng):
 
 @pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
 def test_partial_fit_is_refused(rng, cls):
+    """As scikit-learn: with lbfgs there is no partial_fit (``hasattr`` is False,
+    so meta-estimators and the estimator checks do not call it); reading it
+    raises AttributeError chained from the reason.  (scikit-learn 1.9's
+    regressor gets this wrong and runs lbfgs; the classifier is the reference.)"""
     X = rng.normal(size=(33, 3))
     y = (X[:, 0] > 0).astype(int)
     est = cls((7,), solver="lbfgs", max_iter=5, random_state=0)
-    kw = {"classes": [0, 1]} if cls is MLPClassifier else {}
-    with pytest.raises(AttributeError, match="partial_fit is only available for stochastic "
-                                             "optimizers. lbfgs is not stochastic."):
-        est.partial_fit(X, y, **kw)
-    assert not hasattr(est, "coefs_")
+    ref = SkMLPClassifier((7,), solver="lbfgs")
+    for model in (est, ref):
+        assert not hasattr(model, "partial_fit")
+        with pytest.raises(AttributeError, match="has no attribute 'partial_fit'") as info:
+            model.partial_fit(X, y)
+        assert str(info.value.__cause__) == ("partial_fit is only available for stochastic "
+                                             "optimizers. lbfgs is not stochastic.")
     _fit_quiet(est, X, y)
-    params = est._network.params.copy()
-    with pytest.raises(AttributeError, match="lbfgs is not stochastic"):
-        est.partial_fit(X, y)
-    np.testing.assert_array_equal(est._network.params, params)
+    assert not hasattr(est, "partial_fit")
+    est.set_params(solver="sgd")
+    assert hasattr(est, "partial_fit")
+
+
+def test_lbfgs_without_scikit_learn():
+    """The fallback of scikit-learn's available_if (fastnn/_compat.py) in a
+    process where scikit-learn cannot be imported."""
+    code = ("import sys, warnings\n"
+            "sys.modules['sklearn'] = None\n"
+            "import numpy as np\n"
+            "from fastnn import MLPClassifier\n"
+            "X = np.random.default_rng(0).normal(size=(41, 3)); y = (X[:, 0] > 0) * 1\n"
+            "est = MLPClassifier((5,), solver='lbfgs', max_iter=4, random_state=0)\n"
+            "assert not hasattr(est, 'partial_fit')\n"
+            "try:\n"
+            "    est.partial_fit(X, y)\n"
+            "except AttributeError as e:\n"
+            "    assert 'lbfgs is not stochastic' in str(e.__cause__), e\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    est.fit(X, y)\n"
+            "assert est.n_iter_ == 4 and any('max_iter=4' in str(m.message) for m in w)\n"
+            "est.set_params(solver='adam')\n"
+            "assert hasattr(est, 'partial_fit')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_save_and_load_an_lbfgs_model(rng, tmp_path):
@@ -427,3 +456,12 @@ def test_blas_runs_on_one_thread_during_the_minimisation_only(rng):
                              callbacks=lambda logs: during.append(blas_threads())), X, y)
     assert during and all(set(d.values()) == {1} for d in during)
     assert blas_threads() == before
+
+
+@parametrize_with_checks(
+    [MLPClassifier(solver="lbfgs", max_iter=100, random_state=0, dtype="float64"),
+     MLPRegressor(solver="lbfgs", max_iter=100, random_state=0, dtype="float64")])
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
