@@ -215,6 +215,10 @@ def test_callback_stops_without_warning(rng):
     assert [e for e, _ in seen] == list(range(1, stop + 1))
     assert est.n_iter_ == stop
     assert est.loss_ == seen[-1][1]
+    # and the model holds that iteration's weights
+    T = np.eye(3)[np.searchsorted(est.classes_, y)]
+    there = FullBatchObjective(est._network, X, T, np.ones(len(y)), l2=1e-4 / len(y))()[0]
+    assert there == pytest.approx(est.loss_, rel=1e-12)
     losses = [l for _, l in seen]
     assert all(b <= a for a, b in zip(losses, losses[1:]))   # L-BFGS-B never goes up
 
