@@ -9,7 +9,9 @@ scikit-learn the fallbacks below give the same public behaviour the estimators
 rely on: ``get_params`` / ``set_params`` read from the ``__init__`` signature,
 and ``score`` (accuracy, R^2).
 """
+import functools
 import inspect
+import types
 
 import numpy as np
 
@@ -18,9 +20,35 @@ from ._metrics import r2_score  # noqa: F401  (re-exported for the estimators)
 try:  # pragma: no cover - which branch runs depends on the environment
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
+    from sklearn.utils.metaestimators import available_if
     HAVE_SKLEARN = True
 except ImportError:  # pragma: no cover
     HAVE_SKLEARN = False
+
+    class _AvailableIf:
+        """The method while ``check(obj)`` holds; otherwise reading the attribute
+        raises AttributeError (chained from the check's own error, if any)."""
+
+        def __init__(self, fn, check):
+            self.fn, self.check = fn, check
+            functools.update_wrapper(self, fn)
+
+        def __get__(self, obj, owner=None):
+            if obj is None:
+                return self.fn
+            missing = f"This {type(obj).__name__!r} has no attribute {self.fn.__name__!r}"
+            try:
+                available = self.check(obj)
+            except Exception as exc:
+                raise AttributeError(missing) from exc
+            if not available:
+                raise AttributeError(missing)
+            return types.MethodType(self.fn, obj)
+
+    def available_if(check):
+        """Decorator: the method exists only while ``check(self)`` is true (as
+        scikit-learn's ``available_if``; ``hasattr`` then says False)."""
+        return lambda fn: _AvailableIf(fn, check)
 
     class NotFittedError(ValueError, AttributeError):
         """The estimator is used before ``fit``."""
@@ -88,4 +116,4 @@ except ImportError:  # pragma: no cover
             return r2_score(y, pred, w)
 
 __all__ = ["HAVE_SKLEARN", "r2_score", "BaseEstimator", "ClassifierMixin", "RegressorMixin",
-           "NotFittedError", "ConvergenceWarning", "DataConversionWarning"]
+           "NotFittedError", "ConvergenceWarning", "DataConversionWarning", "available_if"]

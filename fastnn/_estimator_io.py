@@ -13,6 +13,10 @@ written atomically).  The header's ``extra`` dict carries the estimator::
      "classes": {"dtype": "<i8" | "<U5" | ... , "values": [...]},   # classifiers
      "kind": "binary" | "multiclass" | "multilabel"}
 
+The stochastic solvers' loss_curve_, best_loss_, validation_scores_,
+best_validation_score_ are absent after a solver='lbfgs' fit (as in
+scikit-learn) and then absent from the file.
+
 Labels must be JSON-able (integers, floats, booleans, strings); others are
 refused with a TypeError that suggests pickle.  The optimizer state is not
 saved: ``partial_fit`` after ``load`` starts a fresh optimizer.
@@ -27,6 +31,10 @@ from .io import ModelFileError
 ESTIMATOR_VERSION = 1
 _FITTED = ("n_iter_", "t_", "loss_curve_", "loss_", "best_loss_", "validation_scores_",
            "best_validation_score_", "n_outputs_", "out_activation_", "_no_improvement_count")
+# Set by the stochastic solvers only (as in scikit-learn): absent after a
+# solver='lbfgs' fit, and then absent from the file too.
+_STOCHASTIC_ONLY = ("loss_curve_", "best_loss_", "validation_scores_",
+                    "best_validation_score_", "_no_improvement_count")
 
 
 def _json_value(value, name):
@@ -88,7 +96,8 @@ def save_estimator(est, path):
     extra = {"estimator": type(est).__name__, "estimator_version": ESTIMATOR_VERSION,
              "params": {k: _json_value(v, k) for k, v in params.items()
                         if k != "random_state" or not hasattr(v, "get_state")},
-             "fitted": {k: _json_value(getattr(est, k), k) for k in _FITTED}}
+             "fitted": {k: _json_value(getattr(est, k), k) for k in _FITTED
+                        if k not in _STOCHASTIC_ONLY or hasattr(est, k)}}
     if hasattr(est, "feature_names_in_"):
         extra["fitted"]["feature_names_in_"] = [str(c) for c in est.feature_names_in_]
     if hasattr(est, "classes_"):
@@ -121,9 +130,11 @@ def load_estimator(path, classes, expected=None):
                 params[key] = {_hashable(k): v for k, v in value["__pairs__"]}
         if isinstance(params.get("hidden_layer_sizes"), list):
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        fitted = {key: extra["fitted"][key] for key in _FITTED}
+        fitted = {key: extra["fitted"][key] for key in _FITTED
+                  if key not in _STOCHASTIC_ONLY or key in extra["fitted"]}
         for key in ("best_loss_", "best_validation_score_", "loss_"):
-            fitted[key] = _from_json_float(fitted[key])
+            if key in fitted:
+                fitted[key] = _from_json_float(fitted[key])
         names = extra["fitted"].get("feature_names_in_")
         if name == "MLPClassifier":
             return restore_estimator(cls, net, params, fitted,
@@ -155,7 +166,8 @@ def restore_estimator(cls, net, params, fitted, classes=None, kind=None, label_d
             or tuple(p["activations"]) != net.activations):
         raise ValueError("parameters do not match the stored network")
     for key in _FITTED:
-        setattr(est, key, fitted[key])
+        if key in fitted:   # the stochastic solvers' attributes are absent after lbfgs
+            setattr(est, key, fitted[key])
     if feature_names is not None:
         est.feature_names_in_ = np.asarray([str(c) for c in feature_names], dtype=object)
     if kind is not None or classes is not None:   # a classifier

@@ -32,7 +32,8 @@ import numpy as np
 
 from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
-                      DataConversionWarning, NotFittedError, RegressorMixin)
+                      DataConversionWarning, NotFittedError, RegressorMixin,
+                      available_if)
 from ._estimator_io import load_estimator, save_estimator
 from .epoch_order import InOrder, RunningShuffle
 from .network import SERIAL_PREDICT_ROWS, Network
@@ -241,11 +242,8 @@ class _BaseMLP(BaseEstimator):
                              f"list of them, one per hidden layer ({len(sizes)}); got "
                              f"{self.activation!r}")
         p["activations"] = [_SK_ACTIVATIONS[a] for a in acts]
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not implemented in fastnn; use "
-                             "solver='adam' or solver='sgd'")
-        if self.solver not in ("sgd", "adam"):
-            raise ValueError(f"solver must be 'sgd' or 'adam'; got {self.solver!r}")
+        if self.solver not in ("sgd", "adam", "lbfgs"):
+            raise ValueError(f"solver must be 'lbfgs', 'sgd' or 'adam'; got {self.solver!r}")
         p["alpha"] = V.check_float(self.alpha, "alpha", low=0.0)
         if self.batch_size != "auto":
             V.check_positive_int(self.batch_size, "batch_size")
@@ -324,6 +322,12 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         p = self._checked_params()
+        if (self.solver != "lbfgs" and hasattr(self, "_network") and not hasattr(
+                self, "loss_curve_") and (incremental or self.warm_start)):
+            # scikit-learn fails here with an AttributeError on loss_curve_
+            raise ValueError(f"this model was fitted with solver='lbfgs', which keeps no "
+                             f"stochastic-solver state: continuing it with solver="
+                             f"{self.solver!r} is not supported; fit with warm_start=False")
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None.")
@@ -344,6 +348,9 @@ class _BaseMLP(BaseEstimator):
         target = self._encode_targets(y, X.shape[0], p["dtype"], reuse, incremental, classes)
         w = _as_sample_weight(sample_weight, X.shape[0])
         w = self._apply_class_weight(w, target, incremental)
+        # ---- solver='lbfgs' (fastnn.lbfgs): a full-batch run with its own commit
+        if self.solver == "lbfgs":
+            return self._fit_lbfgs(X, target, w, p, reuse, names)
         with _num_threads(self.n_threads):
             trainer, rng = self._train(X, target, w, p, reuse, incremental)
         self._commit(trainer, rng, target, names)
@@ -471,18 +478,74 @@ class _BaseMLP(BaseEstimator):
         trainer.stopping.set_state({"best": best, "count": self._no_improvement_count})
         return trainer
 
+    def _check_stochastic_solver(self):
+        """partial_fit's availability (scikit-learn's check and wording): with
+        solver='lbfgs' the estimator has no partial_fit (``hasattr`` is False)."""
+        if self.solver == "lbfgs":   # other bad values: fit's ValueError naming solver
+            raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                                 "lbfgs is not stochastic.")
+        return True
+
+    def _fit_lbfgs(self, X, target, w, p, reuse, names):
+        """solver='lbfgs': scikit-learn's ``_fit_lbfgs`` on fastnn's compiled step.
+
+        One batch of all rows; the objective is scikit-learn's, mean loss +
+        alpha / (2 sw_sum) * sum ||W||^2 (sw_sum: the summed sample weight, the
+        row count without weights), minimised by fastnn.lbfgs on a copy of the
+        network.  Committed as scikit-learn does: ``n_iter_`` (capped at
+        max_iter), ``loss_``, ``t_`` (0 on a fresh fit, else unchanged);
+        ``loss_curve_``, ``best_loss_``, ``validation_scores_`` and
+        ``best_validation_score_`` are not set (a warm start keeps an earlier
+        stochastic fit's).  Early stopping, batch_size, shuffle and the
+        learning-rate settings do not apply.  ``callbacks`` are called after
+        each iteration with ``epoch`` (the iteration), ``loss`` and ``network``.
+        Ctrl-C propagates and leaves the estimator as it was (the run is on a copy).
+        """
+        from .lbfgs import convergence_message, minimize_lbfgs
+        T = target["T"]
+        rng = _check_random_state(self.random_state)
+        net = self._network.copy() if reuse else self._build_network(
+            X.shape[1], T.shape[1], p, rng, target["output_name"])
+        sw_sum = float(X.shape[0]) if w is None else float(w.sum())
+        w_net = np.ones(X.shape[0], dtype=net.dtype) if w is None else w.astype(net.dtype)
+
+        def callback(iteration, loss):
+            logs = {"epoch": iteration, "loss": loss, "network": net}
+            return any(bool(cb(logs)) for cb in p["callbacks"])
+
+        with _num_threads(self.n_threads):
+            res = minimize_lbfgs(net, X, T, w_net, l2=p["alpha"] / sw_sum,
+                                 max_iter=self.max_iter, max_fun=self.max_fun, tol=self.tol,
+                                 verbose=bool(self.verbose),
+                                 callback=callback if p["callbacks"] else None)
+        if not np.isfinite(net.params).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data "
+                             "may contain large values and need to be preprocessed.")
+        if not res.converged and not res.stopped:
+            warnings.warn(convergence_message(res, int(self.max_iter)), ConvergenceWarning)
+        stochastic = ("loss_curve_", "best_loss_", "validation_scores_",
+                      "best_validation_score_", "_no_improvement_count")
+        t = self.t_ if reuse else 0
+        if not reuse:
+            for k in stochastic:   # a new lbfgs model has none of them
+                if hasattr(self, k):
+                    delattr(self, k)
+        self._trainer = None     # no stochastic-solver state to continue
+        self._rng = rng
+        self._publish(net, target, names)
+        self.n_iter_ = min(res.n_iter, int(self.max_iter))
+        self.t_ = t
+        self.loss_ = res.loss
+        return self
+
+
     def _commit(self, trainer, rng, target, names):
         """Publish a successful run's results (nothing before this touches self)."""
-        net = trainer.network
         history = trainer.history
         stopping = trainer.stopping
-        self._network = net
         self._trainer = trainer
         self._rng = rng
-        if getattr(self, "_views_of", None) is not net:   # partial_fit: the same views
-            self.coefs_ = net.weights
-            self.intercepts_ = net.biases
-            self._views_of = net
+        self._publish(trainer.network, target, names)
         self.n_iter_ = trainer.epochs_run
         self.t_ = trainer.samples_seen
         self.loss_curve_ = [float(v) for v in history.loss]
@@ -492,6 +555,14 @@ class _BaseMLP(BaseEstimator):
         self.validation_scores_ = list(history.val_score) if validating else None
         self.best_validation_score_ = stopping.best if validating else None
         self._no_improvement_count = stopping.count
+
+    def _publish(self, net, target, names):
+        """The fitted model's own attributes (whatever the solver)."""
+        self._network = net
+        if getattr(self, "_views_of", None) is not net:   # partial_fit: the same views
+            self.coefs_ = net.weights
+            self.intercepts_ = net.biases
+            self._views_of = net
         self.n_features_in_ = net.sizes[0]
         self.n_layers_ = len(net.sizes)
         self.n_outputs_ = target["n_outputs"]
@@ -556,7 +627,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier, a drop-in for scikit-learn's.
 
     Same parameters as ``sklearn.neural_network.MLPClassifier`` (solver
-    'adam' or 'sgd'; 'lbfgs' raises ValueError), plus:
+    'adam', 'sgd' or 'lbfgs', which needs scipy), plus:
 
     dtype : 'float32' (default) or 'float64', the arithmetic of training and
         prediction.
@@ -721,6 +792,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             raise ValueError("class_weight and sample_weight leave no positive weight")
         return w
 
+    @available_if(_BaseMLP._check_stochastic_solver)   # none with solver='lbfgs'
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y), continuing from the current state (optimizer
         included).  ``classes`` (every label) is required on the first call."""
@@ -785,6 +857,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _apply_class_weight(self, w, target, incremental):
         return w
 
+    @available_if(_BaseMLP._check_stochastic_solver)   # none with solver='lbfgs'
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing from the current state."""
         return self._fit(X, y, sample_weight, incremental=True)

@@ -208,6 +208,41 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
         return False
 
+
+class FullBatchObjective:
+    """``mean loss + l2/2 sum ||W||^2`` over all rows of (X, T, w) as one batch,
+    evaluated at the network's current ``params`` by the compiled step
+    (kernels.step.loss_gradient), for full-batch optimisers such as
+    fastnn.lbfgs that evaluate it many times on the same data.
+
+    X, T, w must already be checked (C-contiguous, the network's dtype, as
+    :meth:`Trainer._check_data` makes them).  The workspace is made once here
+    and reused by every call.
+    """
+
+    def __init__(self, network, X, T, w, l2):
+        self.network = network
+        self.X, self.T, self.w = X, T, w
+        self.l2 = network.dtype.type(l2)
+        self.work = make_workspace(network, X.shape[0], X.shape[1], T.shape[1])
+        # the same threading rule as a training step of this many rows
+        self.serial = serial_step(network, X.shape[0])
+
+    def __call__(self):
+        """(loss as a float, gradient): the gradient is the workspace's buffer,
+        overwritten by the next call; copy it to keep it."""
+        with parallel_region(self.serial):
+            loss = loss_gradient(_net_bundle(self.network), self.X, self.T, self.w,
+                                 self.work, self.l2, np.int64(numba.get_num_threads()))
+        return float(loss), self.work.grad
+
+
+def serial_step(network, rows):
+    """Whether a step over ``rows`` rows runs on one thread (see SERIAL_STEP_FLOPS)."""
+    n_weights = sum(a * b for a, b in zip(network.sizes[:-1], network.sizes[1:]))
+    return rows < MIN_PARALLEL_ROWS or 6.0 * n_weights * rows < SERIAL_STEP_FLOPS
+
+
 class Trainer:
     """Trains a :class:`~fastnn.Network` by mini-batch backpropagation.
 
@@ -303,8 +338,7 @@ class Trainer:
         batch = min(self.batch_size, X.shape[0])
         ws = self._get_workspace(batch, X.shape[1], T.shape[1])
         momentum, beta1, beta2, eps = self.optimizer.hyper()
-        n_weights = sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
-        serial = batch < MIN_PARALLEL_ROWS or 6.0 * n_weights * batch < SERIAL_STEP_FLOPS
+        serial = serial_step(net, batch)
         update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
                         dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
         return batch, ws, update, serial
@@ -315,13 +349,9 @@ class Trainer:
 
         The same compiled arithmetic as a training step, without the update.
         """
-        net = self.network
         X, T, w = self._check_data(X, y, sample_weight)
-        ws = make_workspace(net, X.shape[0], X.shape[1], T.shape[1])
-        with parallel_region():
-            loss = loss_gradient(_net_bundle(net), X, T, w, ws, net.dtype.type(self.l2),
-                                 np.int64(numba.get_num_threads()))
-        return float(loss), ws.grad.copy()
+        loss, grad = FullBatchObjective(self.network, X, T, w, self.l2)()
+        return loss, grad.copy()
 
     def _check_data(self, X, y, sample_weight):
         net = self.network
