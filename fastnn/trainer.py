@@ -652,11 +652,11 @@ class Trainer:
                                   float(stopping.best) if stopping else 0.0,
                                   np.int64(stopping.count if stopping else 0),
                                   np.int64(self.steps))
-        losses, accuracies, rates = results[:, :orders.shape[0]]
         with parallel_region(serial):
             done, state, reason = run_kernels.train_epochs(
-                _net_bundle(net), X, T, w, orders, batch, ws, update, plan, state,
-                np.int64(numba.get_num_threads()), losses, accuracies, rates)
+                _net_bundle(net), run_kernels.Data(X, T, w), orders, batch, ws, update, plan,
+                state, np.int64(numba.get_num_threads()), results)
+        losses, accuracies = results[0], results[1]
         if reason == run_kernels.DIVERGED:
             return done, reason   # replayed by the caller from the chunk's start
         if done < orders.shape[0]:

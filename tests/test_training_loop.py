@@ -179,8 +179,10 @@ def test_compiled_runs_span_several_chunks_and_stop_mid_chunk(rng, monkeypatch):
     monkeypatch.setattr(fastnn.trainer, "CHUNK_ROWS", 33 * 7)   # chunks of 7 epochs
     fast, slow = _fit_twice(lambda: fastnn.Trainer(
         fastnn.Network([7, 9, 3], seed=0), fastnn.SGD(lr=0.1), batch_size=8, seed=2,
-        stopping=Plateau(tol=1e-3, patience=2)), X, y, epochs=200)
-    assert fast == slow and fast[6] == "plateau" and len(fast[2]["loss"]) % 7 != 0
+        stopping=Plateau(tol=1e9, patience=9)), X, y, epochs=200)
+    # tol=1e9: no epoch after the first improves, so the count passes 9 at
+    # epoch 11: in the second chunk, not at its end
+    assert fast == slow and fast[6] == "plateau" and len(fast[2]["loss"]) == 11
 
 
 def test_a_compiled_run_that_diverges_keeps_the_last_finite_step(rng):

@@ -40,6 +40,9 @@ and patience (all typed, float64 / int64 / bool)."""
 State = namedtuple("State", ["lr", "samples_seen", "best", "count", "steps"])
 """What changes from epoch to epoch outside the arrays (float64 / int64)."""
 
+Data = namedtuple("Data", ["X", "T", "w"])
+"""The training rows: inputs, targets and sample weights."""
+
 
 @jit
 def params_finite(params):
@@ -56,12 +59,12 @@ def params_finite(params):
 # Python loop it stands in for.  The epochs themselves (train_epoch) keep the
 # package's flags: LLVM's fast-math flags are per instruction.
 @jit(fastmath=False)
-def train_epochs(net, X, T, w, orders, batch_size, work, update, plan, state, threads,
-                 losses, accuracies, rates):
-    """Up to orders.shape[0] epochs, epoch e over the rows orders[e].
+def train_epochs(net, data, orders, batch_size, work, update, plan, state, threads, results):
+    """Up to orders.shape[0] epochs, epoch e over the rows orders[e] of data.
 
     Writes each completed epoch's mean loss, accuracy (correct / n) and the
-    rate it trained with into losses, accuracies and rates.  Returns (epochs
+    rate it trained with into results[0, e], results[1, e] and results[2, e]
+    (float64).  Returns (epochs
     completed, the State after them, reason): reason 0 = all ran, 1 = the
     stopping rule stopped, 2 = the epoch after the completed ones went
     non-finite (the caller replays it in Python, which restores and raises).
@@ -77,15 +80,15 @@ def train_epochs(net, X, T, w, orders, batch_size, work, update, plan, state, th
     for e in range(orders.shape[0]):
         this = Update(u.state1, u.state2, u.kind, u.l2, dt(lr), u.momentum, u.beta1, u.beta2,
                       u.eps, u.apply)
-        loss, weight, correct, taken, finite = train_epoch(net, X, T, w, orders[e], batch_size,
-                                                           work, this, steps, threads)
+        loss, weight, correct, taken, finite = train_epoch(
+            net, data.X, data.T, data.w, orders[e], batch_size, work, this, steps, threads)
         if not finite or not params_finite(net.params):
             return e, State(lr, seen, best, count, steps), 2
         steps += taken
         mean = loss / weight if weight > 0 else np.nan
-        losses[e] = mean
-        accuracies[e] = correct / n
-        rates[e] = lr
+        results[0, e] = mean
+        results[1, e] = correct / n
+        results[2, e] = lr
         seen += n
         # the stopping rule sees the epoch first, then the schedule moves the rate
         if plan.stopping:
