@@ -33,8 +33,10 @@ def _jsonable(value):
     return value
 
 
-def save_checkpoint(trainer, path):
-    """Write ``trainer``'s complete state to ``path`` atomically."""
+def save_checkpoint(trainer, path, owner=None):
+    """Write ``trainer``'s complete state to ``path`` atomically; ``owner``: a
+    JSON-able dict the trainer's user stores with it (the estimators: what the
+    run belongs to)."""
     opt = trainer.optimizer
     stopping = trainer.stopping
     extra = {
@@ -51,6 +53,7 @@ def save_checkpoint(trainer, path):
             "monitor": stopping.monitor, "tol": stopping.tol, "patience": stopping.patience,
             "restore_best": stopping.restore_best, "state": stopping.get_state()},
         "history": trainer.history.as_dict(),
+        "owner": owner,
     }
     net = trainer.network
     io.write_archive(path, io.network_meta(net, kind="checkpoint", extra=extra),

@@ -23,6 +23,9 @@ defined by us rather than by scikit-learn:
   (scikit-learn also averages over outputs); gradients are the same.
 """
 import contextlib
+import hashlib
+import json
+import os
 import copy
 import math
 import numbers
@@ -189,7 +192,7 @@ class _BaseMLP(BaseEstimator):
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, max_fun=15000, dtype="float32", n_threads=None,
-                 callbacks=None):
+                 callbacks=None, checkpoint=None, checkpoint_every=10):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -216,6 +219,8 @@ class _BaseMLP(BaseEstimator):
         self.dtype = dtype
         self.n_threads = n_threads
         self.callbacks = callbacks
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     # ------------------------------------------------------- validation
     def _checked_params(self):
@@ -276,6 +281,14 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("callbacks must be a function or a list of functions "
                              "f(logs) -> bool")
         p["callbacks"] = tuple(cbs)
+        if self.checkpoint is not None:
+            if not isinstance(self.checkpoint, (str, os.PathLike)):
+                raise ValueError(f"checkpoint must be None or a file path; got "
+                                 f"{self.checkpoint!r}")
+            if self.early_stopping:
+                raise ValueError("checkpoint cannot be combined with early_stopping yet (the "
+                                 "best weights so far are not part of the checkpoint)")
+        V.check_positive_int(self.checkpoint_every, "checkpoint_every")
         _check_random_state(self.random_state, build=False)
         return p
 
@@ -430,27 +443,48 @@ class _BaseMLP(BaseEstimator):
         w_full = np.ones(n, dtype=X.dtype) if w is None else w.astype(X.dtype)
         mean_w = float(w_full.mean()) if w is not None else 1.0
         epochs = 1 if incremental else int(self.max_iter)
+        checkpoint = None if incremental else self.checkpoint
+        owner = None if checkpoint is None else {
+            "estimator": type(self).__name__, "fingerprint": self._fingerprint(X, T, w_full)}
+        done_before, resumed_reason = 0, None
+        if checkpoint is not None and os.path.exists(checkpoint):
+            trainer, done_before, epochs, resumed_reason = self._resume_checkpoint(
+                checkpoint, owner, epochs)
+            rng = trainer.order.rng if isinstance(trainer.order, RunningShuffle) else rng
         with trainer.transaction():
             trainer.batch_size = batch
             # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
             trainer.l2 = p["alpha"] / (batch * mean_w)
-            trainer.schedule = self._schedule()
-            if not incremental:
+            if not done_before:
+                trainer.schedule = self._schedule()
+            if done_before:
+                pass   # resumed: optimizer, order, schedule and stopping rule as saved
+            elif not incremental:
                 # a (warm-started) fit starts a new optimizer, as scikit-learn's
                 trainer.reset_optimizer(self._make_optimizer(float(self.learning_rate_init)))
-            if not self.shuffle:
+            if done_before:
+                pass
+            elif not self.shuffle:
                 trainer.order = InOrder()
             elif not (isinstance(trainer.order, RunningShuffle) and trainer.order.rng is rng):
                 trainer.order = RunningShuffle(rng)   # partial_fit keeps shuffling with its own
             monitor = "val_score" if early_stopping else "loss"
-            if trainer.stopping is None or trainer.stopping.monitor != monitor:
+            if done_before:
+                pass
+            elif trainer.stopping is None or trainer.stopping.monitor != monitor:
                 trainer.stopping = self._stopping(early_stopping)   # new, or switched
             else:   # warm start / partial_fit: the count and best value carry on
                 trainer.stopping.tol = float(self.tol)
                 trainer.stopping.patience = int(self.n_iter_no_change)
             try:
-                trainer._fit_checked(X, T, w_full, epochs, val, p["callbacks"],
-                                     progress=bool(self.verbose))
+                if epochs > 0:
+                    trainer._fit_checked(X, T, w_full, epochs, val, p["callbacks"],
+                                         progress=bool(self.verbose), checkpoint=checkpoint,
+                                         checkpoint_every=int(self.checkpoint_every),
+                                         owner=owner, restart_order=not done_before)
+                else:   # resumed from a checkpoint of a run that had finished
+                    trainer.epochs_run, trainer.stop_reason = 0, resumed_reason
+                trainer.epochs_run += done_before
             except FloatingPointError:
                 raise ValueError("Solver produced non-finite parameter weights. The input "
                                  "data may contain large values and need to be preprocessed "
@@ -459,7 +493,44 @@ class _BaseMLP(BaseEstimator):
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning)
+        if checkpoint is not None and not trainer.interrupted and os.path.exists(checkpoint):
+            os.unlink(checkpoint)   # the run is complete: the estimator holds its result
         return trainer, rng
+
+    def _fingerprint(self, X, T, w):
+        """What a checkpoint must match to be resumed: the data and every
+        parameter that changes the arithmetic (not verbose, callbacks,
+        n_threads or the checkpoint settings)."""
+        h = hashlib.blake2b(digest_size=16)
+        skip = ("verbose", "callbacks", "n_threads", "checkpoint", "checkpoint_every")
+        params = {k: repr(v) for k, v in sorted(self.get_params(deep=False).items())
+                  if k not in skip}
+        h.update(json.dumps(params, sort_keys=True).encode())
+        for a in (X, T, w):
+            h.update(repr((a.shape, a.dtype.str)).encode())
+            h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
+
+    def _resume_checkpoint(self, path, owner, max_epochs):
+        """(trainer, epochs already trained, epochs left, "plateau" if the run
+        had stopped) from the checkpoint of an interrupted fit of this
+        estimator on the same data; ValueError if the file holds another run."""
+        trainer, saved = Trainer._resume(path)
+        if saved != owner:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} holds another run (other data, "
+                             "parameters or estimator); delete it or choose another path")
+        done = len(trainer.history)
+        left = max(0, max_epochs - done)
+        reason = None
+        stopping = trainer.stopping
+        # the stopping decision of the checkpoint's last epoch, which the
+        # interrupted run made after writing it
+        if left and stopping is not None and stopping.exhausted:
+            if trainer.schedule.on_plateau(trainer.optimizer):
+                stopping.count = 0
+            else:
+                left, reason = 0, "plateau"
+        return trainer, done, left, reason
 
     def _trainer_from_fitted(self):
         """A trainer continuing a model read from a file (which keeps no
@@ -651,7 +722,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, max_fun=15000, dtype="float32", n_threads=None,
-                 callbacks=None, class_weight=None):
+                 callbacks=None, checkpoint=None, checkpoint_every=10, class_weight=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -660,7 +731,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            max_fun=max_fun, dtype=dtype, n_threads=n_threads, callbacks=callbacks)
+            max_fun=max_fun, dtype=dtype, n_threads=n_threads, callbacks=callbacks,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         self.class_weight = class_weight
 
     def __sklearn_tags__(self):

@@ -487,11 +487,15 @@ class Trainer:
         return X_val, T_val, w_val
 
     def _fit_checked(self, X, T, w, epochs, val, callbacks=(), progress=False,
-                     checkpoint=None, checkpoint_every=1):
+                     checkpoint=None, checkpoint_every=1, owner=None, restart_order=True):
         """The training loop, on checked data: the one loop of fastnn (the
-        estimators call it too).  ``val`` is (X_val, T_val, w_val) or None."""
+        estimators call it too).  ``val`` is (X_val, T_val, w_val) or None;
+        ``owner`` is stored in checkpoints; ``restart_order=False`` continues
+        the epoch order where a checkpoint left it."""
         callbacks = _check_callbacks(callbacks)
         checkpoint_every = V.check_positive_int(checkpoint_every, "checkpoint_every")
+        if checkpoint is not None:   # written like a periodic callback, after the others
+            callbacks = (*callbacks, _CheckpointWriter(checkpoint, checkpoint_every, owner))
         if self.stopping is not None and self.stopping.monitor == "val_score" and val is None:
             raise ValueError("a stopping rule on 'val_score' needs validation_data")
         entry, epoch_snapshot = self._snapshots()
@@ -501,10 +505,11 @@ class Trainer:
         self.interrupted = False
         self.stop_reason = None
         self.epochs_run = 0
-        self.order.start(X.shape[0])
+        if restart_order:
+            self.order.start(X.shape[0])
         bar = _progress_bar(epochs) if progress else None
         if (all(hasattr(cb, "every") for cb in callbacks) and val is None
-                and checkpoint is None and self._compiled_runs_apply()):
+                and self._compiled_runs_apply()):
             try:
                 return self._fit_compiled(X, T, w, epochs, entry, epoch_snapshot,
                                           callbacks, bar)
@@ -573,7 +578,6 @@ class Trainer:
         n_weights = sum(a * b for a, b in zip(self.network.sizes[:-1], self.network.sizes[1:]))
         rows = min(CHUNK_ROWS, CHUNK_FLOPS / (6.0 * n_weights))
         chunk = max(1, min(epochs, int(rows) // n))
-        period = min([cb.every for cb in callbacks], default=chunk)
         orders = np.empty((chunk, n), dtype=np.int64)
         results = np.empty((3, chunk), dtype=np.float64)
         try:
@@ -581,8 +585,10 @@ class Trainer:
                 while self.epochs_run < epochs:
                     snapshot = entry if (self.epochs_run == 0 and self._entry_snapshot is entry) \
                         else epoch_snapshot.take()
-                    size = min(chunk, epochs - self.epochs_run,
-                               period - self.epochs_run % period)
+                    # end the chunk at the next epoch a periodic callback is due
+                    done_so_far = len(self.history)
+                    size = min([chunk, epochs - self.epochs_run,
+                                *[cb.every - done_so_far % cb.every for cb in callbacks]])
                     first = len(self.history)
                     try:
                         done, reason = self._train_chunk(X, T, w, orders[:size], results)
@@ -628,7 +634,7 @@ class Trainer:
             if bar is not None:
                 bar.update(logs)
         logs.update(network=self.network, trainer=self)
-        due = [cb for cb in callbacks if self.epochs_run % cb.every == 0]
+        due = [cb for cb in callbacks if last % cb.every == 0]
         return any([bool(cb(logs)) for cb in due])
 
     def _train_chunk(self, X, T, w, orders, results):
@@ -685,13 +691,11 @@ class Trainer:
         raise AssertionError("a chunk that went non-finite trained finitely when replayed")
 
     def _after_epoch(self, logs, callbacks, bar, checkpoint, checkpoint_every):
-        """Schedule, progress, checkpoint, callbacks and the stopping rule after
-        an epoch; returns the reason to stop, or None."""
+        """Schedule, progress, callbacks (the checkpoint writer among them) and
+        the stopping rule after an epoch; returns the reason to stop, or None."""
         self.schedule.after_epoch(self.optimizer, self.samples_seen)
         if bar is not None:
             bar.update(logs)
-        if checkpoint is not None and len(self.history) % checkpoint_every == 0:
-            save_checkpoint(self, checkpoint)
         due = [cb for cb in callbacks if len(self.history) % getattr(cb, "every", 1) == 0]
         if any([bool(cb(logs)) for cb in due]):
             return "callback"
@@ -736,6 +740,11 @@ class Trainer:
         """A Trainer (with its network) restored from a checkpoint written by
         ``fit(checkpoint=path)``; continuing it gives the same bits as a run
         that was never interrupted."""
+        return cls._resume(path)[0]
+
+    @classmethod
+    def _resume(cls, path):
+        """(trainer, owner dict or None) from a checkpoint."""
         net, arrays, parts = read_checkpoint(path)
         try:
             trainer = cls(net, optimizer=parts["optimizer"], batch_size=parts["batch_size"],
@@ -752,7 +761,7 @@ class Trainer:
                                  f"({type(exc).__name__}: {exc})") from None
         trainer.state1[:] = arrays["state1"]
         trainer.state2[:] = arrays["state2"]
-        return trainer
+        return trainer, parts.get("owner")
 
     def _sample_weight(self, sample_weight, n):
         if sample_weight is None:
@@ -771,8 +780,8 @@ _OWN_RUN_EPOCH = Trainer.run_epoch
 
 
 class every:
-    """``every(k, cb)``: the callback ``cb(logs)`` called after every k-th
-    epoch of a fit (epochs k, 2k, ...) instead of after each one.  Training
+    """``every(k, cb)``: the callback ``cb(logs)`` called after the epochs
+    whose number (``logs["epoch"]``) is a multiple of k, instead of after each.  Training
     in between needs no Python, so it runs as compiled chunks of epochs (the
     same bits); use it for reports and checks that need not see each epoch."""
 
@@ -785,6 +794,18 @@ class every:
     def __call__(self, logs):
         return self.callback(logs)
 
+
+
+class _CheckpointWriter:
+    """The checkpoint as a periodic callback: the training state after every
+    k-th epoch, written atomically (fastnn.checkpoint)."""
+
+    def __init__(self, path, k, owner):
+        self.path, self.every, self.owner = path, k, owner
+
+    def __call__(self, logs):
+        save_checkpoint(logs["trainer"], self.path, self.owner)
+        return False
 
 
 def _check_callbacks(callbacks):

@@ -586,3 +586,73 @@ def test_partial_fit_trains_the_model_in_place_and_continues_after_load(tmp_path
     back = MLPClassifier.load(tmp_path / "m.npz")
     back.partial_fit(X, y)           # a fresh optimizer, the counters carry on
     assert len(back.loss_curve_) == 5 and back.t_ == 5 * 99
+
+
+# ------------------------------------------------------ checkpoints
+CHECKPOINT_SCRIPT = """
+import os, sys, hashlib, warnings
+import numpy as np
+import fastnn
+from fastnn import MLPClassifier
+warnings.simplefilter("ignore")
+path, die_at, every_k, solver = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(7)
+X = rng.standard_normal((123, 6)); y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+
+trained_here = []
+
+def die(logs):
+    if logs["epoch"] == die_at:
+        os._exit(3)            # the process is killed: nothing after this runs
+
+clf = MLPClassifier(hidden_layer_sizes=(9,), solver=solver, learning_rate="adaptive",
+                    batch_size=20, max_iter=40, tol=1e-3, n_iter_no_change=4,
+                    random_state=0, checkpoint=path if path != "-" else None,
+                    checkpoint_every=every_k,
+                    callbacks=[fastnn.every(1, trained_here.append)]
+                    + ([fastnn.every(die_at, die)] if die_at else []))
+clf.fit(X, y)
+print(hashlib.sha256(clf._network.params.tobytes()).hexdigest(), clf.n_iter_,
+      len(clf.loss_curve_), clf.t_)
+print(len(trained_here))
+"""
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_an_estimator_fit_killed_midway_resumes_from_its_checkpoint_with_the_same_bits(
+        tmp_path, solver):
+    path = str(tmp_path / "run.npz")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", CHECKPOINT_SCRIPT, *map(str, args), solver],
+                              capture_output=True, text=True)
+
+    straight = run("-", 0, 1)
+    assert straight.returncode == 0, straight.stderr
+    killed = run(path, 11, 3)          # dies after epoch 11; the checkpoint holds epoch 9
+    assert killed.returncode == 3 and os.path.exists(path)
+    assert len(fastnn.Trainer.resume(path).history) == 9
+    resumed = run(path, 0, 3)
+    assert resumed.returncode == 0, resumed.stderr
+    result, trained = resumed.stdout.splitlines()
+    assert result.split() == straight.stdout.splitlines()[0].split()
+    n_iter = int(result.split()[1])
+    assert int(trained) == n_iter - 9  # it went on from epoch 9, not from the start
+    assert not os.path.exists(path)    # a completed fit removes its checkpoint
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, rng):
+    X, y = _blobs(rng, n=90)
+    path = tmp_path / "run.npz"
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=6, random_state=0,
+                        checkpoint=str(path), checkpoint_every=2,
+                        callbacks=[lambda logs: logs["epoch"] == 4])   # stops: file kept? no
+    clf.fit(X, y)
+    assert not path.exists()           # stopped by a callback: complete, removed
+    trainer = fastnn.Trainer(fastnn.Network([X.shape[1], 5, 3], seed=0))
+    trainer.fit(X, y, epochs=1, checkpoint=path)     # a checkpoint without this owner
+    with pytest.raises(ValueError, match="holds another run"):
+        MLPClassifier(hidden_layer_sizes=(5,), max_iter=6, random_state=0,
+                      checkpoint=str(path)).fit(X, y)
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPClassifier(early_stopping=True, checkpoint=str(path)).fit(X, y)
