@@ -34,11 +34,13 @@ _FROM_SK_ACTIVATION = {v: k for k, v in _TO_SK_ACTIVATION.items()}
 
 def _sklearn_class(est_or_cls):
     """scikit-learn's MLP class matching a fastnn estimator (or its class)."""
+    from sklearn.base import ClassifierMixin
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-    from .estimators import MLPClassifier as FastClassifier
+    # fastnn's classifier is built on scikit-learn's ClassifierMixin (which
+    # this module needs anyway), so no import of fastnn.estimators: no circle
     cls = est_or_cls if isinstance(est_or_cls, type) else type(est_or_cls)
-    return MLPClassifier if issubclass(cls, FastClassifier) else MLPRegressor
+    return MLPClassifier if issubclass(cls, ClassifierMixin) else MLPRegressor
 
 
 def _label_binarizer(est):
