@@ -24,6 +24,16 @@ import numba  # noqa: E402
 # but NaN and inf keep their meaning, so a diverging loss is still detected.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
+# Without 'reassoc' and 'arcp', for elementwise arithmetic whose bits must not
+# depend on which compiled copy of a function runs: numba optimises every
+# callee again inside each caller it is linked into, a freshly compiled process
+# calls the callee's own code and a process loading the caller from the cache
+# the caller's copy, and with 'reassoc' LLVM may associate the two copies'
+# arithmetic differently (losses.softmax_delta_row).  For loops without a
+# reduction to vectorise.  A function keeps its flags when LLVM inlines it, but
+# not through numba's inline="always" (the caller's flags apply).
+STRICT_FASTMATH = frozenset({"nsz", "contract", "afn"})
+
 JIT_OPTIONS = dict(
     nogil=True,
     cache=True,

@@ -14,7 +14,7 @@ they stay finite for logits of +-1e4 in float32.  Loss sums are float64.
 """
 import numpy as np
 
-from .._jit import jit
+from .._jit import STRICT_FASTMATH, jit
 from .activations import sigmoid
 
 SOFTMAX = 0
@@ -70,6 +70,27 @@ def _argmax(row):
     return best
 
 
+@jit(fastmath=set(STRICT_FASTMATH))  # never inline="always": it would drop these flags
+def softmax_delta_row(row, t, ws, total):
+    """row[j] = ws * (row[j] / total - t[j]) for one row of exp(z - max z), in
+    the one association (ws row[j]) (1 / total) - ws t[j], fused on FMA hardware
+    to fma(ws row[j], 1 / total, -(ws t[j])), in every lane.
+
+    Compiled without 'reassoc' and 'arcp' (STRICT_FASTMATH).  With them (as
+    part of softmax_xent_grad), LLVM chose this association when it compiled
+    softmax_xent_grad, but when it optimised the copy linked into a caller
+    (train_epoch) a second time it regrouped the product in the vectorised
+    loop as row[j] (ws / total): other bits in the columns the vector loop
+    covers (with at least as many classes as a vector holds: 4 float64 or 8
+    float32 in AVX2's 256 bits).  A freshly compiled process runs the
+    function's own code, a process that loads train_epoch from numba's cache
+    the copy (README, Reproducibility), so the first run trained to other bits.
+    """
+    inv = row.dtype.type(1) / total
+    for j in range(row.shape[0]):
+        row[j] = (ws * row[j]) * inv - ws * t[j]
+
+
 @jit
 def softmax_xent_grad(Z, T, w, scale):
     """Cross-entropy of softmax(Z) against targets T; Z becomes delta in place.
@@ -98,10 +119,7 @@ def softmax_xent_grad(Z, T, w, scale):
             total += row[j]
         # L_i = sum_j t_j (lse - z_j) with lse - mx = log(total)
         loss += np.float64(w[i]) * (t_sum * np.log(np.float64(total)) - t_dot_z)
-        coef = w[i] * scale / total
-        ws = w[i] * scale
-        for j in range(n):
-            row[j] = row[j] * coef - ws * t[j]
+        softmax_delta_row(row, t, w[i] * scale, total)
     return loss, correct
 
 
