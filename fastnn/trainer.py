@@ -601,6 +601,12 @@ class Trainer:
                         break
                     if reason == run_kernels.DIVERGED:
                         snapshot.restore()
+                        if snapshot is entry:   # a transaction's first chunk: all of it
+                            raise FloatingPointError(   # is undone anyway, no replay
+                                "the training loss became NaN or infinite; the network "
+                                "keeps the parameters of the last finite step (here: "
+                                "those before this call). Lower the learning rate or "
+                                "scale the inputs.")
                         self._replay_and_raise(X, T, w, done)
                     self.epochs_run += done
                     if self._after_chunk(first, results[2], callbacks, bar):

@@ -656,3 +656,20 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, rng):
                       checkpoint=str(path)).fit(X, y)
     with pytest.raises(ValueError, match="early_stopping"):
         MLPClassifier(early_stopping=True, checkpoint=str(path)).fit(X, y)
+
+
+@pytest.mark.parametrize("callbacks", [None, [lambda logs: False]])
+def test_a_diverging_warm_start_fit_is_undone_whatever_the_loop(rng, callbacks):
+    # compiled chunks (no callback) and epoch by epoch (a callback) alike
+    X, y = _blobs(rng, n=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0,
+                            warm_start=True, callbacks=callbacks).fit(X, y)
+    before = clf._network.params.tobytes(), clf._trainer.state1.tobytes(), clf.loss_curve_
+    huge = X / np.abs(X).max() * 3e38
+    clf.set_params(solver="sgd", learning_rate_init=1e3)
+    with pytest.raises(ValueError, match="non-finite"):
+        clf.fit(huge, y[rng.permutation(len(y))])
+    assert (clf._network.params.tobytes(), clf._trainer.state1.tobytes(),
+            clf.loss_curve_) == before
