@@ -1,5 +1,6 @@
 """The ``fastnn`` command line.  ``fastnn train`` with no options trains a
-2-100-3 relu network on the spiral data and prints its progress and accuracy."""
+2-100-3 relu network on the spiral data and prints its progress and accuracy;
+``fastnn compile`` fills numba's cache ahead of time."""
 import argparse
 import sys
 import time
@@ -7,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from . import datasets
+from . import _compile_notice, datasets
 from ._compat import ConvergenceWarning
 from ._estimator_io import load_estimator
 from .estimators import MLPClassifier, MLPRegressor
@@ -81,6 +82,9 @@ def build_parser():
                    help="write the loss curve here (and, for 2-D data, the decision "
                         "boundary beside it as *_boundary.png); needs matplotlib")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
+    from .compile import build_parser as compile_options
+    compile_options(sub.add_parser(
+        "compile", help="compile every kernel into numba's cache ahead of time (Docker, CI)"))
     return parser
 
 
@@ -181,6 +185,11 @@ def _plot(path, est, X, y, out):
 def main(argv=None):
     """Entry point of the ``fastnn`` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "compile":
+        from .compile import compile_command
+        return compile_command(args)
+    # a cold cache makes the first fit take seconds: say why, once (stderr)
+    _compile_notice.enable()
     try:
         return train_command(args)
     except (ValueError, TypeError, OSError, ImportError) as exc:
