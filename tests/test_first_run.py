@@ -106,3 +106,34 @@ def test_fastnn_compile_leaves_nothing_to_compile(tmp_path):
     assert _compile_notice.MESSAGE not in after.stderr
     again = _run(["fastnn.compile", "--dtype", "float32"], cache)
     assert "float32: nothing to compile (cached)" in again.stdout, again.stdout
+
+
+def test_cold_start_check_compares_cpu_seconds_with_the_ceiling(tmp_path, monkeypatch, capsys):
+    floors = tmp_path / "floors.json"
+    floors.write_text(json.dumps({"cold_start": {"ceiling_cpu_s": 30.0}}))
+    args = type("Args", (), {"floors": str(floors)})
+    for cpu, status in ((29.9, 0), (30.1, 1)):
+        monkeypatch.setattr(startup, "run_cold", lambda cpu=cpu: (cpu, cpu, ""))
+        assert startup.check(args) == status
+    assert "ABOVE CEILING" in capsys.readouterr().out
+
+
+def test_committed_floors_have_a_cold_start_ceiling():
+    spec = json.loads((ROOT / "benchmarks" / "floors.json").read_text())["cold_start"]
+    assert spec["ceiling_cpu_s"] > 0 and len(spec["measured_cpu_s"]) >= 3
+    assert spec["ceiling_cpu_s"] >= max(spec["measured_cpu_s"])
+
+
+def test_breakdown_table_sums_self_times_per_function(tmp_path, capsys):
+    saved = tmp_path / "run.json"
+    entries = [{"name": "fastnn.kernels.a.f", "args": "", "seconds": 1.0, "self_seconds": 1.0},
+               {"name": "fastnn.kernels.a.f", "args": "", "seconds": 2.0, "self_seconds": 2.0},
+               {"name": "fastnn.kernels.b.g", "args": "", "seconds": 5.0, "self_seconds": 2.0},
+               {"name": "numba.x.<locals>.impl", "args": "", "seconds": 0.5, "self_seconds": 0.5}]
+    saved.write_text(json.dumps({"cpu": 9.0, "wall": 9.5, "entries": entries}))
+    args = type("Args", (), {"load": str(saved), "json": None, "top": 2})
+    assert startup.breakdown(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "5.5 s CPU in 4 compilations of 3 functions" in lines[0]
+    assert [line.split()[:2] + line.split()[-1:] for line in lines[2:]] == [
+        ["kernels.a.f", "3.00", "2"], ["kernels.b.g", "2.00", "1"], ["(1", "others)", "1"]]

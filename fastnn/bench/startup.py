@@ -2,7 +2,7 @@
 
     python -m fastnn.bench.startup check     [--floors benchmarks/floors.json]
     python -m fastnn.bench.startup measure   [--runs 3]
-    python -m fastnn.bench.startup breakdown [--top 15]
+    python -m fastnn.bench.startup breakdown [--top 15] [--json out.json | --load out.json]
 
 The workload (:data:`FIRST_RUN`), run in a fresh interpreter with a fresh
 empty ``NUMBA_CACHE_DIR``: ``import fastnn``, an ``MLPClassifier`` fit and
@@ -14,9 +14,9 @@ than its wall time on a loaded machine, so that is what is measured.
 ``check`` runs it once and fails (exit 1) when the CPU time is above the
 ceiling ``cold_start.ceiling_cpu_s`` in benchmarks/floors.json.  ``measure``
 prints the CPU and wall time of several runs (to set the ceiling).
-``breakdown`` prints, for one cold run, the compile time of each function
-(numba's ``"numba:compile"`` events, self time: nested compilations
-subtracted).
+``breakdown`` prints, for one cold run, the CPU time numba spent compiling
+each function (``"numba:compile"`` events, self time: nested compilations
+subtracted; fastnn/_compile_log.py).
 """
 import argparse
 import json
@@ -99,26 +99,32 @@ def measure(args):
 
 
 def breakdown(args):
-    """One cold run with every compilation logged: the top functions by self time."""
-    cpu, wall, out = run_cold(_LOGGED + FIRST_RUN)
-    entries = json.loads(out.strip().splitlines()[-1])
-    acc = {}
-    for e in entries:
-        s, n = acc.get(e["name"], (0.0, 0))
-        acc[e["name"]] = (s + e["self_seconds"], n + 1)
-    rows = sorted(acc.items(), key=lambda kv: -kv[1][0])
-    total = sum(s for s, _ in acc.values())
+    """One cold run with every compilation logged (or one saved with --json,
+    given to --load): the top functions by self time."""
+    from .._compile_log import by_function
+    if args.load:
+        with open(args.load) as f:
+            saved = json.load(f)
+        cpu, wall, entries = saved["cpu"], saved["wall"], saved["entries"]
+    else:
+        cpu, wall, out = run_cold(_LOGGED + FIRST_RUN)
+        entries = json.loads(out.strip().splitlines()[-1])
+    rows = by_function(entries)
+    total = sum(s for _, s, _ in rows)
     print(f"cold start: {cpu:.1f} s CPU, {wall:.1f} s wall; numba compiling: {total:.1f} s "
-          f"wall in {len(entries)} compilations of {len(acc)} functions")
-    print(f"{'function':<44} {'self s':>7} {'share':>6} {'sigs':>5}")
-    for name, (s, n) in rows[:args.top]:
-        print(f"{name.removeprefix('fastnn.'):<44} {s:7.2f} {s / total:6.1%} {n:5d}")
+          f"CPU in {len(entries)} compilations of {len(rows)} functions")
+    shown = [(name.removeprefix("fastnn.").replace(".<locals>", ""), s, n)
+             for name, s, n in rows[:args.top]]
     rest = rows[args.top:]
+    width = max([len(r[0]) for r in shown] + [len("(999 others)")])
+    print(f"{'function':<{width}} {'self CPU s':>10} {'share':>6} {'sigs':>5}")
+    for name, s, n in shown:
+        print(f"{name:<{width}} {s:10.2f} {s / total:6.1%} {n:5d}")
     if rest:
-        s = sum(v[0] for _, v in rest)
-        print(f"{f'({len(rest)} others)':<44} {s:7.2f} {s / total:6.1%} "
-              f"{sum(v[1] for _, v in rest):5d}")
-    if args.json:
+        s = sum(r[1] for r in rest)
+        print(f"{f'({len(rest)} others)':<{width}} {s:10.2f} {s / total:6.1%} "
+              f"{sum(r[2] for r in rest):5d}")
+    if args.json and not args.load:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu, "wall": wall, "entries": entries}, f, indent=1)
     return 0
@@ -136,6 +142,7 @@ def main(argv=None):
     p = sub.add_parser("breakdown", help="compile time per function of one cold run")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--json", help="also write every compilation to this file")
+    p.add_argument("--load", help="print the table of a run saved with --json (no new run)")
     args = ap.parse_args(argv)
     return {"check": check, "measure": measure, "breakdown": breakdown}[args.cmd](args)
 
