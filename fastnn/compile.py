@@ -96,7 +96,8 @@ def warm(dtypes=DTYPES):
 def build_parser(parser=None):
     """Options of ``fastnn compile`` (added to ``parser`` when given)."""
     parser = parser or argparse.ArgumentParser(prog="python -m fastnn.compile")
-    parser.description = __doc__.splitlines()[0]
+    parser.description = ("Compile every kernel of fastnn's training and prediction paths "
+                          "into numba's cache ahead of time (Docker images, CI).")
     parser.add_argument("--dtype", action="append", choices=DTYPES, dest="dtypes",
                         help="compile for this dtype (repeat for both; default: both)")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
