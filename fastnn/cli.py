@@ -1,7 +1,7 @@
 """The ``fastnn`` command line.  ``fastnn train`` with no options trains a
 2-100-3 relu network on the spiral data and prints its progress and accuracy;
 ``fastnn predict``, ``evaluate`` and ``export`` use a saved model (see
-:mod:`fastnn.cli_deploy`)."""
+:mod:`fastnn.cli_deploy`); ``fastnn compile`` fills numba's cache ahead of time."""
 import argparse
 import sys
 import time
@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from . import __version__, cli_deploy, datasets
+from . import __version__, _compile_notice, cli_deploy, datasets
 from ._compat import ConvergenceWarning
 from .estimators import MLPClassifier, MLPRegressor, _stratified_split
 from .saving import load_estimator
@@ -91,6 +91,9 @@ def build_parser():
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.set_defaults(func=train_command)
     _add_deploy_commands(sub)
+    from .compile import build_parser as compile_options
+    compile_options(sub.add_parser(
+        "compile", help="compile every kernel into numba's cache ahead of time (Docker, CI)"))
     return parser
 
 
@@ -245,6 +248,11 @@ def _plot(path, est, X, y, out):
 def main(argv=None):
     """Entry point of the ``fastnn`` command."""
     args = build_parser().parse_args(argv)
+    if args.command == "compile":
+        from .compile import compile_command
+        return compile_command(args)
+    # a cold cache makes the first fit take seconds: say why, once (stderr)
+    _compile_notice.enable()
     try:
         return args.func(args, sys.stdout)
     except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:

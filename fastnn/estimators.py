@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from . import _compile_notice
 from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
@@ -335,6 +336,8 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes=None):
         p = self._checked_params()
+        if self.verbose:   # a cold numba cache: say why the first fit takes seconds
+            _compile_notice.enable()
         if (self.solver != "lbfgs" and hasattr(self, "_network") and not hasattr(
                 self, "loss_curve_") and (incremental or self.warm_start)):
             # scikit-learn fails here with an AttributeError on loss_curve_

@@ -13,6 +13,7 @@ import warnings
 import numba
 import numpy as np
 
+from . import _compile_notice
 from . import _validation as V
 from ._metrics import r2_score
 from ._parallel import parallel_region
@@ -464,6 +465,8 @@ class Trainer:
           no epoch of this call completed, the KeyboardInterrupt propagates.
         """
         epochs = V.check_positive_int(epochs, "epochs")
+        if progress:   # a cold numba cache: say why the first epoch takes seconds
+            _compile_notice.enable()
         X, T, w = self._check_data(X, y, sample_weight)
         val = self._check_validation(validation_data)
         return self._fit_checked(X, T, w, epochs, val, callbacks, progress, checkpoint,

@@ -1,0 +1,139 @@
+"""The first run on a cold numba cache: the one-line notice, ``fastnn compile``,
+the compile log and the cold-start check's logic (its timing lives in the CI
+step, not here).  The subprocess tests each compile once into their own empty
+NUMBA_CACHE_DIR."""
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from numba.core import event
+
+from fastnn import _compile_notice
+from fastnn._compile_log import CompileLog
+from fastnn.bench import startup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cache, code=None):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                          if p))
+    cmd = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+class _FakeDispatcher:
+    def __init__(self, module):
+        self.py_func = type("f", (), {"__module__": module, "__qualname__": "f"})
+
+
+def _compile_event(module):
+    return event.trigger_event("numba:compile", data={"dispatcher": _FakeDispatcher(module),
+                                                      "args": ()})
+
+
+def test_notice_prints_once_and_only_for_fastnn_functions():
+    out = io.StringIO()
+    with event.install_listener("numba:compile", _compile_notice._Notice(out)):
+        with _compile_event("numba.cpython.unicode"):   # numba's own helper: no line
+            pass
+        assert out.getvalue() == ""
+        for _ in range(3):
+            with _compile_event("fastnn.kernels.step"):
+                with _compile_event("fastnn.kernels.gemm"):   # nested, as numba's are
+                    pass
+    assert out.getvalue() == _compile_notice.MESSAGE + "\n"
+
+
+def test_compile_log_self_times_add_up_to_the_outer_time():
+    with CompileLog() as log:
+        with _compile_event("fastnn.outer"):
+            with _compile_event("fastnn.inner"):
+                pass
+            with _compile_event("fastnn.inner"):
+                pass
+    assert [e["name"] for e in log.entries] == ["fastnn.inner.f", "fastnn.inner.f",
+                                                "fastnn.outer.f"]
+    outer = log.entries[-1]
+    assert outer["self_seconds"] + sum(e["seconds"] for e in log.entries[:2]) \
+        == pytest.approx(outer["seconds"], abs=1e-9)
+    assert log.total_seconds() == pytest.approx(outer["seconds"], abs=1e-9)
+    assert {n: k for n, _, k in log.by_function()} == {"fastnn.inner.f": 2, "fastnn.outer.f": 1}
+
+
+def test_cold_cli_prints_the_notice_once_and_a_warm_run_does_not(tmp_path):
+    cache = tmp_path / "numba-cache"
+    args = ["fastnn", "train", "--epochs", "3", "--quiet"]
+    cold = _run(args, cache)
+    assert cold.stderr.count(_compile_notice.MESSAGE) == 1, cold.stderr
+    assert "training accuracy" in cold.stdout
+    warm = _run(args, cache)
+    assert _compile_notice.MESSAGE not in warm.stderr, warm.stderr
+    assert "training accuracy" in warm.stdout
+
+
+# After `fastnn compile`, a process doing the first-run workload of the
+# cold-start check compiles nothing: every compile event is logged.
+_NOTHING_COMPILED = """
+import json
+from fastnn._compile_log import CompileLog
+from fastnn import _compile_notice
+log = CompileLog().__enter__()
+_compile_notice.enable()
+exec(WORKLOAD)
+import numba
+from fastnn.kernels import step
+misses = sum(sum(d.stats.cache_misses.values()) for d in vars(step).values()
+             if isinstance(d, numba.core.registry.CPUDispatcher))
+print(json.dumps({"compiled": [e["name"] for e in log.entries], "misses": misses}))
+"""
+
+
+def test_fastnn_compile_leaves_nothing_to_compile(tmp_path):
+    cache = tmp_path / "numba-cache"
+    done = _run(["fastnn", "compile", "--dtype", "float32"], cache)
+    assert "float32: compiled" in done.stdout, done.stdout
+    code = f"WORKLOAD = {startup.FIRST_RUN!r}\n" + _NOTHING_COMPILED
+    after = _run(None, cache, code=code)
+    assert json.loads(after.stdout.strip().splitlines()[-1]) == {"compiled": [], "misses": 0}
+    assert _compile_notice.MESSAGE not in after.stderr
+    again = _run(["fastnn.compile", "--dtype", "float32"], cache)
+    assert "float32: nothing to compile (cached)" in again.stdout, again.stdout
+
+
+def test_cold_start_check_compares_cpu_seconds_with_the_ceiling(tmp_path, monkeypatch, capsys):
+    floors = tmp_path / "floors.json"
+    floors.write_text(json.dumps({"cold_start": {"ceiling_cpu_s": 30.0}}))
+    args = type("Args", (), {"floors": str(floors)})
+    for cpu, status in ((29.9, 0), (30.1, 1)):
+        monkeypatch.setattr(startup, "run_cold", lambda cpu=cpu: (cpu, cpu, ""))
+        assert startup.check(args) == status
+    assert "ABOVE CEILING" in capsys.readouterr().out
+
+
+def test_committed_floors_have_a_cold_start_ceiling():
+    spec = json.loads((ROOT / "benchmarks" / "floors.json").read_text())["cold_start"]
+    assert spec["ceiling_cpu_s"] > 0 and len(spec["measured_cpu_s"]) >= 3
+    assert spec["ceiling_cpu_s"] >= max(spec["measured_cpu_s"])
+
+
+def test_breakdown_table_sums_self_times_per_function(tmp_path, capsys):
+    saved = tmp_path / "run.json"
+    entries = [{"name": "fastnn.kernels.a.f", "args": "", "seconds": 1.0, "self_seconds": 1.0},
+               {"name": "fastnn.kernels.a.f", "args": "", "seconds": 2.0, "self_seconds": 2.0},
+               {"name": "fastnn.kernels.b.g", "args": "", "seconds": 5.0, "self_seconds": 2.0},
+               {"name": "numba.x.<locals>.impl", "args": "", "seconds": 0.5, "self_seconds": 0.5}]
+    saved.write_text(json.dumps({"cpu": 9.0, "wall": 9.5, "entries": entries}))
+    args = type("Args", (), {"load": str(saved), "json": None, "top": 2})
+    assert startup.breakdown(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "5.5 s CPU in 4 compilations of 3 functions" in lines[0]
+    assert [line.split()[:2] + line.split()[-1:] for line in lines[2:]] == [
+        ["kernels.a.f", "3.00", "2"], ["kernels.b.g", "2.00", "1"], ["(1", "others)", "1"]]
