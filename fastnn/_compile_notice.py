@@ -16,7 +16,7 @@ import threading
 
 from numba.core import event
 
-MESSAGE = "fastnn: compiling kernels for this CPU (first run only, a few seconds)"
+MESSAGE = "fastnn: compiling kernels for this CPU (first run only; 15-60 s, then cached)"
 
 _lock = threading.Lock()
 _listener = None
