@@ -5,9 +5,17 @@ All per-sample and per-batch work happens in one compiled call per epoch
 """
 import contextlib
 import copy
+import math
 import inspect
 import signal
 import threading
+
+# the C module under `signal`: its wrapper converts handlers to and from enums,
+# 20 us per call here, paid twice per fit (a small partial_fit is ~300 us)
+try:
+    import _signal
+except ImportError:  # pragma: no cover - other Python implementations
+    _signal = signal
 import warnings
 
 import numba
@@ -194,7 +202,7 @@ class _Interrupts:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             try:
-                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._previous = _signal.signal(signal.SIGINT, self._handle)
             except ValueError:    # e.g. an embedded interpreter without signals
                 self._previous = None
         return self
@@ -206,7 +214,7 @@ class _Interrupts:
 
     def __exit__(self, *exc):
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            _signal.signal(signal.SIGINT, self._previous)
         return False
 
 
@@ -511,7 +519,8 @@ class Trainer:
         if restart_order:
             self.order.start(X.shape[0])
         bar = _progress_bar(epochs) if progress else None
-        if (all(hasattr(cb, "every") for cb in callbacks) and val is None
+        if (self._chunk_epochs(X.shape[0], epochs) > 1   # one epoch: the plain call is cheaper
+                and all(hasattr(cb, "every") for cb in callbacks) and val is None
                 and self._compiled_runs_apply()):
             try:
                 return self._fit_compiled(X, T, w, epochs, entry, epoch_snapshot,
@@ -568,6 +577,13 @@ class Trainer:
                 and (self.stopping is None or (type(self.stopping) is Plateau
                                                and self.stopping.monitor == "loss")))
 
+    def _chunk_epochs(self, n, epochs):
+        """Epochs per compiled chunk over n rows (see CHUNK_FLOPS)."""
+        sizes = self.network.sizes
+        n_weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        rows = min(CHUNK_ROWS, CHUNK_FLOPS / (6.0 * n_weights))
+        return max(1, min(epochs, int(rows) // n))
+
     def _fit_compiled(self, X, T, w, epochs, entry, epoch_snapshot, callbacks, bar):
         """The loop when nothing needs Python between epochs: chunks of epochs,
         each one compiled call (kernels.run.train_epochs) with the schedule and
@@ -578,9 +594,7 @@ class Trainer:
         (:func:`every`) end chunks at their epochs; the progress bar is
         brought up to date after each chunk."""
         n = X.shape[0]
-        n_weights = sum(a * b for a, b in zip(self.network.sizes[:-1], self.network.sizes[1:]))
-        rows = min(CHUNK_ROWS, CHUNK_FLOPS / (6.0 * n_weights))
-        chunk = max(1, min(epochs, int(rows) // n))
+        chunk = self._chunk_epochs(n, epochs)
         orders = np.empty((chunk, n), dtype=np.int64)
         results = np.empty((3, chunk), dtype=np.float64)
         try:
@@ -725,7 +739,8 @@ class Trainer:
         returns its logs and whether the stopping rule saw an improvement."""
         lr = self.optimizer.lr
         loss, acc, finite = self.run_epoch(X, T, w, self.order.next(X.shape[0]))
-        if not finite or not np.isfinite(self.network.params).all():
+        # an update that overflowed makes the loss NaN too (kernels.step.update_rows)
+        if not finite or not math.isfinite(loss):
             if not np.isfinite(self.network.params).all():
                 snapshot.restore()  # an update overflowed: back to the epoch's start
             raise FloatingPointError(

@@ -75,7 +75,9 @@ def test_cli_rejects_unknown_case():
 @pytest.mark.parametrize("floor, status", [(0.0, 0), (1e9, 1)])
 def test_floor_check_passes_and_fails(tmp_path, floor, status):
     f = tmp_path / "floors.json"
-    f.write_text(json.dumps({"threads": 1, "floors": {"spiral": floor}}))
+    # both sets, so the test runs on AVX-512 and AVX2 machines alike
+    f.write_text(json.dumps({"threads": 1, "floors": {"spiral": floor},
+                             "floors_avx2": {"spiral": floor}}))
     proc = subprocess.run([sys.executable, "-m", "fastnn.bench.floors", "check", "--floors",
                            str(f), "--repeat", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == status, proc.stdout + proc.stderr
@@ -122,3 +124,11 @@ def test_estimator_peer_trains_the_case(tmp_path):
     assert proc.returncode == 0, proc.stderr
     head, _, row = proc.stdout.splitlines()[:3]
     assert "fastnn_estimator" in head and "est" in head and row.split()[0] == "spiral"
+
+
+def test_floor_set_follows_the_cpus_vector_width():
+    from fastnn.bench.floors import floor_set
+    from fastnn.kernels.microkernel import VECTOR_BITS
+    key, floors = floor_set({"floors": {"a": 1.0}, "floors_avx2": {"a": 2.0}})
+    assert (key, floors) == (("floors", {"a": 1.0}) if VECTOR_BITS >= 512
+                             else ("floors_avx2", {"a": 2.0}))

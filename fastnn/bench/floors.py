@@ -84,16 +84,31 @@ def measure(cases, repeat, threads):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def floor_set(spec):
+    """(key, floors) of the floor set for this CPU's GEMM tile: ``floors`` for
+    AVX-512 (512-bit vectors), ``floors_avx2`` for narrower ones.  The two kinds
+    of machine differ by about 2x in fastnn / NumPy on the same commit (the
+    tile is half as wide; NumPy's OpenBLAS loses less), so one set cannot
+    serve both: a floor set from AVX-512 fails every AVX2 run, one from AVX2
+    would let an AVX-512 machine lose half its speed unseen."""
+    from ..kernels.microkernel import VECTOR_BITS
+    key = "floors" if VECTOR_BITS >= 512 else "floors_avx2"
+    if key not in spec:
+        raise SystemExit(f"floor check: {key} (for {VECTOR_BITS}-bit vectors) is not in the "
+                         "floors file; measure it with `suggest` on such a machine")
+    return key, spec[key]
+
+
 def check(args):
     """Compare measured ratios with the committed floors; exit status 1 if any is below."""
     with open(args.floors) as f:
         spec = json.load(f)
-    floors = spec["floors"]
+    key, floors = floor_set(spec)
     threads = args.threads or spec.get("threads")
     res = measure(list(floors), args.repeat, threads)
     failed = []
     print(f"floor check: numpy-reference time / fastnn time per training step or prediction "
-          f"(median of {args.repeat} interleaved pairs, threads={threads})")
+          f"(median of {args.repeat} interleaved pairs, threads={threads}; {key})")
     for name, floor in floors.items():
         r = res[name]
         ok = r["ratio"] >= floor

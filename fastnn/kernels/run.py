@@ -44,15 +44,6 @@ Data = namedtuple("Data", ["X", "T", "w"])
 """The training rows: inputs, targets and sample weights."""
 
 
-@jit
-def params_finite(params):
-    """True if every parameter is finite."""
-    for i in range(params.shape[0]):
-        if not np.isfinite(params[i]):
-            return False
-    return True
-
-
 # Strict IEEE arithmetic here (no fastmath): 'arcp' would turn lr / factor and
 # loss / weight into multiplications by a reciprocal and 'afn' could
 # approximate pow, and then the chunked loop would round differently from the
@@ -82,10 +73,12 @@ def train_epochs(net, data, orders, batch_size, work, update, plan, state, threa
                       u.eps, u.apply)
         loss, weight, correct, taken, finite = train_epoch(
             net, data.X, data.T, data.w, orders[e], batch_size, work, this, steps, threads)
-        if not finite or not params_finite(net.params):
+        mean = loss / weight if weight > 0 else np.nan
+        # a non-finite loss: a batch diverged, or an update overflowed (the
+        # weights pass adds 0 x the new parameters to the loss; see step.py)
+        if not finite or not np.isfinite(mean):
             return e, State(lr, seen, best, count, steps), 2
         steps += taken
-        mean = loss / weight if weight > 0 else np.nan
         results[0, e] = mean
         results[1, e] = correct / n
         results[2, e] = lr

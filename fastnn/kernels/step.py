@@ -191,7 +191,10 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     """Rows i0:i1 of W_l (and b_l with the block at row 0), whose gradient is
     ``g_rows`` (flat): the L2 term, then the optimizer step and W_l^T of the
     new rows (``update.apply``), or else the L2 term added to the gradient.
-    Returns lambda * sum W^2 over the rows (before the step)."""
+    Returns lambda * sum W^2 over the rows (before the step), plus 0 times the
+    sum of the updated values: +0 while they are finite, NaN once one is not,
+    so an update that overflowed shows in the step's loss at no extra pass
+    over memory (the rows are still in cache)."""
     params = net.params
     l2 = update.l2
     k = net.dims[l]
@@ -215,6 +218,13 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
             W, _ = layer_weights(params, net.offs, net.dims, l)
             WT_l = work.WT[net.offs[l]:net.offs[l] + k * n].reshape((n, k))
             pack_transpose(W[i0:i1], WT_l[:, i0:i1])
+        probe = 0.0
+        for i in range(lo, hi):
+            probe += np.float64(params[i])
+        if i0 == 0:
+            for i in range(net.offs[l] + k * n, net.offs[l] + k * n + n):
+                probe += np.float64(params[i])
+        return np.float64(l2) * squares + 0.0 * probe
     elif l2 != 0:
         for i in range(hi - lo):
             g_rows[i] += l2 * params[lo + i]
