@@ -38,7 +38,7 @@ from . import _validation as V
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
                       available_if)
-from ._estimator_io import load_estimator, save_estimator
+from ._estimator_io import _STOCHASTIC_ONLY, load_estimator, save_estimator
 from .epoch_order import InOrder, RunningShuffle
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
@@ -458,27 +458,8 @@ class _BaseMLP(BaseEstimator):
             trainer.batch_size = batch
             # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
             trainer.l2 = p["alpha"] / (batch * mean_w)
-            if not done_before:
-                trainer.schedule = self._schedule()
-            if done_before:
-                pass   # resumed: optimizer, order, schedule and stopping rule as saved
-            elif not incremental:
-                # a (warm-started) fit starts a new optimizer, as scikit-learn's
-                trainer.reset_optimizer(self._make_optimizer(float(self.learning_rate_init)))
-            if done_before:
-                pass
-            elif not self.shuffle:
-                trainer.order = InOrder()
-            elif not (isinstance(trainer.order, RunningShuffle) and trainer.order.rng is rng):
-                trainer.order = RunningShuffle(rng)   # partial_fit keeps shuffling with its own
-            monitor = "val_score" if early_stopping else "loss"
-            if done_before:
-                pass
-            elif trainer.stopping is None or trainer.stopping.monitor != monitor:
-                trainer.stopping = self._stopping(early_stopping)   # new, or switched
-            else:   # warm start / partial_fit: the count and best value carry on
-                trainer.stopping.tol = float(self.tol)
-                trainer.stopping.patience = int(self.n_iter_no_change)
+            if not done_before:   # resumed: all of these as the checkpoint saved them
+                self._configure(trainer, rng, early_stopping, incremental)
             try:
                 if epochs > 0:
                     trainer._fit_checked(X, T, w_full, epochs, val, p["callbacks"],
@@ -499,6 +480,24 @@ class _BaseMLP(BaseEstimator):
         if checkpoint is not None and not trainer.interrupted and os.path.exists(checkpoint):
             os.unlink(checkpoint)   # the run is complete: the estimator holds its result
         return trainer, rng
+
+    def _configure(self, trainer, rng, early_stopping, incremental):
+        """scikit-learn's schedule, optimizer, shuffling and stopping rule on
+        ``trainer`` for this call."""
+        trainer.schedule = self._schedule()
+        if not incremental:
+            # a (warm-started) fit starts a new optimizer, as scikit-learn's
+            trainer.reset_optimizer(self._make_optimizer(float(self.learning_rate_init)))
+        if not self.shuffle:
+            trainer.order = InOrder()
+        elif not (isinstance(trainer.order, RunningShuffle) and trainer.order.rng is rng):
+            trainer.order = RunningShuffle(rng)   # partial_fit keeps shuffling with its own
+        monitor = "val_score" if early_stopping else "loss"
+        if trainer.stopping is None or trainer.stopping.monitor != monitor:
+            trainer.stopping = self._stopping(early_stopping)   # new, or switched
+        else:   # warm start / partial_fit: the count and best value carry on
+            trainer.stopping.tol = float(self.tol)
+            trainer.stopping.patience = int(self.n_iter_no_change)
 
     def _fingerprint(self, X, T, w):
         """What a checkpoint must match to be resumed: the data and every
@@ -597,11 +596,9 @@ class _BaseMLP(BaseEstimator):
                              "may contain large values and need to be preprocessed.")
         if not res.converged and not res.stopped:
             warnings.warn(convergence_message(res, int(self.max_iter)), ConvergenceWarning)
-        stochastic = ("loss_curve_", "best_loss_", "validation_scores_",
-                      "best_validation_score_", "_no_improvement_count")
         t = self.t_ if reuse else 0
         if not reuse:
-            for k in stochastic:   # a new lbfgs model has none of them
+            for k in _STOCHASTIC_ONLY:   # a new lbfgs model has none of them
                 if hasattr(self, k):
                     delattr(self, k)
         self._trainer = None     # no stochastic-solver state to continue

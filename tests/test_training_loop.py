@@ -195,3 +195,12 @@ def test_a_compiled_run_that_diverges_keeps_the_last_finite_step(rng):
                          batch_size=8, callbacks=callbacks, seed=0)
     assert np.isfinite(net.params).all()
     assert net.params.tobytes() == reference.params.tobytes()
+
+
+def test_a_second_ctrl_c_raises_at_once():
+    from fastnn.trainer import _Interrupts
+    interrupts = _Interrupts()
+    interrupts._handle(None, None)             # the first: stop after this epoch
+    assert interrupts.requested
+    with pytest.raises(KeyboardInterrupt):     # the second: now (the epoch is rolled back)
+        interrupts._handle(None, None)
