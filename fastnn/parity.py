@@ -67,10 +67,6 @@ def _timed_fit(make, X, y, repeats):
 
 def run(repeats=3, max_iter=200, threads=None, dtype="float32", out=sys.stdout):
     """Print the parity table (solver='adam'); returns its rows as dicts."""
-    from sklearn.neural_network import MLPClassifier as SkMLP
-
-    from .estimators import MLPClassifier
-
     params = dict(hidden_layer_sizes=(100,), solver="adam", learning_rate_init=1e-3,
                   alpha=1e-4, batch_size="auto", max_iter=max_iter, random_state=0)
     rows = []
@@ -81,12 +77,7 @@ def run(repeats=3, max_iter=200, threads=None, dtype="float32", out=sys.stdout):
     print("-" * len(head), file=out)
     for name, X, y in datasets():
         Xtr, Xte, ytr, yte = parity_split(X, y)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # ConvergenceWarning at max_iter, both sides
-            MLPClassifier(**params, dtype=dtype, n_threads=threads).fit(Xtr, ytr)  # warm-up
-            fn, fn_s = _timed_fit(lambda: MLPClassifier(**params, dtype=dtype,
-                                                        n_threads=threads), Xtr, ytr, repeats)
-            sk, sk_s = _timed_fit(lambda: SkMLP(**params), Xtr, ytr, repeats)
+        fn, fn_s, sk, sk_s = _fit_both(params, dtype, threads, Xtr, ytr, repeats)
         row = {"dataset": name, "n_train": len(ytr), "sklearn_acc": sk.score(Xte, yte),
                "fastnn_acc": fn.score(Xte, yte), "sklearn_iter": sk.n_iter_,
                "fastnn_iter": fn.n_iter_, "sklearn_s": sk_s, "fastnn_s": fn_s,
@@ -98,13 +89,26 @@ def run(repeats=3, max_iter=200, threads=None, dtype="float32", out=sys.stdout):
     return rows
 
 
-def run_lbfgs(repeats=3, max_iter=200, threads=None, dtype="float32", out=sys.stdout):
-    """Print the solver='lbfgs' parity table (with the relative difference of
-    the final losses); returns its rows as dicts."""
+def _fit_both(params, dtype, threads, X, y, repeats):
+    """(fastnn model, its fit seconds, scikit-learn model, its fit seconds):
+    the same parameters in both libraries, fastnn warmed up (compiled) first."""
     from sklearn.neural_network import MLPClassifier as SkMLP
 
     from .estimators import MLPClassifier
 
+    def make():
+        return MLPClassifier(**params, dtype=dtype, n_threads=threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # ConvergenceWarning at max_iter, both sides
+        make().fit(X, y)
+        fn, fn_s = _timed_fit(make, X, y, repeats)
+        sk, sk_s = _timed_fit(lambda: SkMLP(**params), X, y, repeats)
+    return fn, fn_s, sk, sk_s
+
+
+def run_lbfgs(repeats=3, max_iter=200, threads=None, dtype="float32", out=sys.stdout):
+    """Print the solver='lbfgs' parity table (with the relative difference of
+    the final losses); returns its rows as dicts."""
     params = lbfgs_params(max_iter)
     rows = []
     head = (f"{'lbfgs':<15} {'n_train':>7} {'sklearn acc':>11} {'fastnn acc':>10} "
@@ -116,14 +120,7 @@ def run_lbfgs(repeats=3, max_iter=200, threads=None, dtype="float32", out=sys.st
         if name not in LBFGS_SETS:
             continue
         Xtr, Xte, ytr, yte = parity_split(X, y)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # ConvergenceWarning at max_iter, both sides
-
-            def make():
-                return MLPClassifier(**params, dtype=dtype, n_threads=threads)
-            make().fit(Xtr, ytr)   # warm-up (compilation)
-            fn, fn_s = _timed_fit(make, Xtr, ytr, repeats)
-            sk, sk_s = _timed_fit(lambda: SkMLP(**params), Xtr, ytr, repeats)
+        fn, fn_s, sk, sk_s = _fit_both(params, dtype, threads, Xtr, ytr, repeats)
         row = {"dataset": name, "n_train": len(ytr), "sklearn_acc": sk.score(Xte, yte),
                "fastnn_acc": fn.score(Xte, yte), "sklearn_iter": sk.n_iter_,
                "fastnn_iter": fn.n_iter_, "sklearn_loss": sk.loss_, "fastnn_loss": fn.loss_,
