@@ -323,6 +323,44 @@ def test_gemm_fused_epilogues(rng, dtype, name, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["identity", "relu"])
+@pytest.mark.parametrize("accumulate", [0, 1])
+@pytest.mark.parametrize("m,k,n", [(G.MR * 3 + 5, 3, 4 * G.NV * 16 + 3), (G.MR + 1, G.KC + 9, 5),
+                                   (2, 7, 129), (13, 1, 33)])
+def test_in_register_epilogue_has_the_bits_of_the_row_loops(rng, dtype, name, accumulate, m, k, n):
+    """Bias, relu and relu' applied by the micro-kernel to its registers give
+    exactly the bits of a plain product followed by the row-by-row loops of
+    activations.py, in every tile and row variant (the sizes reach the full
+    and edge tiles, the wide, full and edge one-row kernels), with and without
+    accumulation into C, and a NaN in the sum stays NaN."""
+    code = act.CODES[name]
+    a = rand(rng, (m, k), dtype)
+    a[m // 2, 0] = np.nan                      # a NaN row must stay NaN through relu
+    W = rand(rng, (k, n), dtype)
+    b = rand(rng, n, dtype)
+    C0 = rand(rng, (m, n), dtype)
+    fused = C0.copy()
+    G.gemm(a, W, fused, accumulate, G.EPI_BIAS_ACT, code, b, fused)
+    plain = C0.copy()
+    G.gemm(a, W, plain, accumulate, G.EPI_STORE, act.IDENTITY, plain[0], plain)
+    act.add_bias_activate(plain, b, code)
+    np.testing.assert_array_equal(fused.view(np.uint8), plain.view(np.uint8))
+    assert np.isnan(fused[m // 2]).all()
+    # backward: times relu'(H) (identity' is 1: the product alone)
+    WT = np.ascontiguousarray(rand(rng, (n, k), dtype))
+    d = rand(rng, (m, n), dtype)
+    H = np.maximum(rand(rng, (m, k), dtype), 0)
+    H[0, 0] = 0                                # relu'(0) is 0
+    D0 = rand(rng, (m, k), dtype)
+    fused = D0.copy()
+    G.gemm(d, WT, fused, accumulate, G.EPI_DERIV, code, b, H)
+    plain = D0.copy()
+    G.gemm(d, WT, plain, accumulate, G.EPI_STORE, act.IDENTITY, plain[0], plain)
+    act.scale_by_derivative(plain, H, code)
+    np.testing.assert_array_equal(fused.view(np.uint8), plain.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,n", [(1, 1), (7, 33), (17, 16), (129, 7), (300, 257)])
 def test_pack_transpose(rng, dtype, m, n):
     S = rand(rng, (m, n), dtype)

@@ -25,12 +25,18 @@ microkernel.py:
         for the last M % MR rows (when fewer than ROW_KERNEL_BELOW):
           one-row kernels across the jc block, up to 4 NR wide
 
-The epilogue runs on each tile right after its last K block, while it is in
-L1, and does the elementwise work that would otherwise be another pass over C:
+The epilogue does, with the tile's last K block, the elementwise work that
+would otherwise be another pass over C:
 
     EPI_STORE      C = acc           (or C += acc with ``accumulate``)
     EPI_BIAS_ACT   C = h(acc + b)    forward: bias and activation
     EPI_DERIV      C = acc * h'(H)   backward: derivative from the outputs H
+
+Bias, relu and relu' are applied by the micro-kernel to its registers before
+the store (``_register_epilogue``); sigmoid and tanh by row loops over the
+tile right after it is stored, while it is in L1.  Applied row by row to
+every 16-column piece, the bias alone cost more than the product at the
+spiral's 300 x 2 x 100 (a call and two slices per 16 elements).
 
 Every element C[i, j] is summed over p in the same order (K blocks in order,
 p in order inside a block, one fused multiply-add per term) whatever tile,
@@ -41,7 +47,7 @@ BLAS is called.
 import numpy as np
 
 from .._jit import jit
-from .activations import IDENTITY, bias_activate_row, derivative_row
+from .activations import IDENTITY, RELU, bias_activate_row, derivative_row
 from . import microkernel as uk
 
 EPI_STORE = 0
@@ -64,33 +70,49 @@ ROW_KERNEL_BELOW = 4
 
 
 @jit(inline="always")  # inlined: the branch folds into the caller's loop
-def _tile(kc, A, B, C, m_valid, n_valid, accumulate):
-    """One register tile: C[:m_valid, :n_valid] (+)= A[:m_valid, :kc] B[:kc, :n_valid]."""
+def _tile(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H):
+    """One register tile: C[:m_valid, :n_valid] (+)= A[:m_valid, :kc] B[:kc, :n_valid],
+    then the in-register epilogue ``epi`` (microkernel.EPI_*)."""
     vl = VECTOR_BYTES // C.itemsize
     if n_valid == NV * vl:
-        uk.tile_full(kc, A, B, C, m_valid, n_valid, accumulate)
+        uk.tile_full(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
     elif n_valid <= vl:
-        uk.tile_edge1(kc, A, B, C, m_valid, n_valid, accumulate)
+        uk.tile_edge1(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
     else:
-        uk.tile_edge(kc, A, B, C, m_valid, n_valid, accumulate)
+        uk.tile_edge(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
 
 
 @jit(inline="always")
-def _row(kc, A, B, C, n_valid, accumulate):
+def _row(kc, A, B, C, n_valid, accumulate, epi, bias, H):
     """One row: C[0, :n_valid] (+)= A[0, :kc] B[:kc, :n_valid], with the widest
     kernel that fits; returns the number of columns done (n_valid or fewer)."""
     vl = VECTOR_BYTES // C.itemsize
     if n_valid >= uk.ROW_VECTORS * vl:
-        uk.row_wide(kc, A, B, C, 1, n_valid, accumulate)
+        uk.row_wide(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
         return uk.ROW_VECTORS * vl
     if n_valid >= NV * vl:
-        uk.row_full(kc, A, B, C, 1, n_valid, accumulate)
+        uk.row_full(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
         return NV * vl
     if n_valid <= vl:
-        uk.row_edge1(kc, A, B, C, 1, n_valid, accumulate)
+        uk.row_edge1(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
     else:
-        uk.row_edge(kc, A, B, C, 1, n_valid, accumulate)
+        uk.row_edge(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
     return n_valid
+
+
+@jit(inline="always")
+def _register_epilogue(mode, code):
+    """The part of the epilogue the micro-kernel applies in registers
+    (microkernel.EPI_*): bias, bias + relu, relu'; EPI_NONE leaves the rest
+    (sigmoid, tanh) to the row loops of ``_epilogue``."""
+    if mode == EPI_BIAS_ACT:
+        if code == IDENTITY:
+            return _EPI_BIAS
+        if code == RELU:
+            return _EPI_BIAS_RELU
+    elif mode == EPI_DERIV and code == RELU:
+        return _EPI_RELU_DERIV
+    return _EPI_NONE
 
 
 @jit
@@ -134,6 +156,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
         _epilogue(C, _ZERO, M, _ZERO, N, mode, code, bias, H)
         return
     nr = NV * (VECTOR_BYTES // C.itemsize)
+    epi = _register_epilogue(mode, code)
+    # what is left for the row loops: sigmoid and tanh (identity' is nothing)
+    rows_epilogue = mode != EPI_STORE and epi == _EPI_NONE
     # rows [0, m_tiles) go through MR-row tiles (a last partial tile keeps at
     # least ROW_KERNEL_BELOW rows); the few rows after it through the one-row kernel
     m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW else M - M % MR
@@ -145,6 +170,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
             kc = min(kb, K - pc)
             add = accumulate != 0 or pc > 0
             last = pc + kc == K
+            epi_now = epi if last else _EPI_NONE
             for ic in range(0, m_tiles, MC):
                 ic_end = min(m_tiles, ic + MC)
                 for jr in range(jc, jc_end, nr):
@@ -152,15 +178,17 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                     Bp = B[pc:, jr:]
                     for ir in range(ic, ic_end, MR):
                         m_valid = min(MR, ic_end - ir)
-                        _tile(kc, A[ir:, pc:], Bp, C[ir:, jr:], m_valid, n_valid, add)
-                        if last and mode != EPI_STORE:
+                        _tile(kc, A[ir:, pc:], Bp, C[ir:, jr:], m_valid, n_valid, add,
+                              epi_now, bias[jr:], H[ir:, jr:])
+                        if last and rows_epilogue:
                             _epilogue(C, ir, ir + m_valid, jr, jr + n_valid, mode, code,
                                       bias, H)
             for r in range(m_tiles, M):
                 jr = jc
                 while jr < jc_end:
-                    done = _row(kc, A[r:, pc:], B[pc:, jr:], C[r:, jr:], jc_end - jr, add)
-                    if last and mode != EPI_STORE:
+                    done = _row(kc, A[r:, pc:], B[pc:, jr:], C[r:, jr:], jc_end - jr, add,
+                                epi_now, bias[jr:], H[r:, jr:])
+                    if last and rows_epilogue:
                         _epilogue(C, r, r + 1, jr, jr + done, mode, code, bias, H)
                     jr += done
 
@@ -229,6 +257,10 @@ def column_sums_acc(S, colsum):
 _ZERO = np.int64(0)
 _ONE = np.int64(1)
 _STORE = np.int64(EPI_STORE)
+_EPI_NONE = np.int64(uk.EPI_NONE)
+_EPI_BIAS = np.int64(uk.EPI_BIAS)
+_EPI_BIAS_RELU = np.int64(uk.EPI_BIAS_RELU)
+_EPI_RELU_DERIV = np.int64(uk.EPI_RELU_DERIV)
 
 
 @jit

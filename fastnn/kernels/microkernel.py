@@ -25,6 +25,18 @@ and stores: in the last vector of a MASK_LAST variant, in every vector of a
 MASK_ALL one).  The sum over p runs
 in order 0..kc-1 with one ``llvm.fmuladd`` per term and per lane, so C[r, j]
 has the same bits in every variant, lane and tile position.
+
+Epilogue in registers.  ``epi`` (a run-time value, so one compiled kernel
+serves every case) applies the elementwise step of the product to the tile
+before it is stored, after any old C is added:
+
+    EPI_NONE        C = acc
+    EPI_BIAS        C = acc + b[j]                      (linear output layer)
+    EPI_BIAS_RELU   C = max(acc + b[j], 0)              (forward, relu)
+    EPI_RELU_DERIV  C = acc if H[r, j] > 0 else 0       (backward, relu')
+
+with the same operations, in the same order, as the row-by-row loops of
+activations.py (a NaN stays NaN).  Sigmoid and tanh stay in those loops.
 """
 import llvmlite.ir as ir
 import llvmlite.binding as llvm
@@ -100,6 +112,18 @@ def _lane_mask(builder, n_left, count):
     return builder.icmp_signed("<", idx, limit)
 
 
+EPI_NONE = 0
+EPI_BIAS = 1
+EPI_BIAS_RELU = 2
+EPI_RELU_DERIV = 3
+
+# The flag of the epilogue's additions.  numba gives every floating-point
+# instruction without flags the function's fastmath flags, and with 'reassoc'
+# and 'contract' LLVM folded the bias into the last multiply-add of the sum
+# (other bits than the row loops, which add it to the rounded sum).  'nsz'
+# alone allows no reassociation and keeps the instruction's own flags.
+EXACT = ("nsz",)
+
 MASK_NONE = 0   # every vector full
 MASK_LAST = 1   # the last vector holds the columns below n_valid
 MASK_ALL = 2    # any vector may hold columns at or past n_valid
@@ -108,17 +132,19 @@ MASK_ALL = 2    # any vector may hold columns at or past n_valid
 def _make_microkernel(rows, nv, mask):
     """An intrinsic for a ``rows`` x (nv vectors) tile, with edge ``mask``.
 
-    Called as ``microkernel(kc, A, B, C, m_valid, n_valid, accumulate)`` with
-    2-D views whose element [0, 0] is the tile's origin; A may have any
-    strides, B and C must be contiguous along their rows.
+    Called as ``microkernel(kc, A, B, C, m_valid, n_valid, accumulate, epi,
+    bias, H)`` with 2-D views A, B, C, H whose element [0, 0] is the tile's
+    origin (and ``bias`` a 1-D view starting at the tile's first column); A may
+    have any strides, B, C and H must be contiguous along their rows.  ``bias``
+    is read only for EPI_BIAS*, H only for EPI_RELU_DERIV.
     """
 
     @intrinsic
-    def microkernel(typingctx, kc, A, B, C, m_valid, n_valid, accumulate):
-        sig = types.void(kc, A, B, C, m_valid, n_valid, accumulate)
+    def microkernel(typingctx, kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H):
+        sig = types.void(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
 
         def codegen(context, builder, signature, args):
-            kc_v, A_v, B_v, C_v, m_valid_v, n_valid_v, acc_v = args
+            kc_v, A_v, B_v, C_v, m_valid_v, n_valid_v, acc_v, epi_v, bias_v, H_v = args
             i64 = ir.IntType(64)
             fty = _llvm_float(A.dtype)
             itemsize = A.dtype.bitwidth // 8
@@ -128,6 +154,8 @@ def _make_microkernel(rows, nv, mask):
             a_data, (rs_v, cs_v) = _data_and_strides(context, builder, A, A_v, itemsize)
             b_data, (ldb_v, _) = _data_and_strides(context, builder, B, B_v, itemsize)
             c_data, (ldc_v, _) = _data_and_strides(context, builder, C, C_v, itemsize)
+            h_data, (ldh_v, _) = _data_and_strides(context, builder, H, H_v, itemsize)
+            bias_data = context.make_array(bias)(context, builder, bias_v).data
             fmuladd = _vector_intrinsic(builder, f"llvm.fmuladd.v{vl}{_suffix(fty)}",
                                         ir.FunctionType(vecty, [vecty, vecty, vecty]))
             mask_ty = ir.VectorType(ir.IntType(1), vl)
@@ -180,19 +208,52 @@ def _make_microkernel(rows, nv, mask):
                     for v in range(nv):
                         cur = builder.load(acc[r][v])
                         builder.store(builder.call(fmuladd, [a_vec, b_vecs[v], cur]), acc[r][v])
-            # store the valid rows: C = acc, or C += acc when accumulating
+            # store the valid rows: C = acc, or C += acc when accumulating, then
+            # the epilogue (bias, relu or relu') on the registers.  One branch
+            # per tile on epi, to a store sequence made for that epilogue.
             add_old = builder.icmp_signed("!=", acc_v, ir.Constant(acc_v.type, 0))
-            for r in range(rows):
-                in_range = builder.icmp_signed("<", i64(r), m_valid_v)
-                with builder.if_then(in_range, likely=True):
-                    c_row = builder.mul(i64(r), ldc_v)
-                    for v in range(nv):
-                        ptr = builder.gep(c_data, [builder.add(c_row, i64(v * vl))])
-                        value = builder.load(acc[r][v])
-                        with builder.if_then(add_old):
-                            old = load_vec(ptr, v)
-                            builder.store(builder.fadd(value, old), acc[r][v])
-                        store_vec(builder.load(acc[r][v]), ptr, v)
+
+            def store_tile(epi):
+                if epi in (EPI_BIAS, EPI_BIAS_RELU):   # the tile's bias, once for all rows
+                    bias_vecs = [load_vec(builder.gep(bias_data, [i64(v * vl)]), v)
+                                 for v in range(nv)]
+                for r in range(rows):
+                    in_range = builder.icmp_signed("<", i64(r), m_valid_v)
+                    with builder.if_then(in_range, likely=True):
+                        c_row = builder.mul(i64(r), ldc_v)
+                        for v in range(nv):
+                            ptr = builder.gep(c_data, [builder.add(c_row, i64(v * vl))])
+                            with builder.if_then(add_old):
+                                value = builder.load(acc[r][v])
+                                builder.store(builder.fadd(value, load_vec(ptr, v), flags=EXACT),
+                                              acc[r][v])
+                            value = builder.load(acc[r][v])
+                            if epi in (EPI_BIAS, EPI_BIAS_RELU):
+                                value = builder.fadd(value, bias_vecs[v], flags=EXACT)
+                            if epi == EPI_BIAS_RELU:
+                                # max(z, 0) as numba's max: z unless 0 > z (NaN stays)
+                                below = builder.fcmp_ordered("<", value, zero_vec)
+                                value = builder.select(below, zero_vec, value)
+                            if epi == EPI_RELU_DERIV:
+                                # relu' from the layer's output a = H: d if a > 0 else 0
+                                h_ptr = builder.gep(h_data, [builder.add(
+                                    builder.mul(i64(r), ldh_v), i64(v * vl))])
+                                positive = builder.fcmp_ordered(">", load_vec(h_ptr, v),
+                                                                zero_vec)
+                                value = builder.select(positive, value, zero_vec)
+                            store_vec(value, ptr, v)
+
+            done = builder.append_basic_block("tile_stored")
+            cases = [builder.append_basic_block(f"store_epi{e}") for e in range(4)]
+            switch = builder.switch(epi_v, cases[EPI_NONE])
+            for e in range(4):
+                if e != EPI_NONE:
+                    switch.add_case(ir.Constant(epi_v.type, e), cases[e])
+            for e in range(4):
+                builder.position_at_end(cases[e])
+                store_tile(e)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
