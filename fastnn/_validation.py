@@ -1,4 +1,5 @@
 """Checks at the public API: clear errors that name the argument, before any work."""
+import math
 import numbers
 
 import numpy as np
@@ -28,10 +29,11 @@ def check_positive_int(value, name, minimum=1):
 
 def check_float(value, name, low=None, high=None, low_open=False, high_open=False):
     """A finite real number within [low, high] (ends open when asked)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, (bool, np.bool_))
+                                     or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
-    bad = not np.isfinite(value)
+    bad = not math.isfinite(value)   # (np.isfinite on a Python float: 10x slower)
     if low is not None:
         bad |= value <= low if low_open else value < low
     if high is not None:

@@ -50,6 +50,39 @@ _SK_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "si
 
 
 # ----------------------------------------------------------------- helpers
+def _follow(published, record):
+    """The fitted curve ``published`` brought up to the trainer's ``record``:
+    extended by the new epochs when it is a prefix of it (partial_fit and
+    warm_start continue one trainer: rebuilding the whole list made a loop
+    of n calls cost O(n^2)), else a new list of floats."""
+    n = 0 if published is None else len(published)
+    if published is not None and n <= len(record) and (
+            n == 0 or published[-1] == float(record[n - 1])):
+        published.extend(float(v) for v in record[len(published):])
+        return published
+    return [float(v) for v in record]
+
+
+def _one_hot(idx, kind, n_classes, dtype):
+    """(indices, T, n_outputs, label dtype) for labels at positions ``idx`` of
+    classes_: one 0/1 column for a binary problem, one per class otherwise."""
+    if kind == "binary":
+        T = (idx == 1).astype(dtype).reshape(-1, 1)
+    else:
+        T = np.zeros((idx.shape[0], n_classes), dtype=dtype)
+        T[np.arange(idx.shape[0]), idx] = 1
+    return idx, T, 1, np.dtype(np.int64)
+
+
+def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):
+    """The encoded targets of a classifier fit (see _encode_targets)."""
+    return {"kind": kind, "indices": indices, "T": T, "n_outputs": n_outputs,
+            "label_dtype": label_dtype,
+            "out_activation": "softmax" if kind == "multiclass" else "logistic",
+            "output_name": "softmax" if kind == "multiclass" else "sigmoid",
+            "fitted": {"classes_": classes_, "_kind": kind, "_label_dtype": label_dtype}}
+
+
 def _check_random_state(seed, build=True):
     """A RandomState from None (numpy's global one), an int or a RandomState;
     with build=False only the check (seeding a RandomState costs ~100 us,
@@ -614,16 +647,20 @@ class _BaseMLP(BaseEstimator):
         """Publish a successful run's results (nothing before this touches self)."""
         history = trainer.history
         stopping = trainer.stopping
+        continued = self.__dict__.get("_trainer") is trainer
         self._trainer = trainer
         self._rng = rng
         self._publish(trainer.network, target, names)
         self.n_iter_ = trainer.epochs_run
         self.t_ = trainer.samples_seen
-        self.loss_curve_ = [float(v) for v in history.loss]
+        self.loss_curve_ = _follow(self.__dict__.get("loss_curve_") if continued else None,
+                                   history.loss)
         self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
         validating = stopping.monitor == "val_score"
         self.best_loss_ = None if validating else stopping.best
-        self.validation_scores_ = list(history.val_score) if validating else None
+        self.validation_scores_ = _follow(
+            self.__dict__.get("validation_scores_") if continued else None,
+            history.val_score) if validating else None
         self.best_validation_score_ = stopping.best if validating else None
         self._no_improvement_count = stopping.count
 
@@ -769,12 +806,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 kinds = {type(v) for v in y}
                 if len({str in k.__mro__ for k in kinds}) > 1:
                     raise ValueError("Unknown label type: y mixes strings and numbers")
+            kind = None
+            if reuse and incremental and self._kind != "multilabel":
+                # partial_fit on a fitted model: each label looked up in
+                # classes_ once (no np.unique / np.isin per call)
+                return self._targets_of_known_labels(y, n, dtype)
             try:
                 labels = np.unique(y)
             except TypeError as exc:
                 raise ValueError(f"Unknown label type: labels cannot be sorted ({exc})") \
                     from None
-            kind = None
         else:
             raise ValueError(f"y must be 1-D labels or a 2-D indicator matrix; got shape "
                              f"{y.shape}")
@@ -810,27 +851,24 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                      f"classes in the data, but the data contains only 1 "
                                      f"class: {classes_[0]!r}")
                 kind = "binary" if len(classes_) == 2 else "multiclass"
-        target = {"kind": kind}
         if kind == "multilabel":
-            T = np.ascontiguousarray(y, dtype=dtype)
-            target["indices"] = None
-            target["n_outputs"] = y.shape[1]
-            target["label_dtype"] = y.dtype
-        else:
-            idx = np.searchsorted(classes_, y)
-            target["indices"] = idx
-            if kind == "binary":
-                T = (idx == 1).astype(dtype).reshape(-1, 1)
-            else:
-                T = np.zeros((n, len(classes_)), dtype=dtype)
-                T[np.arange(n), idx] = 1
-            target["n_outputs"] = 1
-        target["T"] = T
-        target["out_activation"] = "softmax" if kind == "multiclass" else "logistic"
-        target["output_name"] = "softmax" if kind == "multiclass" else "sigmoid"
-        target["fitted"] = {"classes_": classes_, "_kind": kind,
-                            "_label_dtype": target.get("label_dtype", np.dtype(np.int64))}
-        return target
+            return _label_target(kind, classes_, None, np.ascontiguousarray(y, dtype=dtype),
+                                 y.shape[1], y.dtype)
+        return _label_target(kind, classes_, *_one_hot(np.searchsorted(classes_, y), kind,
+                                                       len(classes_), dtype))
+
+    def _targets_of_known_labels(self, y, n, dtype):
+        """_encode_targets for partial_fit on a fitted (not multi-label) model."""
+        known = self.classes_
+        try:
+            idx = np.searchsorted(known, y)
+        except TypeError as exc:
+            raise ValueError(f"Unknown label type: labels cannot be sorted ({exc})") from None
+        found = known[np.minimum(idx, len(known) - 1)] == y
+        if not found.all():
+            raise ValueError(f"y holds labels {np.unique(y[~found])} that are not in "
+                             f"classes_ {known}")
+        return _label_target(self._kind, known, *_one_hot(idx, self._kind, len(known), dtype))
 
     def _apply_class_weight(self, w, target, incremental):
         cw = self.class_weight

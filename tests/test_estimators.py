@@ -237,6 +237,32 @@ def test_partial_fit_needs_classes_then_continues(rng):
     assert clf.score(X, y) > 0.9
 
 
+def test_partial_fit_labels_and_loss_curve_on_a_fitted_model(rng):
+    """The fitted model's partial_fit path looks each label up in classes_:
+    string labels work, an unseen label is refused by name and changes
+    nothing, and loss_curve_ grows by one epoch per call (the same list, as
+    scikit-learn's) or is rebuilt when the user changed it."""
+    X, y = _blobs(rng)
+    names = np.array(["ant", "bee", "cat"], dtype=object)[y]
+    clf = MLPClassifier(random_state=0)
+    clf.partial_fit(X, names, classes=["ant", "bee", "cat"])
+    curve = clf.loss_curve_
+    clf.partial_fit(X[:50], names[:50])
+    assert clf.loss_curve_ is curve and len(curve) == 2
+    before, t_before = [w.copy() for w in clf.coefs_], clf.t_
+    bad = names.copy()
+    bad[7] = "dog"
+    with pytest.raises(ValueError, match=r"\['dog'\] that are not in classes_"):
+        clf.partial_fit(X, bad)
+    assert all(np.array_equal(a, b) for a, b in zip(before, clf.coefs_))
+    assert len(clf.loss_curve_) == 2 and clf.t_ == t_before
+    assert set(clf.predict(X)) <= {"ant", "bee", "cat"}
+    clf.loss_curve_ = [123.0]                         # changed by the user: rebuilt
+    clf.partial_fit(X, names)
+    assert len(clf.loss_curve_) == 3 and clf.loss_curve_[0] == curve[0]
+    assert clf.loss_curve_ == [float(v) for v in clf._trainer.history.loss]
+
+
 # --------------------------------------------------------------- threads
 def test_threads_do_not_change_the_result_and_are_restored(rng):
     import numba
