@@ -16,30 +16,42 @@ _LOCK = threading.RLock()
 _SAFE_LAYERS = ("omp", "tbb")
 
 
+_layer_safe = None   # known once a parallel region has run (the layer never changes)
+
+
 def _layer_is_thread_safe():
-    try:
-        return numba.threading_layer() in _SAFE_LAYERS
-    except ValueError:  # no parallel region has run yet
-        return False
+    global _layer_safe
+    if _layer_safe is None:
+        try:
+            _layer_safe = numba.threading_layer() in _SAFE_LAYERS
+        except ValueError:  # no parallel region has run yet
+            return False
+    return _layer_safe
 
 
 @contextlib.contextmanager
 def parallel_region(serial=False):
-    """Context for one call into a parallel kernel (see the module docstring).
+    """Context for one call into a parallel kernel (see the module docstring);
+    yields the number of threads the call runs on, for the kernel's
+    ``threads`` argument.
 
     ``serial=True`` runs the call on this thread alone (numba's thread count is
     per calling thread and restored afterwards): for small steps waking the
     pool costs more than it saves.  Results are the same bits either way.
+    The count is changed only when it must be: each numba.set_num_threads
+    and get_num_threads takes numba's start-up locks, and four of them were a
+    measurable part of a small step (a 2-100-3 network's partial_fit).
     """
     previous = numba.get_num_threads()
-    if serial:
+    change = serial and previous != 1
+    if change:
         numba.set_num_threads(1)
     try:
         if _layer_is_thread_safe():
-            yield
+            yield 1 if serial else previous
         else:
             with _LOCK:
-                yield
+                yield 1 if serial else previous
     finally:
-        if serial:
+        if change:
             numba.set_num_threads(previous)

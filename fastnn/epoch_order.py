@@ -31,7 +31,7 @@ class Shuffled:
 
     def next(self, n):
         """The row order of the next epoch (int64)."""
-        return self.rng.permutation(n).astype(np.int64)
+        return self.rng.permutation(n).astype(np.int64, copy=False)
 
     def get_state(self):
         """The generator's exact state."""

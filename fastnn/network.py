@@ -6,7 +6,6 @@ save/load one array, and lets the compiled step address layers by offset.
 """
 import threading
 
-import numba
 import numpy as np
 
 from . import _validation as V
@@ -142,9 +141,9 @@ class Network:
             predict_block(self.params, self._offs, self._dims, self._acts, self._output_code,
                           X, out, ws[0], act_off)
             return out
-        with parallel_region():
+        with parallel_region() as threads:
             predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
-                         X, out, ws, act_off, PREDICT_BLOCK, numba.get_num_threads())
+                         X, out, ws, act_off, PREDICT_BLOCK, threads)
         return out
 
     def _predict_workspace(self):

@@ -240,9 +240,9 @@ class FullBatchObjective:
     def __call__(self):
         """(loss as a float, gradient): the gradient is the workspace's buffer,
         overwritten by the next call; copy it to keep it."""
-        with parallel_region(self.serial):
+        with parallel_region(self.serial) as threads:
             loss = loss_gradient(_net_bundle(self.network), self.X, self.T, self.w,
-                                 self.work, self.l2, np.int64(numba.get_num_threads()))
+                                 self.work, self.l2, np.int64(threads))
         return float(loss), self.work.grad
 
 
@@ -331,10 +331,10 @@ class Trainer:
         if order is None:
             order = self.order.next(n)
         batch, ws, update, serial = self._epoch_args(X, T)
-        with parallel_region(serial):
+        with parallel_region(serial) as threads:
             loss, weight, correct, steps, finite = train_epoch(
                 _net_bundle(net), X, T, w, np.ascontiguousarray(order, dtype=np.int64), batch,
-                ws, update, np.int64(self.steps), np.int64(numba.get_num_threads()))
+                ws, update, np.int64(self.steps), np.int64(threads))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
@@ -681,10 +681,10 @@ class Trainer:
                                   float(stopping.best) if stopping else 0.0,
                                   np.int64(stopping.count if stopping else 0),
                                   np.int64(self.steps))
-        with parallel_region(serial):
+        with parallel_region(serial) as threads:
             done, state, reason = run_kernels.train_epochs(
                 _net_bundle(net), run_kernels.Data(X, T, w), orders, batch, ws, update, plan,
-                state, np.int64(numba.get_num_threads()), results)
+                state, np.int64(threads), results)
         losses, accuracies = results[0], results[1]
         if reason == run_kernels.DIVERGED:
             return done, reason   # replayed by the caller from the chunk's start
