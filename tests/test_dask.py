@@ -1,0 +1,246 @@
+"""Data-parallel training and prediction on a real Dask cluster (LocalCluster
+of worker processes on localhost; fastnn.distributed).  No mocks: the fits
+below run their gradients in the worker processes."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+
+from fastnn import MLPClassifier, MLPRegressor  # noqa: E402
+from fastnn import distributed as fd  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning",
+                                        "ignore:Port .* is already in use",
+                                        "ignore:.*unclosed.*:ResourceWarning")
+
+KW = dict(hidden_layer_sizes=(16,), max_iter=4, random_state=0, batch_size=64)
+
+
+def _cluster(n_workers):
+    return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = _cluster(2)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def _data(n=600, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 0.5)
+    return X, y
+
+
+def _worker_calls(client):
+    """Gradient calls made so far in each worker process."""
+    return client.run(lambda: __import__("fastnn.distributed").distributed._ShardActor.calls)
+
+
+def test_fit_runs_on_the_workers_and_predictions_are_lazy(client):
+    X, y = _data(1200)
+    dX, dy = da.from_array(X, chunks=300), da.from_array(y, chunks=300)
+    before = sum(_worker_calls(client).values())
+    est = MLPClassifier(**dict(KW, max_iter=15)).fit(dX, dy)
+    calls = sum(_worker_calls(client).values()) - before
+    steps = est._last_cluster_stats["steps"]
+    assert steps == 15 * 19                         # ceil(1200 / 64) steps per epoch
+    assert calls >= steps                           # every step ran on the workers ...
+    assert calls == 4 * steps                       # ... one gradient per chunk (64 > 4 x 3)
+    assert fd._ShardActor.calls == 0                # and none in this process
+    local = MLPClassifier(**dict(KW, max_iter=15)).fit(X, y)
+    assert abs(est.score(X, y) - local.score(X, y)) < 0.03
+    proba = est.predict_proba(dX)
+    assert isinstance(proba, da.Array) and proba.chunks == ((300,) * 4, (3,))
+    np.testing.assert_array_equal(proba.compute(), est.predict_proba(X))
+    labels = est.predict(dX)
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), est.predict(X))
+    assert est.score(dX, dy) == pytest.approx(est.score(X, y), abs=1e-12)
+    # only parameters and gradients moved during the steps
+    stats = est._last_cluster_stats
+    n_params = est._network.params.size
+    assert stats["bytes_in"] == 4 * steps * n_params * 4
+    assert stats["bytes_out"] == stats["round_trips"] * n_params * 4 * len(client.nthreads())
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_one_chunk_gives_the_local_fit_bit_for_bit(client, solver):
+    X, y = _data()
+    kw = dict(KW, solver=solver, learning_rate_init=0.05 if solver == "sgd" else 1e-3)
+    local = MLPClassifier(**kw).fit(X, y)
+    dist = MLPClassifier(**kw).fit(da.from_array(X, chunks=-1), da.from_array(y, chunks=-1))
+    np.testing.assert_array_equal(dist._network.params, local._network.params)
+    assert dist.loss_curve_ == local.loss_curve_
+    assert dist.n_iter_ == local.n_iter_ and dist.t_ == local.t_
+    # partial_fit continues both the same way (numpy y as the target of a Dask X)
+    local.partial_fit(X, y)
+    dist.partial_fit(da.from_array(X, chunks=-1), y)
+    np.testing.assert_array_equal(dist._network.params, local._network.params)
+
+
+def test_regressor_one_chunk_and_weighted_many_chunks(client):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(500, 4))
+    Y = np.c_[X[:, 0] - X[:, 1], X[:, 2] * 0.5]
+    kw = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=1, batch_size=50,
+              solver="sgd", learning_rate_init=0.01)
+    local = MLPRegressor(**kw).fit(X, Y)
+    dist = MLPRegressor(**kw).fit(da.from_array(X, chunks=-1), da.from_array(Y, chunks=-1))
+    np.testing.assert_array_equal(dist._network.params, local._network.params)
+    pred = dist.predict(da.from_array(X, chunks=100))
+    assert isinstance(pred, da.Array) and pred.shape == (500, 2)
+    np.testing.assert_array_equal(pred.compute(), local.predict(X))
+    assert dist.score(da.from_array(X, chunks=100), Y) == pytest.approx(local.score(X, Y),
+                                                                         abs=1e-12)
+    w = rng.uniform(0.5, 2.0, 500)
+    lw = MLPRegressor(**kw).fit(X, Y, sample_weight=w)
+    dw = MLPRegressor(**kw).fit(da.from_array(X, chunks=125), Y,
+                                sample_weight=da.from_array(w, chunks=125))
+    np.testing.assert_allclose(dw._network.params, lw._network.params, rtol=0, atol=1e-6)
+
+
+def test_same_bits_with_1_2_and_3_workers(client):
+    X, y = _data(700)
+    chunks = ((250, 150, 300), (5,))        # uneven chunks; the chunking is part of the input
+    fits = {}
+    for n_workers in (1, 2, 3):
+        if n_workers == 2:
+            c, cluster = client, None
+        else:
+            cluster = _cluster(n_workers)
+            c = distributed.Client(cluster, set_as_default=False)
+        try:
+            with fd.use_client(c):
+                est = MLPClassifier(**KW).fit(da.from_array(X, chunks=chunks),
+                                              da.from_array(y, chunks=chunks[0]))
+            fits[n_workers] = (est._network.params.copy(), est.loss_curve_)
+        finally:
+            if cluster is not None:
+                c.close()
+                cluster.close()
+    for n_workers in (1, 3):
+        np.testing.assert_array_equal(fits[n_workers][0], fits[2][0])
+        assert fits[n_workers][1] == fits[2][1]
+
+
+def test_bad_chunk_raises_the_local_error_and_leaves_the_model(client):
+    X, y = _data()
+    est = MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=200))
+    params, curve = est._network.params.copy(), list(est.loss_curve_)
+    bad = X.copy()
+    bad[450, 2] = np.nan                     # in the third chunk, seen only by its worker
+    with pytest.raises(ValueError) as local_err:
+        MLPClassifier(**KW).fit(bad, y)
+    with pytest.raises(ValueError) as dist_err:
+        est.partial_fit(da.from_array(bad, chunks=200), da.from_array(y, chunks=200))
+    assert str(dist_err.value) == str(local_err.value)
+    np.testing.assert_array_equal(est._network.params, params)
+    assert est.loss_curve_ == curve
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y[:-1], chunks=200))
+    with pytest.raises(ValueError, match="lbfgs"):
+        MLPClassifier(solver="lbfgs").fit(da.from_array(X, chunks=200), y)
+
+
+def test_y_chunked_differently_is_rechunked_to_x(client):
+    X, y = _data()
+    a = MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=200))
+    b = MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=77))
+    np.testing.assert_array_equal(a._network.params, b._network.params)
+
+
+def test_dataframes_and_string_labels(client):
+    dd = pytest.importorskip("dask.dataframe")
+    pd = pytest.importorskip("pandas")
+    X, y = _data()
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    labels = np.array(["a", "b", "c"], dtype=object)[y]
+    dX = dd.from_pandas(frame, npartitions=3)
+    dy = dd.from_pandas(pd.Series(labels), npartitions=3)
+    est = MLPClassifier(**KW).fit(dX, dy)
+    assert list(est.classes_) == ["a", "b", "c"]
+    assert list(est.feature_names_in_) == list(frame.columns)
+    pred = est.predict(dX)
+    assert isinstance(pred, da.Array)
+    assert (pred.compute() == est.predict(frame)).all()
+
+
+def test_ctrl_c_keeps_the_last_complete_epoch(client):
+    X, y = _data()
+    dX, dy = da.from_array(X, chunks=200), da.from_array(y, chunks=200)
+
+    def press_ctrl_c(logs):
+        if logs["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)      # handled by the Trainer's loop
+
+    with pytest.warns(UserWarning, match="interrupted"):
+        stopped = MLPClassifier(**dict(KW, max_iter=10), callbacks=[press_ctrl_c]).fit(dX, dy)
+    two = MLPClassifier(**dict(KW, max_iter=2)).fit(dX, dy)
+    assert stopped.n_iter_ == 2
+    np.testing.assert_array_equal(stopped._network.params, two._network.params)
+
+
+def test_gridsearch_on_the_dask_joblib_backend(client):
+    joblib = pytest.importorskip("joblib")
+    from sklearn.model_selection import GridSearchCV
+    X, y = _data(300)
+    grid = {"alpha": [1e-4, 1e-1], "hidden_layer_sizes": [(8,), (16,)]}
+    est = MLPClassifier(max_iter=20, random_state=0)
+    serial = GridSearchCV(est, grid, cv=2).fit(X, y)
+    with distributed.get_task_stream(client) as stream:
+        with joblib.parallel_backend("dask"):
+            parallel = GridSearchCV(est, grid, cv=2, n_jobs=-1).fit(X, y)
+    workers = set(client.nthreads())
+    ran_on = {t["worker"] for t in stream.data}
+    assert stream.data and ran_on <= workers
+    np.testing.assert_array_equal(parallel.cv_results_["mean_test_score"],
+                                  serial.cv_results_["mean_test_score"])
+    assert parallel.best_params_ == serial.best_params_
+
+
+def test_import_fastnn_never_imports_dask_and_missing_extra_is_named():
+    code = ("import sys, fastnn, numpy as np; from fastnn import MLPClassifier;"
+            "MLPClassifier(max_iter=1).fit(np.zeros((4, 2)), [0, 1, 0, 1]);"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')];"
+            "import dask.array as da; sys.modules['distributed'] = None\n"
+            "try:\n"
+            "    MLPClassifier().fit(da.zeros((4, 2)), [0, 1, 0, 1])\n"
+            "except ImportError as e:\n"
+            "    assert 'fastnn[dask]' in str(e), e; print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_worker_killed_mid_fit_gives_the_same_bits(client):
+    # last in this file: it kills one of the fixture's workers (its nanny restarts it)
+    X, y = _data()
+    dX, dy = da.from_array(X, chunks=150), da.from_array(y, chunks=150)
+    reference = MLPClassifier(**KW).fit(dX, dy)
+    killed = []
+
+    def kill_a_worker(logs):
+        if logs["epoch"] == 1:
+            pids = client.run(os.getpid)
+            victim = sorted(pids)[0]
+            os.kill(pids[victim], signal.SIGKILL)
+            killed.append(victim)
+
+    est = MLPClassifier(**KW, callbacks=[kill_a_worker]).fit(dX, dy)
+    assert killed and est._last_cluster_stats["recoveries"] >= 1
+    np.testing.assert_array_equal(est._network.params, reference._network.params)
+    assert est.loss_curve_ == reference.loss_curve_
+    client.wait_for_workers(2, timeout=60)
