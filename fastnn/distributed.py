@@ -187,6 +187,7 @@ class _ShardActor:
         self.work = [make_workspace(self.net, min(batch_size, s.X.shape[0]), s.X.shape[1],
                                     s.T.shape[1]) for s in self.shards]
         self.plans = {}
+        self.compute_seconds = 0.0    # in chunk_gradient (fastnn.bench.distributed reads it)
         try:
             from distributed import get_worker
             self.threads = max(1, min(get_worker().state.nthreads,
@@ -218,18 +219,20 @@ class _ShardActor:
                 if mine.shape[0] == 0:
                     out.append((shard.index, 0.0, 0, None))
                     continue
+                t0 = time.perf_counter()
                 with parallel_region(serial_step(self.net, mine.shape[0])):
                     loss, correct = chunk_gradient(net, shard.X, shard.T, shard.w, mine, scale,
                                                    work, np.int64(numba.get_num_threads()))
+                self.compute_seconds += time.perf_counter() - t0
                 out.append((shard.index, float(loss), int(correct), work.grad))
                 type(self).calls += 1
         finally:
             numba.set_num_threads(previous)
         return out
 
-    def pid(self):
-        import os
-        return os.getpid()
+    def timings(self):
+        """Seconds spent computing gradients in this actor so far."""
+        return self.compute_seconds
 
 
 # ------------------------------------------------------------ driver side
@@ -264,8 +267,9 @@ class ClusterData:
     def _start_actors(self, network, batch_size):
         """One actor per worker holding shards, built on that worker from
         its shards (Dask first recomputes any that were lost)."""
-        _, _, distributed = _import_dask()
-        distributed.wait(self.shards)
+        # waits until every shard exists (Dask recomputes lost ones); small
+        # results, and no call on the default client (use_client may differ)
+        self.client.gather(self.client.map(_shard_weight, self.shards, pure=False))
         who = self.client.who_has(self.shards)
         by_worker = {}
         for c, fut in enumerate(self.shards):
@@ -311,7 +315,13 @@ class ClusterData:
         return [f.result() for f in futures]
 
     def close(self):
-        """Release the actors and shards (their memory on the workers)."""
+        """Record each actor's gradient seconds in ``stats["worker_seconds"]``,
+        then release the actors and shards (their memory on the workers)."""
+        try:
+            self.stats["worker_seconds"] = [f.result() for f in
+                                            [a.timings() for a in self.actors]]
+        except Exception:   # a worker lost at the end: the fit is done regardless
+            self.stats["worker_seconds"] = None
         self.actors, self._actor_futures, self.shards = [], [], []
 
     # ---------------------------------------------------------- the epoch
@@ -519,9 +529,9 @@ def fit(est, X, y, sample_weight, p, incremental, classes):
     try:
         trainer, rng = est._train(data, target, None, p, reuse, incremental, source=data)
     finally:
-        est._last_cluster_stats = dict(data.stats)
         data.close()
     est._commit(trainer, rng, target, names)
+    est.cluster_stats_ = dict(data.stats)   # what this call moved (ClusterData.stats)
     return est
 
 
@@ -586,11 +596,13 @@ def score(est, X, y, sample_weight=None):
         mean = (ww[:, None] * yy).sum(axis=0) / ww.sum()
         ss_res = (ww[:, None] * (yy - pp) ** 2).sum(axis=0)
         ss_tot = (ww[:, None] * (yy - mean) ** 2).sum(axis=0)
-        ss_res, ss_tot = dask.compute(ss_res, ss_tot)
+        client = current_client()
+        ss_res, ss_tot = client.gather(client.compute([ss_res, ss_tot]))
         return r2_from_sums(ss_res, ss_tot)
     hit = pred == y
     if hit.ndim == 2:
         hit = hit.all(axis=1)
     hit = hit.astype(np.float64)
     value = hit.mean() if w is None else (hit * w).sum() / w.sum()
-    return float(value.compute())
+    client = current_client()
+    return float(client.gather(client.compute(value)))

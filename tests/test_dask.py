@@ -53,7 +53,7 @@ def test_fit_runs_on_the_workers_and_predictions_are_lazy(client):
     before = sum(_worker_calls(client).values())
     est = MLPClassifier(**dict(KW, max_iter=15)).fit(dX, dy)
     calls = sum(_worker_calls(client).values()) - before
-    steps = est._last_cluster_stats["steps"]
+    steps = est.cluster_stats_["steps"]
     assert steps == 15 * 19                         # ceil(1200 / 64) steps per epoch
     assert calls >= steps                           # every step ran on the workers ...
     assert calls == 4 * steps                       # ... one gradient per chunk (64 > 4 x 3)
@@ -68,7 +68,7 @@ def test_fit_runs_on_the_workers_and_predictions_are_lazy(client):
     np.testing.assert_array_equal(labels.compute(), est.predict(X))
     assert est.score(dX, dy) == pytest.approx(est.score(X, y), abs=1e-12)
     # only parameters and gradients moved during the steps
-    stats = est._last_cluster_stats
+    stats = est.cluster_stats_
     n_params = est._network.params.size
     assert stats["bytes_in"] == 4 * steps * n_params * 4
     assert stats["bytes_out"] == stats["round_trips"] * n_params * 4 * len(client.nthreads())
@@ -240,7 +240,7 @@ def test_worker_killed_mid_fit_gives_the_same_bits(client):
             killed.append(victim)
 
     est = MLPClassifier(**KW, callbacks=[kill_a_worker]).fit(dX, dy)
-    assert killed and est._last_cluster_stats["recoveries"] >= 1
+    assert killed and est.cluster_stats_["recoveries"] >= 1
     np.testing.assert_array_equal(est._network.params, reference._network.params)
     assert est.loss_curve_ == reference.loss_curve_
     client.wait_for_workers(2, timeout=60)
