@@ -167,7 +167,7 @@ def test_dataframes_and_string_labels(client):
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     labels = np.array(["a", "b", "c"], dtype=object)[y]
     dX = dd.from_pandas(frame, npartitions=3)
-    dy = dd.from_pandas(pd.Series(labels), npartitions=3)
+    dy = dd.from_pandas(pd.Series(labels, dtype=object), npartitions=3)
     est = MLPClassifier(**KW).fit(dX, dy)
     assert list(est.classes_) == ["a", "b", "c"]
     assert list(est.feature_names_in_) == list(frame.columns)
