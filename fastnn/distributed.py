@@ -418,14 +418,15 @@ class ClusterData:
         """The block's epochs of ``trainer`` run on the cluster (the Trainer's
         documented hook: an instance ``run_epoch`` replaces the compiled one)."""
         trainer.run_epoch = functools.partial(self.run_epoch, trainer)
+        has = hasattr(self.client, "direct_to_workers")   # None by default: "decide"
         direct = getattr(self.client, "direct_to_workers", None)
-        if DIRECT_TO_WORKERS and direct is not None:
+        if DIRECT_TO_WORKERS and has:
             self.client.direct_to_workers = True
         try:
             yield self
         finally:
             trainer.__dict__.pop("run_epoch", None)
-            if direct is not None:
+            if has:
                 self.client.direct_to_workers = direct
 
 
