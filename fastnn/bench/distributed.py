@@ -67,7 +67,9 @@ def main(argv=None):
         MLPClassifier(**dict(kw, max_iter=1)).fit(dX, dy)
         local, t_local = _epoch_times(MLPClassifier, dict(kw, n_threads=1), X, y)
         # what the machine gives one process at as many threads as workers
-        _, t_threads = _epoch_times(MLPClassifier, dict(kw, n_threads=args.workers), X, y)
+        t_threads = None
+        if args.workers > 1:
+            _, t_threads = _epoch_times(MLPClassifier, dict(kw, n_threads=args.workers), X, y)
         lo0 = psutil.net_io_counters(pernic=True).get("lo")
         dist, t_dist = _epoch_times(MLPClassifier, kw, dX, dy)
         lo1 = psutil.net_io_counters(pernic=True).get("lo")
@@ -83,9 +85,10 @@ def main(argv=None):
           f"global batch {args.batch}, {args.epochs} epochs, {args.workers} workers x 1 thread"
           f"{' (threads of one process)' if args.in_process else ' (processes)'}")
     print(f"local  1 thread : {n / t_local:10.0f} samples/s  ({t_local * 1e3:.1f} ms/epoch)")
-    print(f"local  {args.workers} threads: {n / t_threads:10.0f} samples/s  "
-          f"({t_threads * 1e3:.1f} ms/epoch)  speed-up {t_local / t_threads:.2f}x "
-          f"(the machine's own scaling, for reference)")
+    if t_threads is not None:
+        print(f"local  {args.workers} threads: {n / t_threads:10.0f} samples/s  "
+              f"({t_threads * 1e3:.1f} ms/epoch)  speed-up {t_local / t_threads:.2f}x "
+              f"(the machine's own scaling, for reference)")
     print(f"dask   {args.workers} workers: {n / t_dist:10.0f} samples/s  "
           f"({t_dist * 1e3:.1f} ms/epoch)  speed-up {t_local / t_dist:.2f}x")
     print(f"per step: {per_step * 1e3:.2f} ms wall, slowest worker's gradient "
