@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from fastnn import distributed as fd  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning",
                                         "ignore:Port .* is already in use",
+                                        "ignore:Dask currently has limited support",
                                         "ignore:.*unclosed.*:ResourceWarning")
 
 KW = dict(hidden_layer_sizes=(16,), max_iter=4, random_state=0, batch_size=64)
@@ -198,6 +200,18 @@ def test_gridsearch_on_the_dask_joblib_backend(client):
     grid = {"alpha": [1e-4, 1e-1], "hidden_layer_sizes": [(8,), (16,)]}
     est = MLPClassifier(max_iter=20, random_state=0)
     serial = GridSearchCV(est, grid, cv=2).fit(X, y)
+
+    def start_compile_log():         # closures: shipped by value to the workers
+        from numba.core import event
+        from fastnn import _compile_log
+        _compile_log.test_log = _compile_log.CompileLog()
+        event.install_listener("numba:compile", _compile_log.test_log)
+
+    def compiled():
+        from fastnn import _compile_log
+        return len(_compile_log.test_log.entries)
+
+    client.run(start_compile_log)
     with distributed.get_task_stream(client) as stream:
         with joblib.parallel_backend("dask"):
             parallel = GridSearchCV(est, grid, cv=2, n_jobs=-1).fit(X, y)
@@ -207,6 +221,12 @@ def test_gridsearch_on_the_dask_joblib_backend(client):
     np.testing.assert_array_equal(parallel.cv_results_["mean_test_score"],
                                   serial.cv_results_["mean_test_score"])
     assert parallel.best_params_ == serial.best_params_
+    # a worker compiles a signature at most once (or loads it from numba's
+    # cache): a second search compiles nothing anywhere
+    first = client.run(compiled)
+    with joblib.parallel_backend("dask"):
+        GridSearchCV(est, grid, cv=2, n_jobs=-1).fit(X, y)
+    assert client.run(compiled) == first
 
 
 def test_import_fastnn_never_imports_dask_and_missing_extra_is_named():
@@ -225,22 +245,36 @@ def test_import_fastnn_never_imports_dask_and_missing_extra_is_named():
     assert out.stdout.strip() == "ok"
 
 
+def _kill_a_shard_holder(client, killed):
+    """SIGKILL the process of a worker that holds shards of the running fit."""
+    holders = sorted(w for w, keys in client.has_what().items()
+                     if any("_make_shard" in str(k) for k in keys))
+    pids = client.run(os.getpid, workers=holders[:1])
+    for addr, pid in pids.items():
+        os.kill(pid, signal.SIGKILL)
+        killed.append(addr)
+
+
 def test_worker_killed_mid_fit_gives_the_same_bits(client):
-    # last in this file: it kills one of the fixture's workers (its nanny restarts it)
+    # last in this file: it kills the fixture's workers (their nannies restart them)
     X, y = _data()
     dX, dy = da.from_array(X, chunks=150), da.from_array(y, chunks=150)
-    reference = MLPClassifier(**KW).fit(dX, dy)
-    killed = []
+    kw = dict(KW, max_iter=6, batch_size=32)
+    reference = MLPClassifier(**kw).fit(dX, dy)
+    killed, timers = [], []
 
-    def kill_a_worker(logs):
-        if logs["epoch"] == 1:
-            pids = client.run(os.getpid)
-            victim = sorted(pids)[0]
-            os.kill(pids[victim], signal.SIGKILL)
-            killed.append(victim)
+    def kill(logs):
+        if logs["epoch"] == 1:       # between two epochs
+            _kill_a_shard_holder(client, killed)
+        if logs["epoch"] == 3:       # and, a moment later, during epoch 4's steps
+            client.wait_for_workers(2, timeout=60)
+            timers.append(threading.Timer(0.05, _kill_a_shard_holder, (client, killed)))
+            timers[-1].start()
 
-    est = MLPClassifier(**KW, callbacks=[kill_a_worker]).fit(dX, dy)
-    assert killed and est.cluster_stats_["recoveries"] >= 1
+    est = MLPClassifier(**kw, callbacks=[kill]).fit(dX, dy)
+    for t in timers:
+        t.join()
+    assert len(killed) == 2 and est.cluster_stats_["recoveries"] >= 2
     np.testing.assert_array_equal(est._network.params, reference._network.params)
     assert est.loss_curve_ == reference.loss_curve_
     client.wait_for_workers(2, timeout=60)
