@@ -70,12 +70,6 @@ _CLIENT = contextvars.ContextVar("fastnn_dask_client", default=None)
 
 
 # ------------------------------------------------------------ dask input
-def is_dask(obj):
-    """True for a Dask collection (array, dataframe, series), without
-    importing dask (fastnn never imports it unless such input arrives)."""
-    return obj is not None and type(obj).__module__.partition(".")[0] in ("dask", "dask_expr")
-
-
 def _import_dask():
     """(dask, dask.array, distributed), or ImportError naming the extra."""
     try:
@@ -466,8 +460,8 @@ def prepare(est, X, y, sample_weight, dtype, reuse, incremental, classes):
     Xb = X.to_delayed().ravel()
     yb = y.to_delayed().ravel()
     wb = [None] * len(rows) if w is None else list(w.to_delayed().ravel())
-    is_classifier = hasattr(est, "_apply_class_weight") and type(est).__name__ != \
-        "MLPRegressor"
+    from .estimators import MLPClassifier
+    is_classifier = isinstance(est, MLPClassifier)
     class_weights = None
     counts = None
     if is_classifier and y.ndim == 1:
@@ -602,13 +596,14 @@ def _light_copy(est):
 def score(est, X, y, sample_weight=None):
     """``est.score`` on Dask input: accuracy (classifier) or R^2 (regressor),
     reduced on the workers; returns a float."""
-    dask, da, _ = _import_dask()
+    _, da, _ = _import_dask()
     pred = predict(est, X, "predict")
     rows = pred.chunks[0]
     y = _as_dask_array(y, "y", da, rows)
     w = None if sample_weight is None else _as_dask_array(sample_weight, "sample_weight",
                                                           da, rows).astype(np.float64)
-    if type(est).__name__ == "MLPRegressor":
+    from .estimators import MLPClassifier
+    if not isinstance(est, MLPClassifier):   # a regressor: R^2
         from ._metrics import r2_from_sums
         n = y.shape[0]
         yy = y.astype(np.float64).reshape((n, -1))
