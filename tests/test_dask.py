@@ -112,6 +112,21 @@ def test_regressor_one_chunk_and_weighted_many_chunks(client):
     np.testing.assert_allclose(dw._network.params, lw._network.params, rtol=0, atol=1e-6)
 
 
+def test_multilabel_and_class_weight(client):
+    X, y = _data()
+    Y = np.c_[y == 1, X[:, 3] > 0].astype(np.int64)          # two labels per row
+    local = MLPClassifier(**KW).fit(X, Y)
+    dist = MLPClassifier(**KW).fit(da.from_array(X, chunks=-1), da.from_array(Y, chunks=-1))
+    np.testing.assert_array_equal(dist._network.params, local._network.params)
+    np.testing.assert_array_equal(dist.predict(da.from_array(X, chunks=200)).compute(),
+                                  local.predict(X))
+    kw = dict(KW, class_weight="balanced")
+    local = MLPClassifier(**kw).fit(X, y)
+    dist = MLPClassifier(**kw).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=200))
+    # the same weights per row; the sums over chunks round differently
+    np.testing.assert_allclose(dist._network.params, local._network.params, rtol=0, atol=1e-5)
+
+
 def test_same_bits_with_1_2_and_3_workers(client):
     # 2: the fixture's worker processes; 1 and 3: workers as threads of this
     # process (quicker to start; and the bits do not depend on that either)
