@@ -116,7 +116,13 @@ def _as_dask_array(obj, name, da, rows=None):
         obj = obj.to_dask_array(lengths=True)
     elif not isinstance(obj, da.Array):
         arr = np.asarray(obj)
-        obj = da.from_array(arr, chunks=(rows,) + arr.shape[1:] if rows else "auto")
+        if arr.ndim == 0:
+            raise ValueError(f"{name} must be an array with one entry per sample; got a "
+                             f"scalar {arr!r}")
+        if rows is not None and arr.shape[0] != sum(rows):
+            raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                             f"[{sum(rows)}, {arr.shape[0]}] (X and {name})")
+        obj = da.from_array(arr, chunks=(tuple(rows),) + arr.shape[1:] if rows else "auto")
     if any(math.isnan(c) for c in obj.chunks[0]):
         obj = obj.compute_chunk_sizes()
     if rows is not None:
@@ -147,7 +153,8 @@ def _chunk_labels(y):
 def _make_shard(index, Xc, yc, wc, spec):
     """A chunk as a :class:`_Shard`, checked by the estimators' own functions
     (so a NaN found on a worker raises the local error) and converted to the
-    network's dtype; also returns its (rows, summed weight)."""
+    network's dtype.  ``spec``: (estimator class, the fitted label attributes
+    a classifier encodes against, dtype, per-class weights or None)."""
     from .estimators import _as_2d_float
     est_cls, fitted, dtype, class_weights = spec
     X = _as_2d_float(Xc, "X", dtype)
@@ -481,8 +488,9 @@ def prepare(est, X, y, sample_weight, dtype, reuse, incremental, classes):
         fitted = {"classes_": target["fitted"]["classes_"], "_kind": target["kind"]}
         class_weights = _class_weights(est, target, counts, incremental)
     spec = (type(est), fitted, dtype, class_weights)
-    shards = client.compute([dask.delayed(_make_shard, pure=True)(c, Xb[c], yb[c], wb[c], spec)
-                             for c in keep])
+    # shards are numbered 0.. in chunk order, empty chunks left out
+    shards = client.compute([dask.delayed(_make_shard, pure=True)(i, Xb[c], yb[c], wb[c], spec)
+                             for i, c in enumerate(keep)])
     sizes = client.gather(client.map(_shard_weight, shards, pure=False))   # raises bad input
     weight_sum = sum(s for _, s in sizes)
     if not weight_sum > 0:

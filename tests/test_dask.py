@@ -177,6 +177,9 @@ def test_y_chunked_differently_is_rechunked_to_x(client):
     a = MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=200))
     b = MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=77))
     np.testing.assert_array_equal(a._network.params, b._network.params)
+    # an empty chunk holds no shard and changes nothing
+    c = MLPClassifier(**KW).fit(da.from_array(X, chunks=((200, 0, 200, 200), (5,))), y)
+    np.testing.assert_array_equal(a._network.params, c._network.params)
 
 
 def test_dataframes_and_string_labels(client):
