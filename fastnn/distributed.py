@@ -194,7 +194,6 @@ class _ShardActor:
         self.work = [make_workspace(self.net, min(batch_size, s.X.shape[0]), s.X.shape[1],
                                     s.T.shape[1]) for s in self.shards]
         self.plans = {}
-        self.compute_seconds = 0.0    # in chunk_gradient (fastnn.bench.distributed reads it)
         try:
             from distributed import get_worker
             self.threads = max(1, min(get_worker().state.nthreads,
@@ -209,14 +208,16 @@ class _ShardActor:
         return {s.index: step_weights(s.w, *plans[s.index]) for s in self.shards}
 
     def gradients(self, step, params, scale):
-        """[(chunk, summed loss, correct rows, gradient or None)] of step
-        ``step`` for each shard, in chunk order, at ``params``."""
+        """([(chunk, summed loss, correct rows, gradient or None)] of step
+        ``step`` for each shard, in chunk order, at ``params``; seconds spent
+        computing them)."""
         from .trainer import serial_step
         np.copyto(self.net.params, params)   # received buffers may be read-only
         net = Net(self.net.params, self.net._offs, self.net._dims, self.net._acts,
                   self.net._output_code)
         scale = self.net.dtype.type(scale)
         out = []
+        seconds = 0.0
         previous = numba.get_num_threads()
         numba.set_num_threads(self.threads)
         try:
@@ -230,16 +231,12 @@ class _ShardActor:
                 with parallel_region(serial_step(self.net, mine.shape[0])):
                     loss, correct = chunk_gradient(net, shard.X, shard.T, shard.w, mine, scale,
                                                    work, np.int64(numba.get_num_threads()))
-                self.compute_seconds += time.perf_counter() - t0
+                seconds += time.perf_counter() - t0
                 out.append((shard.index, float(loss), int(correct), work.grad))
                 type(self).calls += 1
         finally:
             numba.set_num_threads(previous)
-        return out
-
-    def timings(self):
-        """Seconds spent computing gradients in this actor so far."""
-        return self.compute_seconds
+        return out, seconds
 
 
 # ------------------------------------------------------------ driver side
@@ -251,8 +248,12 @@ class ClusterData:
     can use an instance where it uses X.  ``stats`` counts what moved:
     ``steps``, ``round_trips``, ``bytes_out`` / ``bytes_in`` (array payloads
     sent to and received from the workers), ``epoch_bytes_out`` (positions
-    sent at epoch starts), ``recoveries`` and ``step_seconds`` / ``wait_seconds``
-    (wall time of the steps, and the part spent waiting for the workers).
+    sent at epoch starts), ``recoveries``, ``step_seconds`` (wall time of
+    the steps), ``wait_seconds`` (the part spent waiting for the workers),
+    ``slowest_seconds`` (per step, the gradient time of the slowest worker,
+    summed over the steps: ``step_seconds - slowest_seconds`` is the
+    overhead of distributing) and ``compute_seconds`` (all workers' gradient
+    time).
     """
 
     def __init__(self, client, shards, rows, n_features, n_outputs, weight_sum):
@@ -268,7 +269,8 @@ class ClusterData:
         self._actor_key = None
         self._plans = None
         self.stats = dict(steps=0, round_trips=0, bytes_out=0, bytes_in=0, epoch_bytes_out=0,
-                          recoveries=0, step_seconds=0.0, wait_seconds=0.0)
+                          recoveries=0, step_seconds=0.0, wait_seconds=0.0,
+                          slowest_seconds=0.0, compute_seconds=0.0)
 
     # ---------------------------------------------------------- actors
     def _start_actors(self, network, batch_size):
@@ -322,13 +324,7 @@ class ClusterData:
         return [f.result() for f in futures]
 
     def close(self):
-        """Record each actor's gradient seconds in ``stats["worker_seconds"]``,
-        then release the actors and shards (their memory on the workers)."""
-        try:
-            self.stats["worker_seconds"] = [f.result() for f in
-                                            [a.timings() for a in self.actors]]
-        except Exception:   # a worker lost at the end: the fit is done regardless
-            self.stats["worker_seconds"] = None
+        """Release the actors and shards (their memory on the workers)."""
         self.actors, self._actor_futures, self.shards = [], [], []
 
     # ---------------------------------------------------------- the epoch
@@ -384,7 +380,8 @@ class ClusterData:
             params = net.params
             results = self._call(net, batch, "gradients", lambda chunks: (s, params, scale))
             t1 = time.perf_counter()
-            shard_results = sorted((r for part in results for r in part), key=lambda r: r[0])
+            shard_results = sorted((r for part, _ in results for r in part), key=lambda r: r[0])
+            seconds = [sec for _, sec in results]
             batch_loss, first = 0.0, True
             for _, loss, correct, g in shard_results:      # chunk order
                 batch_loss += loss
@@ -408,6 +405,8 @@ class ClusterData:
             weight_total += batch_weight[s]
             self.stats["steps"] += 1
             self.stats["wait_seconds"] += t1 - t0
+            self.stats["slowest_seconds"] += max(seconds)
+            self.stats["compute_seconds"] += sum(seconds)
             self.stats["step_seconds"] += time.perf_counter() - t0
         trainer.steps += steps
         mean_loss = loss_total / weight_total if weight_total > 0 else float("nan")

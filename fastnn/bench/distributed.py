@@ -80,7 +80,7 @@ def main(argv=None):
     steps = st["steps"]
     n_params = dist._network.params.size
     per_step = st["step_seconds"] / steps
-    worker = max(st["worker_seconds"]) / steps if st["worker_seconds"] else float("nan")
+    worker = st["slowest_seconds"] / steps
     print(f"network {'-'.join(map(str, sizes))} ({n_params} parameters), {n} rows, "
           f"global batch {args.batch}, {args.epochs} epochs, {args.workers} workers x 1 thread"
           f"{' (threads of one process)' if args.in_process else ' (processes)'}")
@@ -91,7 +91,7 @@ def main(argv=None):
               f"(the machine's own scaling, for reference)")
     print(f"dask   {args.workers} workers: {n / t_dist:10.0f} samples/s  "
           f"({t_dist * 1e3:.1f} ms/epoch)  speed-up {t_local / t_dist:.2f}x")
-    print(f"per step: {per_step * 1e3:.2f} ms wall, slowest worker's gradient "
+    print(f"per step: {per_step * 1e3:.2f} ms wall, the step's slowest worker's gradient "
           f"{worker * 1e3:.2f} ms, overhead {(per_step - worker) * 1e3:.2f} ms; "
           f"{st['round_trips'] / steps:.0f} round trip")
     print(f"bytes per step: {st['bytes_out'] / steps / 1e6:.2f} MB parameters out, "
