@@ -18,6 +18,26 @@ import statistics
 import time
 
 
+class _Echo:
+    """An actor that returns its argument: the exchange of a step without the step."""
+
+    def echo(self, x):
+        return x
+
+
+def _echo_ms(client, workers, payload, reps=20):
+    """Median of 3 x ``reps`` echo round trips of ``payload`` to every worker at once, in ms."""
+    actors = [client.submit(_Echo, actor=True, workers=[w]).result() for w in workers]
+    [f.result() for f in [a.echo(payload) for a in actors]]
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            [f.result() for f in [a.echo(payload) for a in actors]]
+        times.append((time.perf_counter() - t) / reps * 1e3)
+    return statistics.median(times)
+
+
 def _epoch_times(est_cls, kw, X, y):
     stamps = []
     est = est_cls(callbacks=[lambda logs: stamps.append(time.perf_counter())], **kw)
@@ -73,6 +93,12 @@ def main(argv=None):
         lo0 = psutil.net_io_counters(pernic=True).get("lo")
         dist, t_dist = _epoch_times(MLPClassifier, kw, dX, dy)
         lo1 = psutil.net_io_counters(pernic=True).get("lo")
+        # the exchange alone, called as the fit calls its actors (directly)
+        client.direct_to_workers = True
+        workers = sorted(client.nthreads())
+        params = dist._network.params
+        echo_big = _echo_ms(client, workers, params)
+        echo_tiny = _echo_ms(client, workers, params[:1])
     finally:
         client.close()
         cluster.close()
@@ -97,6 +123,9 @@ def main(argv=None):
     print(f"bytes per step: {st['bytes_out'] / steps / 1e6:.2f} MB parameters out, "
           f"{st['bytes_in'] / steps / 1e6:.2f} MB gradients in; epoch positions "
           f"{st['epoch_bytes_out'] / args.epochs / 1e3:.0f} kB per epoch")
+    print(f"exchange alone (actor echo to every worker at once): {echo_big:.2f} ms for the "
+          f"parameters ({params.nbytes / 1e6:.2f} MB each way per worker), {echo_tiny:.2f} ms "
+          f"for 4 bytes")
     if lo0 is not None and lo1 is not None:
         moved = (lo1.bytes_sent - lo0.bytes_sent) / steps
         print(f"loopback interface: {moved / 1e6:.2f} MB per step (whole fit, all processes "
