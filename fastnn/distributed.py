@@ -329,8 +329,10 @@ class ClusterData:
 
     # ---------------------------------------------------------- the epoch
     def plan_epoch(self, order, batch):
-        """Per chunk: (its rows, local indices, in epoch order; offsets of
-        each step's rows in them), from the global epoch ``order``."""
+        """From the global epoch ``order``: per chunk, (the local indices of
+        its rows in epoch order, offsets where each step's rows start in
+        them), and the number of steps.  Step s trains on order[s*batch:
+        (s+1)*batch], as a local epoch does."""
         n = order.shape[0]
         n_steps = -(-n // batch)
         chunk_of = np.searchsorted(self.starts, order, side="right") - 1
