@@ -117,6 +117,19 @@ def _num_threads(n):
         numba.set_num_threads(previous)
 
 
+def _is_dask(*objs):
+    """True if any of ``objs`` is a Dask collection (checked by module name:
+    dask is never imported for this)."""
+    return any(o is not None and type(o).__module__.partition(".")[0] in ("dask", "dask_expr")
+               for o in objs)
+
+
+def _dask_predict(est, X, method):
+    """A prediction method on Dask X: a lazy Dask array (fastnn.distributed)."""
+    from . import distributed
+    return distributed.predict(est, X, method)
+
+
 def _is_sparse(X):
     return hasattr(X, "toarray") and hasattr(X, "nnz")
 
@@ -380,6 +393,9 @@ class _BaseMLP(BaseEstimator):
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None.")
+        if _is_dask(X, y, sample_weight):   # data-parallel on a Dask cluster
+            from . import distributed
+            return distributed.fit(self, X, y, sample_weight, p, incremental, classes)
         names = _feature_names(X)
         X = _as_2d_float(X, "X", p["dtype"])
         reuse = hasattr(self, "_network") and (incremental or bool(self.warm_start))
@@ -443,13 +459,17 @@ class _BaseMLP(BaseEstimator):
         return Plateau(monitor="val_score" if early_stopping else "loss", tol=float(self.tol),
                        patience=int(self.n_iter_no_change), restore_best=early_stopping)
 
-    def _train(self, X, target, w, p, reuse, incremental):
+    def _train(self, X, target, w, p, reuse, incremental, source=None):
         """Map scikit-learn's parameters onto the Trainer and run its loop.
 
         A new fit builds a new network and trainer; warm_start and partial_fit
         train the fitted ones in place, inside ``trainer.transaction()``, so a
-        call that raises leaves them as they were (no copy of the model)."""
+        call that raises leaves them as they were (no copy of the model).
+        ``source``: a fastnn.distributed.ClusterData standing in for X (its
+        ``shape``), whose epochs run on the cluster (no early stopping or
+        checkpoint there; the caller refuses them)."""
         T = target["T"]
+        n_outputs = T.shape[1] if source is None else source.n_outputs
         # partial_fit ignores early stopping, as scikit-learn's does
         early_stopping = bool(self.early_stopping) and not incremental
         if reuse:
@@ -457,7 +477,7 @@ class _BaseMLP(BaseEstimator):
             rng = self._rng if incremental else _check_random_state(self.random_state)
         else:
             rng = _check_random_state(self.random_state)
-            net = self._build_network(X.shape[1], T.shape[1], p, rng, target["output_name"])
+            net = self._build_network(X.shape[1], n_outputs, p, rng, target["output_name"])
             trainer = Trainer(net, optimizer=self._make_optimizer(float(self.learning_rate_init)),
                               shuffle=False)
         val = None
@@ -476,8 +496,11 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
                           "It is going to be clipped")
             batch = n
-        w_full = np.ones(n, dtype=X.dtype) if w is None else w.astype(X.dtype)
-        mean_w = float(w_full.mean()) if w is not None else 1.0
+        if source is None:
+            w_full = np.ones(n, dtype=X.dtype) if w is None else w.astype(X.dtype)
+            mean_w = float(w_full.mean()) if w is not None else 1.0
+        else:   # the weights stay on the workers
+            w_full, mean_w = None, source.mean_weight
         epochs = 1 if incremental else int(self.max_iter)
         checkpoint = None if incremental else self.checkpoint
         owner = None if checkpoint is None else {
@@ -487,7 +510,8 @@ class _BaseMLP(BaseEstimator):
             trainer, done_before, epochs, resumed_reason = self._resume_checkpoint(
                 checkpoint, owner, epochs)
             rng = trainer.order.rng if isinstance(trainer.order, RunningShuffle) else rng
-        with trainer.transaction():
+        with trainer.transaction(), (contextlib.nullcontext() if source is None
+                                     else source.plugged_into(trainer)):
             trainer.batch_size = batch
             # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
             trainer.l2 = p["alpha"] / (batch * mean_w)
@@ -908,8 +932,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         included).  ``classes`` (every label) is required on the first call."""
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy (exact match for multi-label), weighted by
+        ``sample_weight``; on Dask input computed on the workers."""
+        if _is_dask(X, y, sample_weight):
+            from . import distributed
+            return distributed.score(self, X, y, sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
+
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes) (labels for multi-label)."""
+        if _is_dask(X):
+            return _dask_predict(self, X, "predict_proba")
         out = self._forward(X)
         if self._kind == "binary":
             p = out[:, 0]
@@ -918,11 +952,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
+        if _is_dask(X):
+            return _dask_predict(self, X, "predict_log_proba")
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
     def predict(self, X):
         """Predicted labels (from ``classes_``), or the 0/1 matrix for multi-label."""
+        if _is_dask(X):
+            return _dask_predict(self, X, "predict")
         out = self._forward(X)
         if self._kind == "multilabel":
             return (out > 0.5).astype(self._label_dtype)
@@ -972,8 +1010,18 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """One epoch over (X, y), continuing from the current state."""
         return self._fit(X, y, sample_weight, incremental=True)
 
+    def score(self, X, y, sample_weight=None):
+        """R^2 (averaged over outputs), weighted by ``sample_weight``; on Dask
+        input computed on the workers."""
+        if _is_dask(X, y, sample_weight):
+            from . import distributed
+            return distributed.score(self, X, y, sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
+
     def predict(self, X):
         """Predicted values: shape (n_samples,) for one output, else (n_samples, n_outputs)."""
+        if _is_dask(X):
+            return _dask_predict(self, X, "predict")
         # float64 like scikit-learn's regressors, whatever the training dtype.
         out = self._forward(X).astype(np.float64)
         return out.ravel() if self.n_outputs_ == 1 and out.shape[1] == 1 else out

@@ -1,0 +1,101 @@
+"""The two halves of a training step, split for data-parallel training
+(fastnn.distributed): the gradient of some rows of a batch (on a worker) and
+the update from a summed gradient (on the driver).
+
+Both reuse the compiled step of kernels/step.py rather than a second
+gradient: ``chunk_gradient`` is ``loss_gradient`` with the batch's rows and
+scale given (so a chunk computes its share of the *global* batch's mean), and
+``apply_update`` runs the same ``update_range`` calls in the same block order
+as the weights pass of a local step (kernels.step.update_rows), so one chunk
+holding every row gives the local Trainer's bits.
+
+Kept in their own file: numba's cache is per source file, and editing
+step.py would make every user of the single-machine path recompile.
+"""
+import numpy as np
+
+from .._jit import jit
+from .optim import ADAM, adam_step_size, update_range
+from .step import (FIRST, ROWS, WEIGHTS, Batch, Update, pack_weights_t, step_pass,
+                   weight_block, weight_block_count)
+
+
+@jit
+def chunk_gradient(net, X, T, w, rows, scale, work, threads):
+    """Gradient of rows ``rows`` of (X, T, w) as part of a batch whose summed
+    weight is 1 / ``scale``, into work.grad (no L2 term: the driver adds it
+    once); returns (summed weighted loss, correct rows) of those rows."""
+    pack_weights_t(net.params, net.offs, net.dims, work.WT)
+    batch = Batch(X, T, w, rows, scale)
+    zero = net.params.dtype.type(0)
+    update = Update(net.params, net.params, np.int64(0), zero, zero, zero, zero, zero, zero,
+                    False)
+    loss, correct = step_pass(ROWS, net, batch, work, update, threads)
+    step_pass(WEIGHTS, net, batch, work, update, threads)
+    return loss, correct
+
+
+@jit
+def apply_update(net, grad, update, step):
+    """One optimizer step on net.params from the batch gradient ``grad`` (no
+    L2 in it), as the weights pass of kernels.step does it: weight rows in
+    blocks of GRAD_BLOCK_ROWS with ``update.l2`` as decay, each bias with the
+    block at its layer's row 0 and no decay.  ``step`` counts steps before
+    this one (Adam's bias correction).  Returns (l2/2) sum W^2 before the
+    step, plus 0 times the sum of the new values: NaN once an update
+    overflowed, as in the local step."""
+    params = net.params
+    lr = update.lr
+    if update.kind == ADAM:
+        lr = params.dtype.type(adam_step_size(np.float64(update.lr), np.float64(update.beta1),
+                                              np.float64(update.beta2), step + 1))
+    l2 = update.l2
+    zero = params.dtype.type(0)
+    total = 0.0
+    probe = 0.0
+    for t in range(weight_block_count(net.dims)):
+        l, i0, i1 = weight_block(net.dims, t)
+        k = net.dims[l]
+        n = net.dims[l + 1]
+        lo = net.offs[l] + i0 * n
+        hi = net.offs[l] + i1 * n
+        squares = 0.0
+        if l2 != 0:
+            for i in range(lo, hi):
+                p = np.float64(params[i])
+                squares += p * p
+        s1, s2 = update.state1, update.state2
+        update_range(params[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi], FIRST, hi - lo,
+                     update.kind, lr, update.momentum, update.beta1, update.beta2, update.eps,
+                     l2)
+        for i in range(lo, hi):
+            probe += np.float64(params[i])
+        if i0 == 0:
+            b0 = net.offs[l] + k * n
+            update_range(params, grad, s1, s2, b0, b0 + n, update.kind, lr, update.momentum,
+                         update.beta1, update.beta2, update.eps, zero)
+            for i in range(b0, b0 + n):
+                probe += np.float64(params[i])
+        total += np.float64(l2) * squares
+    return 0.5 * total + 0.0 * probe
+
+
+@jit
+def add_step_loss(loss_total, batch_loss, l2_loss, batch_weight):
+    """The epoch's running loss after one step, as kernels.step.train_epoch
+    adds it (compiled with the same flags, so the same rounding)."""
+    return loss_total + (batch_loss + l2_loss * batch_weight)
+
+
+@jit
+def step_weights(w, rows, offsets):
+    """Summed weight (float64) of rows[offsets[s]:offsets[s+1]] for each step
+    s, added in epoch order as train_epoch adds a batch's weights."""
+    n_steps = offsets.shape[0] - 1
+    out = np.zeros(n_steps)
+    for s in range(n_steps):
+        acc = 0.0
+        for i in range(offsets[s], offsets[s + 1]):
+            acc += np.float64(w[rows[i]])
+        out[s] = acc
+    return out
