@@ -38,6 +38,8 @@ before it is stored, after any old C is added:
 with the same operations, in the same order, as the row-by-row loops of
 activations.py (a NaN stays NaN).  Sigmoid and tanh stay in those loops.
 """
+from contextlib import contextmanager
+
 import llvmlite.ir as ir
 import llvmlite.binding as llvm
 from numba import types
@@ -196,8 +198,7 @@ def _make_microkernel(rows, nv, mask):
                 r_eff = builder.select(builder.icmp_signed("<", rr, last_row), rr, last_row)
                 a_rows.append(builder.mul(r_eff, rs_v))
             # the k loop: C_tile += A[:, p] (outer product) B[p, :]
-            with cgutils.for_range(builder, kc_v) as loop:
-                p = loop.index
+            with _k_loop(builder, kc_v) as p:
                 b_row = builder.mul(p, ldb_v)
                 b_vecs = [load_vec(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]), v)
                           for v in range(nv)]
@@ -260,6 +261,39 @@ def _make_microkernel(rows, nv, mask):
 
     microkernel.__name__ = f"microkernel_{rows}x{nv}_mask{mask}"
     return microkernel
+
+
+@contextmanager
+def _k_loop(builder, count):
+    """``for p in range(count)`` in IR, yielding p, with LLVM's unroller told to
+    leave the loop alone.  Unrolled, the 6-row AVX2 tile's loop ran out of
+    general registers (six A row pointers per copy): LLVM rotated them
+    through a dozen moves and stack slots per iteration, and the tile ran at
+    about half its FMA rate (asm of gemm_strided, znver3)."""
+    i64 = ir.IntType(64)
+    pre = builder.basic_block
+    cond = builder.append_basic_block("k.cond")
+    body = builder.append_basic_block("k.body")
+    end = builder.append_basic_block("k.end")
+    builder.branch(cond)
+    builder.position_at_end(cond)
+    p = builder.phi(i64, name="p")
+    p.add_incoming(i64(0), pre)
+    builder.cbranch(builder.icmp_signed("<", p, count), body, end)
+    builder.position_at_end(body)
+    yield p
+    p.add_incoming(builder.add(p, i64(1)), builder.basic_block)
+    latch = builder.branch(cond)
+    latch.set_metadata("llvm.loop", _no_unroll(builder.module))
+    builder.position_at_end(end)
+
+
+def _no_unroll(module):
+    """A loop ID (self-referential, as LLVM requires) with unroll.disable."""
+    disable = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    loop_id = ir.values.MDValue(module, [disable], name=str(len(module.metadata)))
+    loop_id.operands = (loop_id, disable)
+    return loop_id
 
 
 def _data_and_strides(context, builder, arrty, value, itemsize):
