@@ -141,3 +141,59 @@ def batch_capacity(X, batch_size):
     if batch_size >= counts.shape[0]:
         return int(counts.sum())
     return int(np.partition(counts, counts.shape[0] - batch_size)[-batch_size:].sum())
+
+
+# ---------------------------------------------------------------- the hooks
+# The Trainer, Network and FullBatchObjective call these for SparseRows input
+# (one line each on their side); everything sparse-specific stays here.
+
+def forward(network, X):
+    """Network outputs for the rows of X (SparseRows), as Network._forward_checked."""
+    import numba
+    from ._parallel import parallel_region
+    from .kernels.sparse import sparse_predict_rows
+    from .network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    n = X.shape[0]
+    out = np.empty((n, network.sizes[-1]), dtype=network.dtype)
+    ws, act_off = network._predict_workspace()
+    rows = np.arange(n, dtype=np.int64)
+    with parallel_region(serial=n <= SERIAL_PREDICT_ROWS):
+        sparse_predict_rows(network.params, network._offs, network._dims, network._acts,
+                            network._output_code, X.data, X.indices, X.indptr, rows, out, ws, act_off,
+                            np.int64(PREDICT_BLOCK), np.int64(numba.get_num_threads()))
+    return out
+
+
+def _work(owner, X, batch_size):
+    """The batch-transpose buffers for X and batch_size, kept on ``owner``
+    (a Trainer or FullBatchObjective) and made again only when too small."""
+    capacity = batch_capacity(X, batch_size)
+    sw = getattr(owner, "_sparse_work", None)
+    if (sw is None or sw.col_fill.shape[0] != X.shape[1] or sw.t_rows.shape[0] < capacity
+            or sw.t_vals.dtype != X.dtype):
+        sw = make_sparse_work(X.shape[1], capacity, X.dtype)
+        owner._sparse_work = sw
+    return sw
+
+
+def train_epoch(trainer, X, T, w, order, batch, ws, update, threads):
+    """One epoch of the sparse step (kernels.sparse.sparse_train_epoch) for
+    Trainer.run_epoch; returns what kernels.step.train_epoch returns."""
+    from .kernels.sparse import sparse_train_epoch
+    from .trainer import _net_bundle
+    sw = _work(trainer, X, batch)
+    return sparse_train_epoch(_net_bundle(trainer.network), X.bundle(), T, w, order,
+                              np.int64(batch), ws, sw, update, np.int64(trainer.steps), threads)
+
+
+def loss_gradient(objective, threads):
+    """kernels.sparse.sparse_loss_gradient for a FullBatchObjective over SparseRows."""
+    from .kernels.sparse import sparse_loss_gradient
+    from .trainer import _net_bundle
+    X = objective.X
+    sw = _work(objective, X, X.shape[0])
+    order = getattr(objective, "_sparse_order", None)
+    if order is None or order.shape[0] != X.shape[0]:
+        order = objective._sparse_order = np.arange(X.shape[0], dtype=np.int64)
+    return sparse_loss_gradient(_net_bundle(objective.network), X.bundle(), objective.T,
+                                objective.w, order, objective.work, sw, objective.l2, threads)

@@ -53,8 +53,11 @@ from .step import (BIAS_ACT, FIRST, LOSS_GROUP_ROWS, NO_ACC, NO_ACTIVATION, ROWS
 
 CSR = namedtuple("CSR", ["data", "indices", "indptr"])
 """X in compressed sparse rows (see the module notes for the dtypes)."""
-SparseBatch = namedtuple("SparseBatch", ["X", "T", "w", "order", "scale"])
-"""One mini-batch: rows ``order`` of (X as a CSR bundle, T, w), and 1 / (sum of weights)."""
+SparseBatch = namedtuple("SparseBatch", ["data", "indices", "indptr", "T", "w", "order",
+                                         "scale"])
+"""One mini-batch: rows ``order`` of (X, T, w), X as its three CSR arrays (flat:
+numba's parallel loops cannot take a tuple nested in a bundle), and 1 / (sum
+of the weights)."""
 SparseWork = namedtuple("SparseWork", ["col_ptr", "col_fill", "t_rows", "t_vals"])
 """The batch's transpose: col_ptr (n_features + 1), col_fill (n_features),
 t_rows / t_vals (capacity: the most stored values a batch can hold)."""
@@ -132,7 +135,8 @@ def sparse_shard_rows(net, batch, work, g0, g1):
     if r1 <= r0:
         return
     gather_targets(batch, work, r0, r1)
-    z = sparse_forward(net.params, net.offs, net.dims, net.acts, batch.X, batch.order, m,
+    X = CSR(batch.data, batch.indices, batch.indptr)
+    z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
                        work.act_ws, work.act_off, r0, r1)
     for g in range(g0, g1):
         q0 = g * LOSS_GROUP_ROWS
@@ -268,7 +272,8 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
         batch_weight = 0.0
         for i in range(m):
             batch_weight += np.float64(w[rows[i]])
-        batch = SparseBatch(X, T, w, rows, net.params.dtype.type(1.0 / batch_weight))
+        batch = SparseBatch(X.data, X.indices, X.indptr, T, w, rows,
+                            net.params.dtype.type(1.0 / batch_weight))
         batch_loss, correct = sparse_step_pass(ROWS, net, batch, work, sw, update, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
@@ -297,7 +302,8 @@ def sparse_loss_gradient(net, X, T, w, order, work, sw, l2, threads):
     for i in range(order.shape[0]):
         weight += np.float64(w[order[i]])
     pack_weights_t(net.params, net.offs, net.dims, work.WT)
-    batch = SparseBatch(X, T, w, order, net.params.dtype.type(1.0 / weight))
+    batch = SparseBatch(X.data, X.indices, X.indptr, T, w, order,
+                        net.params.dtype.type(1.0 / weight))
     zero = net.params.dtype.type(0)
     update = Update(net.params, net.params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
     loss, _ = sparse_step_pass(ROWS, net, batch, work, sw, update, threads)
@@ -307,9 +313,9 @@ def sparse_loss_gradient(net, X, T, w, order, work, sw, l2, threads):
 
 
 @pjit
-def sparse_predict_rows(params, offs, dims, acts, output, X, rows, out, act_ws, act_off,
-                        block, threads):
-    """Network outputs for the rows ``rows`` of X (CSR) into ``out``, in
+def sparse_predict_rows(params, offs, dims, acts, output, data, indices, indptr, rows, out,
+                        act_ws, act_off, block, threads):
+    """Network outputs for the rows ``rows`` of X (its CSR arrays) into ``out``, in
     blocks of ``block`` rows, worker s taking blocks s, s + workers, ... with
     its own slot of act_ws.  A row's result does not depend on its block or
     on the thread count."""
@@ -320,8 +326,8 @@ def sparse_predict_rows(params, offs, dims, acts, output, X, rows, out, act_ws, 
         for bi in range(s, n_blocks, workers):
             r0 = bi * block
             r1 = min(n, r0 + block)
-            sparse_predict_block(params, offs, dims, acts, output, X, rows[r0:r1],
-                                 out[r0:r1], act_ws[s], act_off)
+            sparse_predict_block(params, offs, dims, acts, output, CSR(data, indices, indptr),
+                                 rows[r0:r1], out[r0:r1], act_ws[s], act_off)
 
 
 @jit
