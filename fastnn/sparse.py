@@ -147,21 +147,56 @@ def batch_capacity(X, batch_size):
 # The Trainer, Network and FullBatchObjective call these for SparseRows input
 # (one line each on their side); everything sparse-specific stays here.
 
+# Rows per parallel pass in prediction: the pass's workspace holds every
+# layer's outputs for this many rows (256 hidden units, float32: 1 MB).
+PREDICT_CHUNK = 1024
+
+
 def forward(network, X):
-    """Network outputs for the rows of X (SparseRows), as Network._forward_checked."""
+    """Network outputs for the rows of X (SparseRows), as Network._forward_checked:
+    the sparse step's PREDICT pass over chunks of PREDICT_CHUNK rows."""
     import numba
     from ._parallel import parallel_region
-    from .kernels.sparse import sparse_predict_rows
-    from .network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    from .kernels.sparse import PREDICT, SparseBatch, sparse_step_pass
+    from .network import SERIAL_PREDICT_ROWS
+    from .trainer import _net_bundle
     n = X.shape[0]
-    out = np.empty((n, network.sizes[-1]), dtype=network.dtype)
-    ws, act_off = network._predict_workspace()
+    n_out = network.sizes[-1]
+    out = np.empty((n, n_out), dtype=network.dtype)
+    work, sw, update = _predict_work(network, min(n, PREDICT_CHUNK))
     rows = np.arange(n, dtype=np.int64)
+    net = _net_bundle(network)
+    last = work.act_off[-1]
+    one = network.dtype.type(1)
     with parallel_region(serial=n <= SERIAL_PREDICT_ROWS):
-        sparse_predict_rows(network.params, network._offs, network._dims, network._acts,
-                            network._output_code, X.data, X.indices, X.indptr, rows, out, ws, act_off,
-                            np.int64(PREDICT_BLOCK), np.int64(numba.get_num_threads()))
+        threads = np.int64(numba.get_num_threads())
+        for r0 in range(0, n, PREDICT_CHUNK):
+            r1 = min(n, r0 + PREDICT_CHUNK)
+            batch = SparseBatch(X.data, X.indices, X.indptr, work.Tb, work.wb, rows[r0:r1], one)
+            sparse_step_pass(PREDICT, net, batch, work, sw, update, threads)
+            out[r0:r1] = work.act_ws[last:last + (r1 - r0) * n_out].reshape(r1 - r0, n_out)
     return out
+
+
+def _predict_work(network, rows):
+    """(Work, SparseWork, Update) for the PREDICT pass over up to ``rows`` rows,
+    made once per network and Python thread (as Network._predict_workspace);
+    the SparseWork and Update are placeholders of the training call's types."""
+    from .kernels.step import Update
+    from .trainer import make_workspace
+    local = network.__dict__.get("_predict_local")
+    if local is None:
+        import threading
+        local = network.__dict__.setdefault("_predict_local", threading.local())
+    cached = getattr(local, "sparse", None)
+    if cached is None or cached[0] < rows:
+        dt = network.dtype.type
+        work = make_workspace(network, rows, 0, network.sizes[-1])
+        sw = make_sparse_work(0, 1, network.dtype)
+        p = network.params
+        update = Update(p, p, np.int64(0), dt(0), dt(0), dt(0), dt(0), dt(0), dt(0), False)
+        cached = local.sparse = (rows, work, sw, update)
+    return cached[1:]
 
 
 def _work(owner, X, batch_size):

@@ -126,16 +126,23 @@ def gather_targets(batch, work, r0, r1):
 
 
 @jit
-def sparse_shard_rows(net, batch, work, g0, g1):
+def sparse_shard_rows(net, batch, work, g0, g1, phase):
     """Loss groups g0:g1 of the batch: forward (sparse first layer), loss
-    gradient over the logits group by group, backward down to delta_0."""
+    gradient over the logits group by group, backward down to delta_0; with
+    phase PREDICT only the forward and the output transform (predictions
+    left over the logits in work.act_ws)."""
     m = batch.order.shape[0]
     r0 = g0 * LOSS_GROUP_ROWS
     r1 = min(m, g1 * LOSS_GROUP_ROWS)
     if r1 <= r0:
         return
-    gather_targets(batch, work, r0, r1)
     X = CSR(batch.data, batch.indices, batch.indptr)
+    if phase == PREDICT:
+        z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
+                           work.act_ws, work.act_off, r0, r1)
+        output_transform(z, net.output)
+        return
+    gather_targets(batch, work, r0, r1)
     z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
                        work.act_ws, work.act_off, r0, r1)
     for g in range(g0, g1):
@@ -221,22 +228,30 @@ def sparse_weights_block(net, work, sw, update, m, t, s):
     work.l2_parts[t] = update_rows(net, work, update, 0, i0, i1, g_rows)
 
 
+# Phases of sparse_step_pass: kernels.step's ROWS and WEIGHTS, and PREDICT
+# (the rows' forward pass alone: prediction shares the step's compiled pass,
+# since every function with a prange costs seconds of first-use compile time)
+PREDICT = np.int64(2)
+
+
 @pjit
 def sparse_step_pass(phase, net, batch, work, sw, update, threads):
     """One parallel pass of a sparse training step (kernels.step.step_pass
     with the sparse first layer): ROWS returns (summed weighted loss, correct
     rows), WEIGHTS ((lambda/2) sum W^2 before the step, 0); WEIGHTS needs the
-    batch's transpose in ``sw`` (batch_transpose).  The same cut into shards
-    and blocks, the same fixed-order sums: same bits for any thread count."""
+    batch's transpose in ``sw`` (batch_transpose).  PREDICT: the network's
+    outputs for the batch rows over its logits in work.act_ws (T, w, sw and
+    update unused), returns (0, 0).  The same cut into shards and blocks, the
+    same fixed-order sums: same bits for any thread count."""
     m = batch.order.shape[0]
     n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
-    n_tasks = n_groups if phase == ROWS else weight_block_count(net.dims)
+    n_tasks = weight_block_count(net.dims) if phase == WEIGHTS else n_groups
     workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
     per_worker = (n_groups + workers - 1) // workers
     for s in prange(workers):
-        if phase == ROWS:
+        if phase != WEIGHTS:
             g0 = min(n_groups, s * per_worker)
-            sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker))
+            sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker), phase)
         else:
             for t in range(s, n_tasks, workers):
                 sparse_weights_block(net, work, sw, update, m, t, np.int64(s))
@@ -310,35 +325,6 @@ def sparse_loss_gradient(net, X, T, w, order, work, sw, l2, threads):
     batch_transpose(X, order, sw)
     l2_loss, _ = sparse_step_pass(WEIGHTS, net, batch, work, sw, update, threads)
     return loss / weight + l2_loss
-
-
-@pjit
-def sparse_predict_rows(params, offs, dims, acts, output, data, indices, indptr, rows, out,
-                        act_ws, act_off, block, threads):
-    """Network outputs for the rows ``rows`` of X (its CSR arrays) into ``out``, in
-    blocks of ``block`` rows, worker s taking blocks s, s + workers, ... with
-    its own slot of act_ws.  A row's result does not depend on its block or
-    on the thread count."""
-    n = rows.shape[0]
-    n_blocks = (n + block - 1) // block
-    workers = max(1, min(threads, act_ws.shape[0], n_blocks))
-    for s in prange(workers):
-        for bi in range(s, n_blocks, workers):
-            r0 = bi * block
-            r1 = min(n, r0 + block)
-            sparse_predict_block(params, offs, dims, acts, output, CSR(data, indices, indptr),
-                                 rows[r0:r1], out[r0:r1], act_ws[s], act_off)
-
-
-@jit
-def sparse_predict_block(params, offs, dims, acts, output, X, rows, out, act_ws, act_off):
-    """Outputs for the rows ``rows`` of X into ``out`` (on the calling thread)."""
-    m = rows.shape[0]
-    z = sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, FIRST, m)
-    output_transform(z, output)
-    for i in range(z.shape[0]):
-        for j in range(z.shape[1]):
-            out[i, j] = z[i, j]
 
 
 # The two products alone (tests, benchmarks)
