@@ -314,3 +314,28 @@ def test_large_sparse_fit_allocates_nothing_of_dense_size():
     # snapshots (4 x 0.6 MB), the batch transpose buffers: a few tens of MB at most
     assert peak < dense_bytes / 50, peak
     assert np.isfinite(est.loss_)
+
+
+def test_network_prediction_in_chunks_and_serial_equals_dense():
+    rng = np.random.default_rng(16)
+    A = _random_csr(rng, 2500, 90, 0.05, (3, 2400), (7,))   # 3 prediction chunks
+    net = Network([90, 13, 4], activation="relu", dtype="float64", seed=4)
+    dense = A.toarray()
+    np.testing.assert_allclose(net.predict_proba(A), net.predict_proba(dense),
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(net.predict_proba(A[:5]), net.predict_proba(dense[:5]),
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(net.predict(A), net.predict(dense))
+
+
+def test_checkpointed_sparse_fit_runs_and_cleans_up(tmp_path):
+    rng = np.random.default_rng(17)
+    A, y = _problem(rng, n=60, k=40, density=0.1)
+    path = tmp_path / "ck.npz"
+    kw = dict(hidden_layer_sizes=(5,), max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = MLPClassifier(checkpoint=str(path), checkpoint_every=1, **kw).fit(A, y)
+        b = MLPClassifier(**kw).fit(A, y)
+    assert not path.exists()
+    np.testing.assert_array_equal(_coefs(a), _coefs(b))
