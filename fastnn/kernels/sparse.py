@@ -23,6 +23,10 @@ The same two parallel passes per step as the dense step:
    transpose, the others are kernels.step.weights_block; each block is then
    updated by kernels.step.update_rows.
 
+Prediction is the rows pass without the loss and backward (phase PREDICT of
+the same compiled pass: a second parallel function would cost seconds more
+of first-use compile time).
+
 The batch's transpose (its stored values grouped by column, in batch-row
 order inside a column: a stable counting sort, ``batch_transpose``) is made
 once per step, on the calling thread, between the passes.  Determinism: a
