@@ -265,7 +265,7 @@ def sparse_step_pass(phase, net, batch, work, sw, update, threads):
         for g in range(n_groups):  # in row order
             total += work.group_loss[g]
             correct += work.group_correct[g]
-    else:
+    elif phase == WEIGHTS:   # (PREDICT: nothing to sum)
         for t in range(n_tasks):
             total += work.l2_parts[t]
         total *= 0.5
