@@ -299,7 +299,7 @@ def test_large_sparse_fit_allocates_nothing_of_dense_size():
     cols = rng.integers(0, k, nnz)
     A = sp.csr_matrix((rng.random(nnz), (rows, cols)), shape=(n, k))
     y = rng.integers(0, 2, n)
-    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, batch_size=500, random_state=0)
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, batch_size=1000, random_state=0)
     tracemalloc.start()
     try:
         with warnings.catch_warnings():
@@ -310,9 +310,10 @@ def test_large_sparse_fit_allocates_nothing_of_dense_size():
     finally:
         tracemalloc.stop()
     dense_bytes = n * k * 4                              # float32: 1.6 GB
-    # the converted copy of X (~5 MB), the parameters, optimizer state and
-    # snapshots (4 x 0.6 MB), the batch transpose buffers: a few tens of MB at most
-    assert peak < dense_bytes / 50, peak
+    # measured ~27 MB: the converted copies of X, the parameters, optimizer
+    # state and snapshots, the batch transpose buffers.  A dense buffer of one
+    # batch (1000 x 20000 float32 = 80 MB) would already fail this.
+    assert peak < dense_bytes / 32, peak
     assert np.isfinite(est.loss_)
 
 
