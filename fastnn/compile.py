@@ -1,6 +1,6 @@
 """``fastnn compile``: fill numba's cache ahead of time (Docker images, CI).
 
-    fastnn compile [--dtype float32] [--dtype float64] [--quiet]
+    fastnn compile [--dtype float32] [--dtype float64] [--sparse] [--quiet]
     python -m fastnn.compile ...
 
 Runs tiny real fits and predictions through the public API -- Network,
@@ -10,7 +10,9 @@ every kernel those paths call is compiled and written to the cache
 (``NUMBA_CACHE_DIR``, or ``__pycache__`` beside the sources).  Going through
 the public paths rather than a list of kernel names keeps this right when the
 kernels change: whatever a fit calls is what gets compiled.  A later process
-on the same CPU and cache then compiles nothing.
+on the same CPU and cache then compiles nothing.  ``--sparse`` also runs
+the sparse-input paths (fastnn/kernels/sparse.py; compiled on first use
+otherwise, and never by dense work).
 """
 import argparse
 import sys
@@ -72,7 +74,32 @@ def _estimator_paths(dtype, rng):
         reg.predict(X[:rows])
 
 
-def warm(dtypes=DTYPES):
+def _sparse_paths(dtype, rng):
+    """Sparse X (fastnn.sparse.SparseRows, so scipy is not needed): Trainer
+    fit and gradient, estimator fit (adam, lbfgs), partial_fit, predictions of
+    a few and of many rows."""
+    from .estimators import MLPClassifier
+    from .network import Network
+    from .sparse import SparseRows
+    from .trainer import Trainer
+    n, k = _MANY_ROWS, 6
+    dense = np.where(rng.random((n, k)) < 0.4, rng.standard_normal((n, k)), 0.0)
+    rows, cols = np.nonzero(dense)
+    X = SparseRows(dense[rows, cols].astype(dtype), cols.astype(np.int32),
+                   np.searchsorted(rows, np.arange(n + 1)).astype(np.int64), (n, k))
+    y = rng.integers(0, 3, n)
+    trainer = Trainer(Network([k, 8, 3], dtype=dtype, seed=0), batch_size=16, l2=1e-4)
+    trainer.fit(X, y, epochs=1)
+    trainer.loss_and_gradient(X, y)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=2, random_state=0, dtype=dtype)
+    MLPClassifier(solver="lbfgs", **kw).fit(X, y)
+    clf = MLPClassifier(**kw).fit(X, y)
+    clf.partial_fit(X, y)
+    for r in (_FEW_ROWS, _MANY_ROWS):
+        clf.predict_proba(X[np.arange(r)])
+
+
+def warm(dtypes=DTYPES, sparse=False):
     """Compile (or load from the cache) every kernel of the public training and
     prediction paths for each dtype in ``dtypes``.
 
@@ -89,6 +116,8 @@ def warm(dtypes=DTYPES):
             warnings.simplefilter("ignore", ConvergenceWarning)
             _network_paths(dtype, rng)
             _estimator_paths(dtype, rng)
+            if sparse:
+                _sparse_paths(dtype, rng)
         done.append((dtype, time.perf_counter() - start, len(log.entries)))
     return done
 
@@ -100,6 +129,8 @@ def build_parser(parser=None):
                           "into numba's cache ahead of time (Docker images, CI).")
     parser.add_argument("--dtype", action="append", choices=DTYPES, dest="dtypes",
                         help="compile for this dtype (repeat for both; default: both)")
+    parser.add_argument("--sparse", action="store_true",
+                        help="also compile the sparse-input kernels (scipy.sparse X)")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     return parser
 
@@ -115,7 +146,7 @@ def compile_command(args, out=None):
               f"(CPU {numba.config.CPU_NAME or 'host'})", file=out, flush=True)
     total = 0.0
     for dtype in dtypes:   # one at a time, so each is reported when done
-        [(_, seconds, n)] = warm((dtype,))
+        [(_, seconds, n)] = warm((dtype,), sparse=getattr(args, "sparse", False))
         total += seconds
         if not args.quiet:
             what = f"compiled {n} function signatures" if n else "nothing to compile (cached)"

@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _compile_notice
 from . import _validation as V
+from . import sparse as _sparse
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
                       available_if)
@@ -150,9 +151,9 @@ def _as_2d_float(X, name, dtype):
     where its estimator checks look for it."""
     if X is None:
         raise ValueError(f"{name} is None; expected a 2-D array-like of numbers")
-    if _is_sparse(X):
-        raise TypeError(f"{name} is a sparse matrix; fastnn needs dense data: pass "
-                        f"{name}.toarray()")
+    if _is_sparse(X) or _sparse.is_sparse(X):
+        # scipy.sparse input: canonical CSR of the network's dtype, never densified
+        return _sparse.as_sparse_rows(X, name, dtype)
     try:
         arr = np.asarray(X)
     except Exception as exc:
@@ -565,7 +566,8 @@ class _BaseMLP(BaseEstimator):
         params = {k: repr(v) for k, v in sorted(self.get_params(deep=False).items())
                   if k not in skip}
         h.update(json.dumps(params, sort_keys=True).encode())
-        for a in (X, T, w):
+        arrays = (*X.fingerprint_arrays(), T, w) if _sparse.is_sparse(X) else (X, T, w)
+        for a in arrays:
             h.update(repr((a.shape, a.dtype.str)).encode())
             h.update(np.ascontiguousarray(a).data)
         return h.hexdigest()
@@ -799,6 +801,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = True   # scipy.sparse X (fastnn.sparse)
         return tags
 
     def _encode_targets(self, y, n, dtype, reuse, incremental, classes):
@@ -978,6 +981,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True   # scipy.sparse X (fastnn.sparse)
         return tags
 
     def _encode_targets(self, y, n, dtype, reuse, incremental, classes):

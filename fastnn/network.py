@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from . import _validation as V
+from . import sparse as _sparse
 from ._parallel import parallel_region
 from .kernels import activations as act_k
 from .kernels import losses as loss_k
@@ -131,9 +132,13 @@ class Network:
 
     # -------------------------------------------------------------- inference
     def _check_X(self, X, name="X"):
+        if _sparse.is_scipy_sparse(X) or _sparse.is_sparse(X):
+            return _sparse.as_sparse_rows(X, name, self.dtype, n_features=self.sizes[0])
         return V.as_float_matrix(X, name, self.dtype, n_features=self.sizes[0])
 
     def _forward_checked(self, X):
+        if _sparse.is_sparse(X):
+            return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         ws, act_off = self._predict_workspace()

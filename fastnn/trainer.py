@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _compile_notice
 from . import _validation as V
+from . import sparse as _sparse
 from ._metrics import r2_score
 from ._parallel import parallel_region
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -233,7 +234,9 @@ class FullBatchObjective:
         self.network = network
         self.X, self.T, self.w = X, T, w
         self.l2 = network.dtype.type(l2)
-        self.work = make_workspace(network, X.shape[0], X.shape[1], T.shape[1])
+        # sparse X: no dense batch matrix (Xb of zero columns; fastnn.sparse)
+        n_cols = 0 if _sparse.is_sparse(X) else X.shape[1]
+        self.work = make_workspace(network, X.shape[0], n_cols, T.shape[1])
         # the same threading rule as a training step of this many rows
         self.serial = serial_step(network, X.shape[0])
 
@@ -241,6 +244,8 @@ class FullBatchObjective:
         """(loss as a float, gradient): the gradient is the workspace's buffer,
         overwritten by the next call; copy it to keep it."""
         with parallel_region(self.serial) as threads:
+            if _sparse.is_sparse(self.X):
+                return float(_sparse.loss_gradient(self, np.int64(threads))), self.work.grad
             loss = loss_gradient(_net_bundle(self.network), self.X, self.T, self.w,
                                  self.work, self.l2, np.int64(threads))
         return float(loss), self.work.grad
@@ -296,6 +301,7 @@ class Trainer:
         state = dict(self.__dict__)
         # scratch buffers, rebuilt on demand: not part of the trainer's state
         state.update(_workspace=None, _snapshot_buffers=None, _entry_snapshot=None)
+        state.pop("_sparse_work", None)
         return state
 
     @property
@@ -331,10 +337,15 @@ class Trainer:
         if order is None:
             order = self.order.next(n)
         batch, ws, update, serial = self._epoch_args(X, T)
+        order = np.ascontiguousarray(order, dtype=np.int64)
         with parallel_region(serial) as threads:
-            loss, weight, correct, steps, finite = train_epoch(
-                _net_bundle(net), X, T, w, np.ascontiguousarray(order, dtype=np.int64), batch,
-                ws, update, np.int64(self.steps), np.int64(threads))
+            if _sparse.is_sparse(X):   # the sparse first layer (fastnn.sparse)
+                loss, weight, correct, steps, finite = _sparse.train_epoch(
+                    self, X, T, w, order, batch, ws, update, np.int64(threads))
+            else:
+                loss, weight, correct, steps, finite = train_epoch(
+                    _net_bundle(net), X, T, w, order, batch, ws, update, np.int64(self.steps),
+                    np.int64(threads))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
         accuracy = correct / n if net.output != "linear" else None
@@ -345,7 +356,8 @@ class Trainer:
         net = self.network
         dt = net.dtype.type
         batch = min(self.batch_size, X.shape[0])
-        ws = self._get_workspace(batch, X.shape[1], T.shape[1])
+        # sparse X: no dense batch matrix (Xb of zero columns; fastnn.sparse)
+        ws = self._get_workspace(batch, 0 if _sparse.is_sparse(X) else X.shape[1], T.shape[1])
         momentum, beta1, beta2, eps = self.optimizer.hyper()
         serial = serial_step(net, batch)
         update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
@@ -521,6 +533,7 @@ class Trainer:
         bar = _progress_bar(epochs) if progress else None
         if (self._chunk_epochs(X.shape[0], epochs) > 1   # one epoch: the plain call is cheaper
                 and all(hasattr(cb, "every") for cb in callbacks) and val is None
+                and not _sparse.is_sparse(X)   # sparse: epoch by epoch (no chunked kernel)
                 and self._compiled_runs_apply()):
             try:
                 return self._fit_compiled(X, T, w, epochs, entry, epoch_snapshot,

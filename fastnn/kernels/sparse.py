@@ -1,0 +1,347 @@
+"""The training step and prediction for sparse (CSR) input: a sparse first layer.
+
+Only the first layer sees X.  Its two products run on the CSR rows directly,
+never on a dense copy of X or of a batch:
+
+    forward   z_0 = X_b W_0       row i: sum over the stored (j, v) of row i of v W_0[j, :]
+    gradient  dW_0 = X_b^T delta_0   row j: sum over the batch rows r with X[r, j] = v
+                                     stored of v delta_0[r, :]
+
+(no delta W_0^T: there is no gradient with respect to X).  Every other layer,
+the loss gradient, the backward pass from the output down to delta_0, the L2
+term and the optimizer update are the dense step's own functions
+(kernels.step), on the same workspace (trainer.make_workspace, with a batch
+matrix Xb of zero columns: the dense gather is not used).
+
+The same two parallel passes per step as the dense step:
+
+1. rows: one shard of loss groups per thread; the shard runs its rows
+   through the sparse first layer (reading them from X's CSR arrays through
+   the batch's row order), the dense layers, the loss gradient and backward;
+2. weights: the blocks of kernels.step.weight_block; a block of the first
+   layer computes its GRAD_BLOCK_ROWS rows of dW_0 from the batch's
+   transpose, the others are kernels.step.weights_block; each block is then
+   updated by kernels.step.update_rows.
+
+Prediction is the rows pass without the loss and backward (phase PREDICT of
+the same compiled pass: a second parallel function would cost seconds more
+of first-use compile time).
+
+The batch's transpose (its stored values grouped by column, in batch-row
+order inside a column: a stable counting sort, ``batch_transpose``) is made
+once per step, on the calling thread, between the passes.  Determinism: a
+row of z_0 sums its stored values in column order (CSR indices are sorted),
+a row of dW_0 sums over the batch rows in batch order, both with one
+multiply-add per term on the calling thread of the block; which thread runs
+which shard or block changes no bits.  These are the orders the dense GEMM
+uses on the densified data (a zero entry adds an exact 0 there), so the sparse
+and dense steps agree to rounding (in practice, to the bit).
+
+CSR arrays: ``data`` in the network's dtype, ``indices`` int32 (column
+indices, sorted within each row, no duplicates), ``indptr`` int64
+(fastnn.sparse makes them).
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import prange
+
+from .._jit import jit, pjit
+from .activations import bias_activate_row
+from .gemm import column_sums_acc, gemm
+from .losses import loss_grad, output_transform
+from .optim import ADAM, adam_step_size
+from .step import (BIAS_ACT, FIRST, LOSS_GROUP_ROWS, NO_ACC, NO_ACTIVATION, ROWS, WEIGHTS,
+                   Update, backward, layer_rows, layer_weights, pack_weights_t, update_rows,
+                   weight_block, weight_block_count, weights_block)
+
+CSR = namedtuple("CSR", ["data", "indices", "indptr"])
+"""X in compressed sparse rows (see the module notes for the dtypes)."""
+SparseBatch = namedtuple("SparseBatch", ["data", "indices", "indptr", "T", "w", "order",
+                                         "scale"])
+"""One mini-batch: rows ``order`` of (X, T, w), X as its three CSR arrays (flat:
+numba's parallel loops cannot take a tuple nested in a bundle), and 1 / (sum
+of the weights)."""
+SparseWork = namedtuple("SparseWork", ["col_ptr", "col_fill", "t_rows", "t_vals"])
+"""The batch's transpose: col_ptr (n_features + 1), col_fill (n_features),
+t_rows / t_vals (capacity: the most stored values a batch can hold)."""
+
+
+@jit
+def sparse_rows_forward(W, b, code, X, rows, Z):
+    """Z[i] = h(X[rows[i]] W + b) for every i: the sparse first layer's forward.
+
+    X is a CSR bundle, W (k x n) dense, Z (len(rows) x n) rows contiguous.
+    The stored values of a row are added in column order, one multiply-add
+    per term into the row of Z (contiguous: LLVM vectorises it).
+    """
+    n = Z.shape[1]
+    zero = Z.dtype.type(0)
+    data, indices, indptr = X.data, X.indices, X.indptr
+    for i in range(rows.shape[0]):
+        src = rows[i]
+        z = Z[i]
+        for j in range(n):
+            z[j] = zero
+        for p in range(indptr[src], indptr[src + 1]):
+            v = data[p]
+            wrow = W[indices[p]]
+            for j in range(n):
+                z[j] += v * wrow[j]
+        bias_activate_row(z, b, code)
+
+
+@jit
+def dense_layers_forward(params, offs, dims, acts, m, act_ws, act_off, r0, r1):
+    """Layers 1.. of the forward pass for rows r0:r1, from a_0 already in
+    act_ws (as kernels.step.forward does them); returns those rows of z_L."""
+    n_layers = dims.shape[0] - 1
+    a = layer_rows(act_ws, act_off[0], m, dims[1])[r0:r1]
+    for l in range(1, n_layers):
+        W, b = layer_weights(params, offs, dims, l)
+        Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
+        code = acts[l] if l < n_layers - 1 else NO_ACTIVATION
+        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z)
+        a = Z
+    return a
+
+
+@jit
+def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1):
+    """The whole forward pass of rows r0:r1 of a batch of m rows, batch row i
+    being X[rows[i]]; returns those rows of the logits z_L."""
+    n_layers = dims.shape[0] - 1
+    W, b = layer_weights(params, offs, dims, 0)
+    code = acts[0] if n_layers > 1 else NO_ACTIVATION
+    Z0 = layer_rows(act_ws, act_off[0], m, dims[1])
+    sparse_rows_forward(W, b, code, X, rows[r0:r1], Z0[r0:r1])
+    return dense_layers_forward(params, offs, dims, acts, m, act_ws, act_off, r0, r1)
+
+
+@jit
+def gather_targets(batch, work, r0, r1):
+    """Rows r0:r1 of the batch's targets and weights (X is read in place)."""
+    T, w, order = batch.T, batch.w, batch.order
+    for i in range(r0, r1):
+        src = order[i]
+        for j in range(T.shape[1]):
+            work.Tb[i, j] = T[src, j]
+        work.wb[i] = w[src]
+
+
+@jit
+def sparse_shard_rows(net, batch, work, g0, g1, phase):
+    """Loss groups g0:g1 of the batch: forward (sparse first layer), loss
+    gradient over the logits group by group, backward down to delta_0; with
+    phase PREDICT only the forward and the output transform (predictions
+    left over the logits in work.act_ws)."""
+    m = batch.order.shape[0]
+    r0 = g0 * LOSS_GROUP_ROWS
+    r1 = min(m, g1 * LOSS_GROUP_ROWS)
+    if r1 <= r0:
+        return
+    X = CSR(batch.data, batch.indices, batch.indptr)
+    if phase == PREDICT:
+        z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
+                           work.act_ws, work.act_off, r0, r1)
+        output_transform(z, net.output)
+        return
+    gather_targets(batch, work, r0, r1)
+    z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
+                       work.act_ws, work.act_off, r0, r1)
+    for g in range(g0, g1):
+        q0 = g * LOSS_GROUP_ROWS
+        q1 = min(m, q0 + LOSS_GROUP_ROWS)
+        work.group_loss[g], work.group_correct[g] = loss_grad(
+            z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
+    backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
+             work.delta_ws, r0, r1)
+
+
+@jit
+def batch_transpose(X, order, sw):
+    """The batch X[order] grouped by column into sw: for column j its stored
+    values sw.t_vals[col_ptr[j]:col_ptr[j + 1]] and their batch rows sw.t_rows,
+    rows in increasing order (a stable counting sort: two passes over the
+    batch's stored values, one over the columns)."""
+    data, indices, indptr = X.data, X.indices, X.indptr
+    col_ptr, fill = sw.col_ptr, sw.col_fill
+    n_cols = fill.shape[0]
+    for j in range(n_cols + 1):
+        col_ptr[j] = 0
+    for i in range(order.shape[0]):
+        src = order[i]
+        for p in range(indptr[src], indptr[src + 1]):
+            col_ptr[indices[p] + 1] += 1
+    for j in range(n_cols):
+        col_ptr[j + 1] += col_ptr[j]
+        fill[j] = col_ptr[j]
+    for i in range(order.shape[0]):
+        src = order[i]
+        for p in range(indptr[src], indptr[src + 1]):
+            c = indices[p]
+            q = fill[c]
+            sw.t_rows[q] = i
+            sw.t_vals[q] = data[p]
+            fill[c] = q + 1
+
+
+@jit
+def sparse_weight_rows(sw, delta, i0, i1, dW):
+    """dW = rows i0:i1 of X_b^T delta from the batch's transpose: row j is the
+    sum over column j's stored values v (batch row r) of v delta[r, :], in
+    batch-row order."""
+    n = dW.shape[1]
+    zero = dW.dtype.type(0)
+    col_ptr, t_rows, t_vals = sw.col_ptr, sw.t_rows, sw.t_vals
+    for j in range(i0, i1):
+        g = dW[j - i0]
+        for c in range(n):
+            g[c] = zero
+        for q in range(col_ptr[j], col_ptr[j + 1]):
+            v = t_vals[q]
+            d = delta[t_rows[q]]
+            for c in range(n):
+                g[c] += v * d[c]
+
+
+@jit
+def sparse_weights_block(net, work, sw, update, m, t, s):
+    """Block t of the weights pass on worker s: a block of the first layer
+    from the sparse transpose, any other the dense step's weights_block."""
+    l, i0, i1 = weight_block(net.dims, t)
+    if l > 0:
+        weights_block(net, work, update, m, t, s)
+        return
+    n_layers = net.dims.shape[0] - 1
+    n = net.dims[1]
+    if update.apply:
+        g_rows = work.scratch[s, :(i1 - i0) * n]
+    else:
+        lo = net.offs[0] + i0 * n
+        g_rows = work.grad[lo:lo + (i1 - i0) * n]
+    if n_layers == 1:
+        delta = layer_rows(work.act_ws, work.act_off[0], m, n)   # delta_L, over the logits
+    else:
+        delta = layer_rows(work.delta_ws, work.act_off[0], m, n)
+    sparse_weight_rows(sw, delta, i0, i1, g_rows.reshape((i1 - i0, n)))
+    if i0 == 0:
+        _, gb = layer_weights(work.grad, net.offs, net.dims, 0)
+        gb[:] = 0
+        column_sums_acc(delta, gb)
+    work.l2_parts[t] = update_rows(net, work, update, 0, i0, i1, g_rows)
+
+
+# Phases of sparse_step_pass: kernels.step's ROWS and WEIGHTS, and PREDICT
+# (the rows' forward pass alone: prediction shares the step's compiled pass,
+# since every function with a prange costs seconds of first-use compile time)
+PREDICT = np.int64(2)
+
+
+@pjit
+def sparse_step_pass(phase, net, batch, work, sw, update, threads):
+    """One parallel pass of a sparse training step (kernels.step.step_pass
+    with the sparse first layer): ROWS returns (summed weighted loss, correct
+    rows), WEIGHTS ((lambda/2) sum W^2 before the step, 0); WEIGHTS needs the
+    batch's transpose in ``sw`` (batch_transpose).  PREDICT: the network's
+    outputs for the batch rows over its logits in work.act_ws (T, w, sw and
+    update unused), returns (0, 0).  The same cut into shards and blocks, the
+    same fixed-order sums: same bits for any thread count."""
+    m = batch.order.shape[0]
+    n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
+    n_tasks = weight_block_count(net.dims) if phase == WEIGHTS else n_groups
+    workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
+    per_worker = (n_groups + workers - 1) // workers
+    for s in prange(workers):
+        if phase != WEIGHTS:
+            g0 = min(n_groups, s * per_worker)
+            sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker), phase)
+        else:
+            for t in range(s, n_tasks, workers):
+                sparse_weights_block(net, work, sw, update, m, t, np.int64(s))
+    total = 0.0
+    correct = 0
+    if phase == ROWS:
+        for g in range(n_groups):  # in row order
+            total += work.group_loss[g]
+            correct += work.group_correct[g]
+    elif phase == WEIGHTS:   # (PREDICT: nothing to sum)
+        for t in range(n_tasks):
+            total += work.l2_parts[t]
+        total *= 0.5
+    return total, correct
+
+
+@jit
+def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, threads):
+    """kernels.step.train_epoch for X in CSR: one pass over the rows in the
+    order ``order``, in mini-batches; returns (summed weighted loss, summed
+    weight, correct, steps taken, finite), stopping before the update of a
+    batch whose loss is not finite."""
+    n = order.shape[0]
+    loss_total = 0.0
+    weight_total = 0.0
+    correct_total = 0
+    steps = 0
+    lr = update.lr
+    pack_weights_t(net.params, net.offs, net.dims, work.WT)
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        rows = order[start:start + m]
+        batch_weight = 0.0
+        for i in range(m):
+            batch_weight += np.float64(w[rows[i]])
+        batch = SparseBatch(X.data, X.indices, X.indptr, T, w, rows,
+                            net.params.dtype.type(1.0 / batch_weight))
+        batch_loss, correct = sparse_step_pass(ROWS, net, batch, work, sw, update, threads)
+        correct_total += correct
+        if not np.isfinite(batch_loss):
+            return loss_total, weight_total, correct_total, steps, False
+        step_lr = lr
+        if update.kind == ADAM:
+            step_lr = net.params.dtype.type(adam_step_size(
+                np.float64(lr), np.float64(update.beta1), np.float64(update.beta2),
+                step + steps + 1))
+        u = update
+        this_step = Update(u.state1, u.state2, u.kind, u.l2, step_lr, u.momentum, u.beta1,
+                           u.beta2, u.eps, u.apply)
+        batch_transpose(X, rows, sw)
+        l2_loss, _ = sparse_step_pass(WEIGHTS, net, batch, work, sw, this_step, threads)
+        steps += 1
+        loss_total += batch_loss + l2_loss * batch_weight
+        weight_total += batch_weight
+    return loss_total, weight_total, correct_total, steps, True
+
+
+@jit
+def sparse_loss_gradient(net, X, T, w, order, work, sw, l2, threads):
+    """Loss of the rows ``order`` of (X, T, w) as one batch, with L2, and its
+    gradient in work.grad (kernels.step.loss_gradient for CSR input)."""
+    weight = 0.0
+    for i in range(order.shape[0]):
+        weight += np.float64(w[order[i]])
+    pack_weights_t(net.params, net.offs, net.dims, work.WT)
+    batch = SparseBatch(X.data, X.indices, X.indptr, T, w, order,
+                        net.params.dtype.type(1.0 / weight))
+    zero = net.params.dtype.type(0)
+    update = Update(net.params, net.params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
+    loss, _ = sparse_step_pass(ROWS, net, batch, work, sw, update, threads)
+    batch_transpose(X, order, sw)
+    l2_loss, _ = sparse_step_pass(WEIGHTS, net, batch, work, sw, update, threads)
+    return loss / weight + l2_loss
+
+
+# The two products alone (tests, benchmarks)
+@jit
+def product_sparse_forward(X, W, b, code, Z):
+    """Z = h(X W + b) for every row of X (CSR bundle)."""
+    rows = np.arange(Z.shape[0])
+    sparse_rows_forward(W, b, code, X, rows, Z)
+
+
+@jit
+def product_sparse_weight_grad(X, delta, sw, dW):
+    """dW = X^T delta (all rows of X, in order), through the transpose in sw."""
+    rows = np.arange(delta.shape[0])
+    batch_transpose(X, rows, sw)
+    sparse_weight_rows(sw, delta, FIRST, dW.shape[0], dW)
