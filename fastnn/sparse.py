@@ -155,7 +155,6 @@ PREDICT_CHUNK = 1024
 def forward(network, X):
     """Network outputs for the rows of X (SparseRows), as Network._forward_checked:
     the sparse step's PREDICT pass over chunks of PREDICT_CHUNK rows."""
-    import numba
     from ._parallel import parallel_region
     from .kernels.sparse import PREDICT, SparseBatch, sparse_step_pass
     from .network import SERIAL_PREDICT_ROWS
