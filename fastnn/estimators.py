@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import copy
 import math
 import numbers
 import warnings

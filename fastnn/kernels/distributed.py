@@ -15,9 +15,9 @@ step.py would make every user of the single-machine path recompile.
 import numpy as np
 
 from .._jit import jit
-from .optim import ADAM, adam_step_size, update_range
+from .optim import update_range
 from .step import (FIRST, ROWS, WEIGHTS, Batch, Update, pack_weights_t, step_pass,
-                   weight_block, weight_block_count)
+                   update_for_step, weight_block, weight_block_count)
 
 
 @jit
@@ -45,10 +45,7 @@ def apply_update(net, grad, update, step):
     step, plus 0 times the sum of the new values: NaN once an update
     overflowed, as in the local step."""
     params = net.params
-    lr = update.lr
-    if update.kind == ADAM:
-        lr = params.dtype.type(adam_step_size(np.float64(update.lr), np.float64(update.beta1),
-                                              np.float64(update.beta2), step + 1))
+    lr = update_for_step(update, step + 1).lr
     l2 = update.l2
     zero = params.dtype.type(0)
     total = 0.0

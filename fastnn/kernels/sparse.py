@@ -50,10 +50,10 @@ from .._jit import jit, pjit
 from .activations import bias_activate_row
 from .gemm import column_sums_acc, gemm
 from .losses import loss_grad, output_transform
-from .optim import ADAM, adam_step_size
 from .step import (BIAS_ACT, FIRST, LOSS_GROUP_ROWS, NO_ACC, NO_ACTIVATION, ROWS, WEIGHTS,
-                   Update, backward, layer_rows, layer_weights, pack_weights_t, update_rows,
-                   weight_block, weight_block_count, weights_block)
+                   Update, backward, layer_rows, layer_weights, pack_weights_t,
+                   update_for_step, update_rows, weight_block, weight_block_count,
+                   weights_block)
 
 CSR = namedtuple("CSR", ["data", "indices", "indptr"])
 """X in compressed sparse rows (see the module notes for the dtypes)."""
@@ -283,7 +283,6 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
     weight_total = 0.0
     correct_total = 0
     steps = 0
-    lr = update.lr
     pack_weights_t(net.params, net.offs, net.dims, work.WT)
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
@@ -297,14 +296,7 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
-        step_lr = lr
-        if update.kind == ADAM:
-            step_lr = net.params.dtype.type(adam_step_size(
-                np.float64(lr), np.float64(update.beta1), np.float64(update.beta2),
-                step + steps + 1))
-        u = update
-        this_step = Update(u.state1, u.state2, u.kind, u.l2, step_lr, u.momentum, u.beta1,
-                           u.beta2, u.eps, u.apply)
+        this_step = update_for_step(update, step + steps + 1)
         batch_transpose(X, rows, sw)
         l2_loss, _ = sparse_step_pass(WEIGHTS, net, batch, work, sw, this_step, threads)
         steps += 1

@@ -359,6 +359,19 @@ def loss_gradient(net, X, T, w, work, l2, threads):
 
 
 @jit
+def update_for_step(update, step):
+    """The settings of optimizer step number ``step`` (1 for the first): for
+    Adam the learning rate becomes its bias-corrected step size."""
+    u = update
+    lr = u.lr
+    if u.kind == ADAM:
+        lr = type(u.lr)(adam_step_size(np.float64(u.lr), np.float64(u.beta1),
+                                       np.float64(u.beta2), step))
+    return Update(u.state1, u.state2, u.kind, u.l2, lr, u.momentum, u.beta1, u.beta2, u.eps,
+                  u.apply)
+
+
+@jit
 def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
     """One pass over the rows of X in the order ``order``, in mini-batches.
 
@@ -374,7 +387,6 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
     weight_total = 0.0
     correct_total = 0
     steps = 0
-    lr = update.lr
     pack_weights_t(net.params, net.offs, net.dims, work.WT)  # then kept current by each update
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
@@ -387,14 +399,7 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
         correct_total += correct
         if not np.isfinite(batch_loss):
             return loss_total, weight_total, correct_total, steps, False
-        step_lr = lr
-        if update.kind == ADAM:
-            step_lr = net.params.dtype.type(adam_step_size(
-                np.float64(lr), np.float64(update.beta1), np.float64(update.beta2),
-                step + steps + 1))
-        u = update
-        this_step = Update(u.state1, u.state2, u.kind, u.l2, step_lr, u.momentum, u.beta1,
-                           u.beta2, u.eps, u.apply)
+        this_step = update_for_step(update, step + steps + 1)
         l2_loss, _ = step_pass(WEIGHTS, net, batch, work, this_step, threads)
         steps += 1
         loss_total += batch_loss + l2_loss * batch_weight
