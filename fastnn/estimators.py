@@ -58,7 +58,7 @@ def _follow(published, record):
     n = 0 if published is None else len(published)
     if published is not None and n <= len(record) and (
             n == 0 or published[-1] == float(record[n - 1])):
-        published.extend(float(v) for v in record[len(published):])
+        published.extend(float(v) for v in record[n:])
         return published
     return [float(v) for v in record]
 

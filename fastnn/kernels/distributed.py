@@ -17,7 +17,8 @@ import numpy as np
 from .._jit import jit
 from .optim import update_range
 from .step import (FIRST, ROWS, WEIGHTS, Batch, Update, pack_weights_t, step_pass,
-                   update_for_step, weight_block, weight_block_count)
+                   sum_squares, sum_values, update_for_step, weight_block,
+                   weight_block_count)
 
 
 @jit
@@ -56,23 +57,17 @@ def apply_update(net, grad, update, step):
         n = net.dims[l + 1]
         lo = net.offs[l] + i0 * n
         hi = net.offs[l] + i1 * n
-        squares = 0.0
-        if l2 != 0:
-            for i in range(lo, hi):
-                p = np.float64(params[i])
-                squares += p * p
+        squares = sum_squares(params, lo, hi, 0.0) if l2 != 0 else 0.0
         s1, s2 = update.state1, update.state2
         update_range(params[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi], FIRST, hi - lo,
                      update.kind, lr, update.momentum, update.beta1, update.beta2, update.eps,
                      l2)
-        for i in range(lo, hi):
-            probe += np.float64(params[i])
+        probe = sum_values(params, lo, hi, probe)
         if i0 == 0:
             b0 = net.offs[l] + k * n
             update_range(params, grad, s1, s2, b0, b0 + n, update.kind, lr, update.momentum,
                          update.beta1, update.beta2, update.eps, zero)
-            for i in range(b0, b0 + n):
-                probe += np.float64(params[i])
+            probe = sum_values(params, b0, b0 + n, probe)
         total += np.float64(l2) * squares
     return 0.5 * total + 0.0 * probe
 

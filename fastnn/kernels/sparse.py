@@ -48,12 +48,14 @@ from numba import prange
 
 from .._jit import jit, pjit
 from .activations import bias_activate_row
-from .gemm import column_sums_acc, gemm
+from .gemm import column_sums_acc
 from .losses import loss_grad, output_transform
-from .step import (BIAS_ACT, FIRST, LOSS_GROUP_ROWS, NO_ACC, NO_ACTIVATION, ROWS, WEIGHTS,
-                   Update, backward, layer_rows, layer_weights, pack_weights_t,
+from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS,
+                   Update, backward, forward_from, layer_rows, layer_weights, pack_weights_t,
                    update_for_step, update_rows, weight_block, weight_block_count,
                    weights_block)
+
+SECOND = np.int64(1)   # layer index 1, typed (a literal compiles another forward_from)
 
 CSR = namedtuple("CSR", ["data", "indices", "indptr"])
 """X in compressed sparse rows (see the module notes for the dtypes)."""
@@ -92,21 +94,6 @@ def sparse_rows_forward(W, b, code, X, rows, Z):
 
 
 @jit
-def dense_layers_forward(params, offs, dims, acts, m, act_ws, act_off, r0, r1):
-    """Layers 1.. of the forward pass for rows r0:r1, from a_0 already in
-    act_ws (as kernels.step.forward does them); returns those rows of z_L."""
-    n_layers = dims.shape[0] - 1
-    a = layer_rows(act_ws, act_off[0], m, dims[1])[r0:r1]
-    for l in range(1, n_layers):
-        W, b = layer_weights(params, offs, dims, l)
-        Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
-        code = acts[l] if l < n_layers - 1 else NO_ACTIVATION
-        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z)
-        a = Z
-    return a
-
-
-@jit
 def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1):
     """The whole forward pass of rows r0:r1 of a batch of m rows, batch row i
     being X[rows[i]]; returns those rows of the logits z_L."""
@@ -115,7 +102,9 @@ def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1
     code = acts[0] if n_layers > 1 else NO_ACTIVATION
     Z0 = layer_rows(act_ws, act_off[0], m, dims[1])
     sparse_rows_forward(W, b, code, X, rows[r0:r1], Z0[r0:r1])
-    return dense_layers_forward(params, offs, dims, acts, m, act_ws, act_off, r0, r1)
+    # layers 1.. as the dense step does them, from a_0 in act_ws
+    return forward_from(params, offs, dims, acts, SECOND, Z0[r0:r1], m, act_ws, act_off,
+                        r0, r1)
 
 
 @jit

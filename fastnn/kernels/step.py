@@ -87,21 +87,49 @@ def layer_rows(ws, off, m, n):
 def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1):
     """Forward pass of rows r0:r1 of X; returns those rows of the logits z_L.
 
-    z_l = h(a_{l-1} W_l + b_l): W_l is read in place, bias and activation are
-    the product's epilogue, and a_l stays in act_ws for the backward pass.
     Training and prediction share this function; a row's result does not
     depend on the other rows.
     """
+    return forward_from(params, offs, dims, acts, FIRST, X[r0:r1], X.shape[0], act_ws,
+                        act_off, r0, r1)
+
+
+@jit
+def forward_from(params, offs, dims, acts, first, a, m, act_ws, act_off, r0, r1):
+    """Layers first.. of the forward pass of rows r0:r1 of a batch of m rows,
+    from ``a``, those rows of the layers' input (X, or a_{first-1}); returns
+    those rows of the logits z_L.
+
+    z_l = h(a_{l-1} W_l + b_l): W_l is read in place, bias and activation are
+    the product's epilogue, and a_l stays in act_ws for the backward pass.
+    (The sparse step computes layer 0 itself and starts here at layer 1.)
+    """
     n_layers = dims.shape[0] - 1
-    m = X.shape[0]
-    a = X[r0:r1]
-    for l in range(n_layers):
+    for l in range(first, n_layers):
         W, b = layer_weights(params, offs, dims, l)
         Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
         code = acts[l] if l < n_layers - 1 else NO_ACTIVATION
         gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z)
         a = Z
     return a
+
+
+@jit
+def sum_squares(values, lo, hi, total):
+    """total + sum of values[lo:hi]^2, in float64 and in order (the L2 term)."""
+    for i in range(lo, hi):
+        v = np.float64(values[i])
+        total += v * v
+    return total
+
+
+@jit
+def sum_values(values, lo, hi, total):
+    """total + sum of values[lo:hi], in float64 and in order (the overflow probe:
+    0 times it is +0 while every value is finite, NaN once one is not)."""
+    for i in range(lo, hi):
+        total += np.float64(values[i])
+    return total
 
 
 @jit
@@ -201,11 +229,7 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     n = net.dims[l + 1]
     lo = net.offs[l] + i0 * n
     hi = net.offs[l] + i1 * n
-    squares = 0.0
-    if l2 != 0:
-        for i in range(lo, hi):
-            p = np.float64(params[i])
-            squares += p * p
+    squares = sum_squares(params, lo, hi, 0.0) if l2 != 0 else 0.0
     if update.apply:
         u = update
         update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], FIRST, hi - lo,
@@ -218,12 +242,9 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
             W, _ = layer_weights(params, net.offs, net.dims, l)
             WT_l = work.WT[net.offs[l]:net.offs[l] + k * n].reshape((n, k))
             pack_transpose(W[i0:i1], WT_l[:, i0:i1])
-        probe = 0.0
-        for i in range(lo, hi):
-            probe += np.float64(params[i])
+        probe = sum_values(params, lo, hi, 0.0)
         if i0 == 0:
-            for i in range(net.offs[l] + k * n, net.offs[l] + k * n + n):
-                probe += np.float64(params[i])
+            probe = sum_values(params, net.offs[l] + k * n, net.offs[l] + k * n + n, probe)
         return np.float64(l2) * squares + 0.0 * probe
     elif l2 != 0:
         for i in range(hi - lo):
