@@ -149,3 +149,36 @@ def _raw_mt_state_works():
         except (AttributeError, TypeError, ValueError):
             _RAW_OK.append(False)
     return _RAW_OK[0]
+
+
+# Raw states of freshly seeded generators, by seed (a few seeds per process;
+# the dict is emptied rather than allowed to grow without bound).
+_SEEDED_STATES = {}
+_SEEDED_STATES_MAX = 256
+
+
+def seeded_random_state(seed, recycle=None):
+    """``np.random.RandomState(seed)`` for an int ``seed``, in the state a new
+    one starts in.
+
+    ``recycle``: a RandomState that nothing else holds any more, or None.  It
+    is reset to that state by copying the seed's raw Mersenne-Twister state
+    into it (about 2 us) rather than seeding a new generator (100-350 us
+    measured here, a third of a one-epoch warm-start fit of the spiral).  The
+    copy covers the key and position, not the Gaussian cache, so ``recycle``
+    must be a generator that has only drawn uniform numbers and shuffles
+    (the estimators' own), whose cache is empty.
+    """
+    seed = int(seed)
+    raw = _SEEDED_STATES.get(seed)
+    if recycle is None or not _raw_mt_state_works():
+        rng = np.random.RandomState(seed)
+        if raw is None and _raw_mt_state_works():
+            if len(_SEEDED_STATES) >= _SEEDED_STATES_MAX:
+                _SEEDED_STATES.clear()
+            _SEEDED_STATES[seed] = _raw_mt_state(rng)
+        return rng
+    if raw is None:
+        return seeded_random_state(seed)
+    _set_raw_mt_state(recycle, raw)
+    return recycle

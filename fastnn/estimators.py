@@ -29,6 +29,7 @@ import os
 import math
 import numbers
 import warnings
+import weakref
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
                       available_if)
 from ._estimator_io import _STOCHASTIC_ONLY, load_estimator, save_estimator
-from .epoch_order import InOrder, RunningShuffle
+from .epoch_order import InOrder, RunningShuffle, seeded_random_state
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
 from .schedules import Adaptive, Constant, InvScaling, Plateau
@@ -83,6 +84,38 @@ def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):
             "fitted": {"classes_": classes_, "_kind": kind, "_label_dtype": label_dtype}}
 
 
+# Kept beside each estimator rather than in it (its attributes change only
+# when a call succeeds): its two generators for int seeds
+# (_fit_random_state), and its parameters as last checked (_checked_params).
+_OWN_RNGS = weakref.WeakKeyDictionary()
+_CHECKED_PARAMS = weakref.WeakKeyDictionary()
+_PARAM_NAMES = {}
+
+
+def _frozen(value):
+    """A copy of a parameter's value to compare with a later one: containers
+    and arrays by content, anything else as itself, always with its type."""
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return (np.ndarray, value.dtype.str, value.shape, value.tobytes())
+    return (type(value), value)
+
+
+def _params_key(est):
+    """Every constructor parameter of ``est``, frozen (None if one cannot be)."""
+    cls = type(est)
+    names = _PARAM_NAMES.get(cls)
+    if names is None:
+        names = _PARAM_NAMES[cls] = tuple(cls._get_param_names())
+    try:
+        return tuple(_frozen(getattr(est, name)) for name in names)
+    except Exception:
+        return None
+
+
 def _check_random_state(seed, build=True):
     """A RandomState from None (numpy's global one), an int or a RandomState;
     with build=False only the check (seeding a RandomState costs ~100 us,
@@ -110,7 +143,11 @@ def _num_threads(n):
     previous = numba.get_num_threads()
     # more than numba's pool (e.g. a model saved on a bigger machine) runs on
     # the whole pool: the thread count never changes the results' bits
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    if n == previous:   # each set_num_threads takes numba's start-up locks
+        yield
+        return
+    numba.set_num_threads(n)
     try:
         yield
     finally:
@@ -271,7 +308,28 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------- validation
     def _checked_params(self):
-        """Every hyperparameter checked (nothing is changed); returns a dict."""
+        """Every hyperparameter checked (nothing is changed); returns a dict.
+
+        The checks run again only when a parameter changed since the last
+        call that passed them (compared by type and value, containers and
+        arrays by content): a partial_fit loop on a small network spent about
+        a tenth of each call here."""
+        key = _params_key(self)
+        cached = _CHECKED_PARAMS.get(self)
+        if key is not None and cached is not None:
+            try:
+                same = cached[0] == key
+            except Exception:   # a value whose == does not give a bool
+                same = False
+            if same:
+                return {k: list(v) if isinstance(v, list) else v for k, v in cached[1].items()}
+        p = self._check_params()
+        if key is not None:
+            _CHECKED_PARAMS[self] = (key, p)
+        return {k: list(v) if isinstance(v, list) else v for k, v in p.items()}
+
+    def _check_params(self):
+        """_checked_params without the memo."""
         p = {}
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):
@@ -474,9 +532,9 @@ class _BaseMLP(BaseEstimator):
         early_stopping = bool(self.early_stopping) and not incremental
         if reuse:
             trainer = self._trainer if self._trainer is not None else self._trainer_from_fitted()
-            rng = self._rng if incremental else _check_random_state(self.random_state)
+            rng = self._rng if incremental else self._fit_random_state()
         else:
-            rng = _check_random_state(self.random_state)
+            rng = self._fit_random_state()
             net = self._build_network(X.shape[1], n_outputs, p, rng, target["output_name"])
             trainer = Trainer(net, optimizer=self._make_optimizer(float(self.learning_rate_init)),
                               shuffle=False)
@@ -537,6 +595,26 @@ class _BaseMLP(BaseEstimator):
         if checkpoint is not None and not trainer.interrupted and os.path.exists(checkpoint):
             os.unlink(checkpoint)   # the run is complete: the estimator holds its result
         return trainer, rng
+
+    def _fit_random_state(self):
+        """check_random_state(random_state) for a fit: with an int seed a
+        generator in the state RandomState(seed) starts in.
+
+        Each estimator has two such generators and alternates between them:
+        the one the last committed fit uses (self._rng, which partial_fit
+        continues) is never touched, the other one is reset to the seed's
+        start (epoch_order.seeded_random_state).  So a warm-started fit in a
+        loop does not seed a new generator per call, and a call that raises
+        still leaves self._rng as it was.  The pair is kept beside the
+        estimator (_OWN_RNGS), not in it: its attributes change only when a
+        call succeeds."""
+        seed = self.random_state
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            return _check_random_state(seed)
+        pair = _OWN_RNGS.setdefault(self, [None, None])
+        slot = 1 if pair[0] is not None and pair[0] is self.__dict__.get("_rng") else 0
+        pair[slot] = seeded_random_state(seed, recycle=pair[slot])
+        return pair[slot]
 
     def _configure(self, trainer, rng, early_stopping, incremental):
         """scikit-learn's schedule, optimizer, shuffling and stopping rule on

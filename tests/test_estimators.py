@@ -432,6 +432,66 @@ def test_a_failed_call_leaves_the_estimator_as_it_was(rng):
         assert _state(clf) == before
 
 
+def test_parameters_changed_in_place_are_checked_again(rng):
+    # the checks are skipped while the parameters are unchanged: a list or
+    # dict changed in place is a change
+    X, y = _blobs(rng, n=60)
+    sizes = [4]
+    clf = MLPClassifier(hidden_layer_sizes=sizes, max_iter=2, class_weight={0: 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+        sizes[0] = 0
+        with pytest.raises(ValueError, match="hidden_layer_sizes"):
+            clf.fit(X, y)
+        sizes[0] = 3
+        clf.fit(X, y)
+        assert clf.coefs_[0].shape == (X.shape[1], 3)
+        clf.class_weight[0] = -1.0
+        with pytest.raises(ValueError, match="class_weight"):
+            clf.fit(X, y)
+
+
+def test_warm_fits_with_recycled_generators_have_the_bits_of_fresh_ones(rng, monkeypatch):
+    """A warm-started fit resets one of the estimator's two generators to the
+    seed's start instead of seeding a new RandomState; fits, a failed fit and
+    the partial_fit calls after it must give the bits that new generators give."""
+    import fastnn.estimators as est_module
+    X, y = _blobs(rng, n=90)
+
+    class Stop(Exception):
+        pass
+
+    def fail_in_training(logs):   # after an epoch: the generator was reset and used
+        raise Stop
+
+    def run():
+        clf = MLPClassifier(hidden_layer_sizes=(7,), max_iter=2, batch_size=16,
+                            random_state=3, warm_start=True)
+        params = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for call in range(4):
+                clf.fit(X, y)
+                params.append(clf._network.params.copy())
+                if call == 1:   # a fit that fails mid-training; partial_fit then continues
+                    clf.set_params(callbacks=[fail_in_training])
+                    with pytest.raises(Stop):
+                        clf.fit(X, y)
+                    clf.set_params(callbacks=None)
+                clf.partial_fit(X[:40], y[:40])
+                params.append(clf._network.params.copy())
+        return params
+
+    recycled = run()
+    monkeypatch.setattr(est_module, "seeded_random_state",
+                        lambda seed, recycle=None: np.random.RandomState(seed))
+    fresh = run()
+    for got, want in zip(recycled, fresh):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(recycled[0], recycled[1])   # the calls trained
+
+
 # ------------------------------------------------------- optional pieces
 def test_runs_without_scikit_learn():
     code = (
