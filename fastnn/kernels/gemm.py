@@ -70,33 +70,35 @@ ROW_KERNEL_BELOW = 4
 
 
 @jit(inline="always")  # inlined: the branch folds into the caller's loop
-def _tile(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H):
-    """One register tile: C[:m_valid, :n_valid] (+)= A[:m_valid, :kc] B[:kc, :n_valid],
+def _tile(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H):
+    """One register tile at origin = (i, j, p):
+    C[i:i+m_valid, j:j+n_valid] (+)= A[i:i+m_valid, p:p+kc] B[p:p+kc, j:j+n_valid],
     then the in-register epilogue ``epi`` (microkernel.EPI_*)."""
     vl = VECTOR_BYTES // C.itemsize
     if n_valid == NV * vl:
-        uk.tile_full(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
+        uk.tile_full(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
     elif n_valid <= vl:
-        uk.tile_edge1(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
+        uk.tile_edge1(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
     else:
-        uk.tile_edge(kc, A, B, C, m_valid, n_valid, accumulate, epi, bias, H)
+        uk.tile_edge(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
 
 
 @jit(inline="always")
-def _row(kc, A, B, C, n_valid, accumulate, epi, bias, H):
-    """One row: C[0, :n_valid] (+)= A[0, :kc] B[:kc, :n_valid], with the widest
-    kernel that fits; returns the number of columns done (n_valid or fewer)."""
+def _row(kc, A, B, C, origin, n_valid, accumulate, epi, bias, H):
+    """One row at origin = (i, j, p): C[i, j:j+n_valid] (+)= A[i, p:p+kc]
+    B[p:p+kc, j:j+n_valid], with the widest kernel that fits; returns the
+    number of columns done (n_valid or fewer)."""
     vl = VECTOR_BYTES // C.itemsize
     if n_valid >= uk.ROW_VECTORS * vl:
-        uk.row_wide(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
+        uk.row_wide(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
         return uk.ROW_VECTORS * vl
     if n_valid >= NV * vl:
-        uk.row_full(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
+        uk.row_full(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
         return NV * vl
     if n_valid <= vl:
-        uk.row_edge1(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
+        uk.row_edge1(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
     else:
-        uk.row_edge(kc, A, B, C, 1, n_valid, accumulate, epi, bias, H)
+        uk.row_edge(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
     return n_valid
 
 
@@ -175,19 +177,17 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                 ic_end = min(m_tiles, ic + MC)
                 for jr in range(jc, jc_end, nr):
                     n_valid = min(nr, jc_end - jr)
-                    Bp = B[pc:, jr:]
                     for ir in range(ic, ic_end, MR):
                         m_valid = min(MR, ic_end - ir)
-                        _tile(kc, A[ir:, pc:], Bp, C[ir:, jr:], m_valid, n_valid, add,
-                              epi_now, bias[jr:], H[ir:, jr:])
+                        _tile(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add, epi_now,
+                              bias, H)
                         if last and rows_epilogue:
                             _epilogue(C, ir, ir + m_valid, jr, jr + n_valid, mode, code,
                                       bias, H)
             for r in range(m_tiles, M):
                 jr = jc
                 while jr < jc_end:
-                    done = _row(kc, A[r:, pc:], B[pc:, jr:], C[r:, jr:], jc_end - jr, add,
-                                epi_now, bias[jr:], H[r:, jr:])
+                    done = _row(kc, A, B, C, (r, jr, pc), jc_end - jr, add, epi_now, bias, H)
                     if last and rows_epilogue:
                         _epilogue(C, r, r + 1, jr, jr + done, mode, code, bias, H)
                     jr += done
