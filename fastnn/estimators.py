@@ -84,36 +84,10 @@ def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):
             "fitted": {"classes_": classes_, "_kind": kind, "_label_dtype": label_dtype}}
 
 
-# Kept beside each estimator rather than in it (its attributes change only
-# when a call succeeds): its two generators for int seeds
-# (_fit_random_state), and its parameters as last checked (_checked_params).
+# estimator -> its two generators for int seeds (BaseMLP._fit_random_state),
+# kept beside the estimator rather than in it: its attributes change only
+# when a call succeeds
 _OWN_RNGS = weakref.WeakKeyDictionary()
-_CHECKED_PARAMS = weakref.WeakKeyDictionary()
-_PARAM_NAMES = {}
-
-
-def _frozen(value):
-    """A copy of a parameter's value to compare with a later one: containers
-    and arrays by content, anything else as itself, always with its type."""
-    if isinstance(value, (list, tuple)):
-        return (type(value), tuple(_frozen(v) for v in value))
-    if isinstance(value, dict):
-        return (dict, tuple((k, _frozen(v)) for k, v in value.items()))
-    if isinstance(value, np.ndarray):
-        return (np.ndarray, value.dtype.str, value.shape, value.tobytes())
-    return (type(value), value)
-
-
-def _params_key(est):
-    """Every constructor parameter of ``est``, frozen (None if one cannot be)."""
-    cls = type(est)
-    names = _PARAM_NAMES.get(cls)
-    if names is None:
-        names = _PARAM_NAMES[cls] = tuple(cls._get_param_names())
-    try:
-        return tuple(_frozen(getattr(est, name)) for name in names)
-    except Exception:
-        return None
 
 
 def _check_random_state(seed, build=True):
@@ -308,28 +282,7 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------- validation
     def _checked_params(self):
-        """Every hyperparameter checked (nothing is changed); returns a dict.
-
-        The checks run again only when a parameter changed since the last
-        call that passed them (compared by type and value, containers and
-        arrays by content): a partial_fit loop on a small network spent about
-        a tenth of each call here."""
-        key = _params_key(self)
-        cached = _CHECKED_PARAMS.get(self)
-        if key is not None and cached is not None:
-            try:
-                same = cached[0] == key
-            except Exception:   # a value whose == does not give a bool
-                same = False
-            if same:
-                return {k: list(v) if isinstance(v, list) else v for k, v in cached[1].items()}
-        p = self._check_params()
-        if key is not None:
-            _CHECKED_PARAMS[self] = (key, p)
-        return {k: list(v) if isinstance(v, list) else v for k, v in p.items()}
-
-    def _check_params(self):
-        """_checked_params without the memo."""
+        """Every hyperparameter checked (nothing is changed); returns a dict."""
         p = {}
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):

@@ -433,8 +433,8 @@ def test_a_failed_call_leaves_the_estimator_as_it_was(rng):
 
 
 def test_parameters_changed_in_place_are_checked_again(rng):
-    # the checks are skipped while the parameters are unchanged: a list or
-    # dict changed in place is a change
+    # a list or dict changed in place between two fits is checked again (a
+    # cache of the checks keyed on the objects would miss it)
     X, y = _blobs(rng, n=60)
     sizes = [4]
     clf = MLPClassifier(hidden_layer_sizes=sizes, max_iter=2, class_weight={0: 1.0})
