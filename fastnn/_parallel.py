@@ -16,6 +16,26 @@ _LOCK = threading.RLock()
 _SAFE_LAYERS = ("omp", "tbb")
 
 
+@contextlib.contextmanager
+def num_threads(n):
+    """Run the block with ``n`` numba threads (None: all of numba's pool), then
+    restore the caller's setting."""
+    if n is None:
+        n = numba.config.NUMBA_NUM_THREADS
+    previous = numba.get_num_threads()
+    # more than numba's pool (e.g. a model saved on a bigger machine) runs on
+    # the whole pool: the thread count never changes the results' bits
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    if n == previous:   # each set_num_threads takes numba's start-up locks
+        yield
+        return
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 _layer_safe = None   # known once a parallel region has run (the layer never changes)
 
 

@@ -46,6 +46,17 @@ def check_float(value, name, low=None, high=None, low_open=False, high_open=Fals
     return value
 
 
+def check_samples_shape(shape, name, n_features=None):
+    """A (samples x features) shape with at least one of each, and
+    ``n_features`` columns when given (dense and sparse X alike)."""
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {shape}; need at least 1 sample "
+                         "and 1 feature")
+    if n_features is not None and shape[1] != n_features:
+        raise ValueError(f"{name} has {shape[1]} features, but the model expects "
+                         f"{n_features}")
+
+
 def as_float_matrix(X, name, dtype, n_features=None):
     """X as a C-contiguous 2-D float array of ``dtype``; refuse what cannot be data.
 
@@ -72,12 +83,7 @@ def as_float_matrix(X, name, dtype, n_features=None):
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples x features); got {arr.ndim}-D "
                          f"with shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {arr.shape}; need at least 1 sample "
-                         "and 1 feature")
-    if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"{name} has {arr.shape[1]} features, but the model expects "
-                         f"{n_features}")
+    check_samples_shape(arr.shape, name, n_features)
     out = np.ascontiguousarray(arr, dtype=dtype)
     if not out.flags.writeable:
         # numba types read-only arrays (e.g. memory-mapped files) separately and

@@ -49,9 +49,8 @@ import time
 import numba
 import numpy as np
 
-from ._parallel import parallel_region
+from ._parallel import num_threads, parallel_region
 from .kernels.distributed import add_step_loss, apply_update, chunk_gradient, step_weights
-from .kernels.step import Net, Update
 from .network import Network
 
 EXTRA = 'pip install "fastnn[dask]"'
@@ -211,16 +210,13 @@ class _ShardActor:
         """([(chunk, summed loss, correct rows, gradient or None)] of step
         ``step`` for each shard, in chunk order, at ``params``; seconds spent
         computing them)."""
-        from .trainer import serial_step
+        from .trainer import _net_bundle, serial_step
         np.copyto(self.net.params, params)   # received buffers may be read-only
-        net = Net(self.net.params, self.net._offs, self.net._dims, self.net._acts,
-                  self.net._output_code)
+        net = _net_bundle(self.net)
         scale = self.net.dtype.type(scale)
         out = []
         seconds = 0.0
-        previous = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
+        with num_threads(self.threads):
             for shard, work in zip(self.shards, self.work):
                 rows, offsets = self.plans[shard.index]
                 mine = rows[offsets[step]:offsets[step + 1]]
@@ -228,14 +224,12 @@ class _ShardActor:
                     out.append((shard.index, 0.0, 0, None))
                     continue
                 t0 = time.perf_counter()
-                with parallel_region(serial_step(self.net, mine.shape[0])):
+                with parallel_region(serial_step(self.net, mine.shape[0])) as threads:
                     loss, correct = chunk_gradient(net, shard.X, shard.T, shard.w, mine, scale,
-                                                   work, np.int64(numba.get_num_threads()))
+                                                   work, np.int64(threads))
                 seconds += time.perf_counter() - t0
                 out.append((shard.index, float(loss), int(correct), work.grad))
                 type(self).calls += 1
-        finally:
-            numba.set_num_threads(previous)
         return out, seconds
 
 
@@ -351,6 +345,7 @@ class ClusterData:
         """One distributed epoch for ``trainer`` (the Trainer.run_epoch
         contract: returns (mean loss, accuracy, finite) and advances
         trainer.steps); X, T, w are ignored (the data is on the cluster)."""
+        from .trainer import _net_bundle
         net = trainer.network
         n = self.shape[0]
         if order is None:
@@ -368,17 +363,13 @@ class ClusterData:
         batch_weight = np.zeros(n_steps)
         for c in range(len(self.rows)):
             batch_weight += by_chunk[c]
-        dt = net.dtype.type
-        momentum, beta1, beta2, eps = trainer.optimizer.hyper()
-        update = Update(trainer.state1, trainer.state2, np.int64(trainer.optimizer.kind),
-                        dt(trainer.l2), dt(trainer.optimizer.lr), dt(momentum), dt(beta1),
-                        dt(beta2), dt(eps), True)
-        bundle = Net(net.params, net._offs, net._dims, net._acts, net._output_code)
+        update = trainer._update_bundle()
+        bundle = _net_bundle(net)
         grad = np.empty_like(net.params)
         loss_total, weight_total, correct_total, steps = 0.0, 0.0, 0, 0
         for s in range(n_steps):
             t0 = time.perf_counter()
-            scale = float(dt(1.0 / batch_weight[s]))
+            scale = float(net.dtype.type(1.0 / batch_weight[s]))
             params = net.params
             results = self._call(net, batch, "gradients", lambda chunks: (s, params, scale))
             t1 = time.perf_counter()

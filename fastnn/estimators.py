@@ -36,6 +36,7 @@ import numpy as np
 from . import _compile_notice
 from . import _validation as V
 from . import sparse as _sparse
+from ._parallel import num_threads
 from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       DataConversionWarning, NotFittedError, RegressorMixin,
                       available_if)
@@ -107,27 +108,6 @@ def _check_random_state(seed, build=True):
     raise ValueError(f"random_state must be None, an int or a numpy RandomState; got {seed!r}")
 
 
-@contextlib.contextmanager
-def _num_threads(n):
-    """Run the block with ``n`` numba threads (None: all of numba's pool), then
-    restore the caller's setting."""
-    import numba
-    if n is None:
-        n = numba.config.NUMBA_NUM_THREADS
-    previous = numba.get_num_threads()
-    # more than numba's pool (e.g. a model saved on a bigger machine) runs on
-    # the whole pool: the thread count never changes the results' bits
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
-    if n == previous:   # each set_num_threads takes numba's start-up locks
-        yield
-        return
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
 def _is_dask(*objs):
     """True if any of ``objs`` is a Dask collection (checked by module name:
     dask is never imported for this)."""
@@ -139,10 +119,6 @@ def _dask_predict(est, X, method):
     """A prediction method on Dask X: a lazy Dask array (fastnn.distributed)."""
     from . import distributed
     return distributed.predict(est, X, method)
-
-
-def _is_sparse(X):
-    return hasattr(X, "toarray") and hasattr(X, "nnz")
 
 
 def _feature_names(X):
@@ -161,7 +137,7 @@ def _as_2d_float(X, name, dtype):
     where its estimator checks look for it."""
     if X is None:
         raise ValueError(f"{name} is None; expected a 2-D array-like of numbers")
-    if _is_sparse(X) or _sparse.is_sparse(X):
+    if _sparse.is_sparse_input(X):
         # scipy.sparse input: canonical CSR of the network's dtype, never densified
         return _sparse.as_sparse_rows(X, name, dtype)
     try:
@@ -379,7 +355,7 @@ class _BaseMLP(BaseEstimator):
         X = self._check_X_predict(X)   # C-contiguous, finite, the network's dtype
         if X.shape[0] <= SERIAL_PREDICT_ROWS:  # predicted on this thread alone
             return self._network._forward_checked(X)
-        with _num_threads(self.n_threads):
+        with num_threads(self.n_threads):
             return self._network._forward_checked(X)
 
     # -------------------------------------------------------------- fit
@@ -427,7 +403,7 @@ class _BaseMLP(BaseEstimator):
         # ---- solver='lbfgs' (fastnn.lbfgs): a full-batch run with its own commit
         if self.solver == "lbfgs":
             return self._fit_lbfgs(X, target, w, p, reuse, names)
-        with _num_threads(self.n_threads):
+        with num_threads(self.n_threads):
             trainer, rng = self._train(X, target, w, p, reuse, incremental)
         self._commit(trainer, rng, target, names)
         return self
@@ -675,7 +651,7 @@ class _BaseMLP(BaseEstimator):
             logs = {"epoch": iteration, "loss": loss, "network": net}
             return any(bool(cb(logs)) for cb in p["callbacks"])
 
-        with _num_threads(self.n_threads):
+        with num_threads(self.n_threads):
             res = minimize_lbfgs(net, X, T, w_net, l2=p["alpha"] / sw_sum,
                                  max_iter=self.max_iter, max_fun=self.max_fun, tol=self.tol,
                                  verbose=bool(self.verbose),

@@ -132,7 +132,7 @@ class Network:
 
     # -------------------------------------------------------------- inference
     def _check_X(self, X, name="X"):
-        if _sparse.is_scipy_sparse(X) or _sparse.is_sparse(X):
+        if _sparse.is_sparse_input(X):
             return _sparse.as_sparse_rows(X, name, self.dtype, n_features=self.sizes[0])
         return V.as_float_matrix(X, name, self.dtype, n_features=self.sizes[0])
 

@@ -13,15 +13,26 @@ a dense fit never loads them.
 """
 import numpy as np
 
-
-def is_scipy_sparse(X):
-    """True for a scipy.sparse matrix or array (without importing scipy)."""
-    return hasattr(X, "tocsr") and hasattr(X, "nnz") and hasattr(X, "format")
+from ._validation import check_samples_shape
 
 
 def is_sparse(X):
     """True for checked sparse data (:class:`SparseRows`)."""
     return isinstance(X, SparseRows)
+
+
+def is_sparse_input(X):
+    """True for X that the API converts with :func:`as_sparse_rows`: a
+    scipy.sparse matrix or array (told by its attributes, without importing
+    scipy), or SparseRows."""
+    return isinstance(X, SparseRows) or (hasattr(X, "nnz") and (
+        hasattr(X, "tocsr") or hasattr(X, "toarray")))
+
+
+def batch_matrix_columns(X):
+    """Columns of the dense batch matrix (Work.Xb) a step over X needs: X's,
+    or 0 for sparse X, whose rows the sparse step reads in place."""
+    return 0 if is_sparse(X) else X.shape[1]
 
 
 class SparseRows:
@@ -113,12 +124,7 @@ def as_sparse_rows(X, name, dtype, n_features=None):
             data = data.copy()
         X = SparseRows(data, np.ascontiguousarray(A.indices, dtype=np.int32),
                        np.ascontiguousarray(A.indptr, dtype=np.int64), A.shape)
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {X.shape}; need at least 1 sample and "
-                         "1 feature")
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} features, but the model expects "
-                         f"{n_features}")
+    check_samples_shape(X.shape, name, n_features)
     if not np.isfinite(X.data).all():
         raise ValueError(f"{name} (sparse) contains NaN or infinity among its stored values "
                          f"(or values too large for {np.dtype(dtype).name})")

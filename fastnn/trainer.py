@@ -234,9 +234,8 @@ class FullBatchObjective:
         self.network = network
         self.X, self.T, self.w = X, T, w
         self.l2 = network.dtype.type(l2)
-        # sparse X: no dense batch matrix (Xb of zero columns; fastnn.sparse)
-        n_cols = 0 if _sparse.is_sparse(X) else X.shape[1]
-        self.work = make_workspace(network, X.shape[0], n_cols, T.shape[1])
+        self.work = make_workspace(network, X.shape[0], _sparse.batch_matrix_columns(X),
+                                   T.shape[1])
         # the same threading rule as a training step of this many rows
         self.serial = serial_step(network, X.shape[0])
 
@@ -354,15 +353,17 @@ class Trainer:
     def _epoch_args(self, X, T):
         """(batch size, workspace, Update bundle, serial?) of an epoch over X."""
         net = self.network
-        dt = net.dtype.type
         batch = min(self.batch_size, X.shape[0])
-        # sparse X: no dense batch matrix (Xb of zero columns; fastnn.sparse)
-        ws = self._get_workspace(batch, 0 if _sparse.is_sparse(X) else X.shape[1], T.shape[1])
+        ws = self._get_workspace(batch, _sparse.batch_matrix_columns(X), T.shape[1])
+        return batch, ws, self._update_bundle(), serial_step(net, batch)
+
+    def _update_bundle(self):
+        """The optimizer's state and settings as the compiled update takes
+        them (kernels.step.Update), in the network's dtype."""
+        dt = self.network.dtype.type
         momentum, beta1, beta2, eps = self.optimizer.hyper()
-        serial = serial_step(net, batch)
-        update = Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
-                        dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
-        return batch, ws, update, serial
+        return Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
+                      dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
 
     def loss_and_gradient(self, X, y, sample_weight=None):
         """The training objective on all rows of (X, y) as one batch, and its
