@@ -16,8 +16,8 @@ import numpy as np
 
 from .._jit import jit
 from .optim import update_range
-from .step import (FIRST, ROWS, WEIGHTS, Batch, Update, pack_weights_t, step_pass,
-                   sum_squares, sum_values, update_for_step, weight_block,
+from .step import (FIRST, ROWS, WEIGHTS, Batch, batch_weight, gradient_only, pack_weights_t,
+                   step_pass, sum_squares, sum_values, update_for_step, weight_block,
                    weight_block_count)
 
 
@@ -28,9 +28,7 @@ def chunk_gradient(net, X, T, w, rows, scale, work, threads):
     once); returns (summed weighted loss, correct rows) of those rows."""
     pack_weights_t(net.params, net.offs, net.dims, work.WT)
     batch = Batch(X, T, w, rows, scale)
-    zero = net.params.dtype.type(0)
-    update = Update(net.params, net.params, np.int64(0), zero, zero, zero, zero, zero, zero,
-                    False)
+    update = gradient_only(net.params, net.params.dtype.type(0))
     loss, correct = step_pass(ROWS, net, batch, work, update, threads)
     step_pass(WEIGHTS, net, batch, work, update, threads)
     return loss, correct
@@ -86,8 +84,5 @@ def step_weights(w, rows, offsets):
     n_steps = offsets.shape[0] - 1
     out = np.zeros(n_steps)
     for s in range(n_steps):
-        acc = 0.0
-        for i in range(offsets[s], offsets[s + 1]):
-            acc += np.float64(w[rows[i]])
-        out[s] = acc
+        out[s] = batch_weight(w, rows[offsets[s]:offsets[s + 1]])
     return out

@@ -48,12 +48,12 @@ from numba import prange
 
 from .._jit import jit, pjit
 from .activations import bias_activate_row
-from .gemm import column_sums_acc
 from .losses import loss_grad, output_transform
-from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS,
-                   Update, backward, forward_from, layer_rows, layer_weights, pack_weights_t,
-                   update_for_step, update_rows, weight_block, weight_block_count,
-                   weights_block)
+from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS, backward,
+                   batch_weight, bias_gradient, forward_from, gradient_only,
+                   gradient_rows_buffer, layer_delta, layer_rows, layer_weights,
+                   pack_weights_t, update_for_step, update_rows, weight_block,
+                   weight_block_count, weights_block)
 
 SECOND = np.int64(1)   # layer index 1, typed (a literal compiles another forward_from)
 
@@ -202,23 +202,13 @@ def sparse_weights_block(net, work, sw, update, m, t, s):
     if l > 0:
         weights_block(net, work, update, m, t, s)
         return
-    n_layers = net.dims.shape[0] - 1
     n = net.dims[1]
-    if update.apply:
-        g_rows = work.scratch[s, :(i1 - i0) * n]
-    else:
-        lo = net.offs[0] + i0 * n
-        g_rows = work.grad[lo:lo + (i1 - i0) * n]
-    if n_layers == 1:
-        delta = layer_rows(work.act_ws, work.act_off[0], m, n)   # delta_L, over the logits
-    else:
-        delta = layer_rows(work.delta_ws, work.act_off[0], m, n)
+    g_rows = gradient_rows_buffer(net, work, update, FIRST, i0, i1, s)
+    delta = layer_delta(net, work, m, FIRST)
     sparse_weight_rows(sw, delta, i0, i1, g_rows.reshape((i1 - i0, n)))
     if i0 == 0:
-        _, gb = layer_weights(work.grad, net.offs, net.dims, 0)
-        gb[:] = 0
-        column_sums_acc(delta, gb)
-    work.l2_parts[t] = update_rows(net, work, update, 0, i0, i1, g_rows)
+        bias_gradient(net, work, FIRST, delta)
+    work.l2_parts[t] = update_rows(net, work, update, FIRST, i0, i1, g_rows)
 
 
 # Phases of sparse_step_pass: kernels.step's ROWS and WEIGHTS, and PREDICT
@@ -276,11 +266,9 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         rows = order[start:start + m]
-        batch_weight = 0.0
-        for i in range(m):
-            batch_weight += np.float64(w[rows[i]])
+        weight = batch_weight(w, rows)
         batch = SparseBatch(X.data, X.indices, X.indptr, T, w, rows,
-                            net.params.dtype.type(1.0 / batch_weight))
+                            net.params.dtype.type(1.0 / weight))
         batch_loss, correct = sparse_step_pass(ROWS, net, batch, work, sw, update, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
@@ -289,8 +277,8 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
         batch_transpose(X, rows, sw)
         l2_loss, _ = sparse_step_pass(WEIGHTS, net, batch, work, sw, this_step, threads)
         steps += 1
-        loss_total += batch_loss + l2_loss * batch_weight
-        weight_total += batch_weight
+        loss_total += batch_loss + l2_loss * weight
+        weight_total += weight
     return loss_total, weight_total, correct_total, steps, True
 
 
@@ -298,14 +286,11 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
 def sparse_loss_gradient(net, X, T, w, order, work, sw, l2, threads):
     """Loss of the rows ``order`` of (X, T, w) as one batch, with L2, and its
     gradient in work.grad (kernels.step.loss_gradient for CSR input)."""
-    weight = 0.0
-    for i in range(order.shape[0]):
-        weight += np.float64(w[order[i]])
+    weight = batch_weight(w, order)
     pack_weights_t(net.params, net.offs, net.dims, work.WT)
     batch = SparseBatch(X.data, X.indices, X.indptr, T, w, order,
                         net.params.dtype.type(1.0 / weight))
-    zero = net.params.dtype.type(0)
-    update = Update(net.params, net.params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
+    update = gradient_only(net.params, l2)
     loss, _ = sparse_step_pass(ROWS, net, batch, work, sw, update, threads)
     batch_transpose(X, order, sw)
     l2_loss, _ = sparse_step_pass(WEIGHTS, net, batch, work, sw, update, threads)

@@ -124,6 +124,25 @@ def sum_squares(values, lo, hi, total):
 
 
 @jit
+def batch_weight(w, rows):
+    """The summed sample weight of the rows ``rows``, in float64 and in row
+    order (every epoch loop, the full-batch objective and the distributed
+    step weights add a batch's weights this way: the same bits)."""
+    total = 0.0
+    for i in range(rows.shape[0]):
+        total += np.float64(w[rows[i]])
+    return total
+
+
+@jit
+def gradient_only(params, l2):
+    """An Update bundle that computes gradients and applies nothing (apply
+    False; L2 ``l2`` added to the gradient), of the training call's types."""
+    zero = params.dtype.type(0)
+    return Update(params, params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
+
+
+@jit
 def sum_values(values, lo, hi, total):
     """total + sum of values[lo:hi], in float64 and in order (the overflow probe:
     0 times it is +0 while every value is finite, NaN once one is not)."""
@@ -193,25 +212,48 @@ def weight_block(dims, t):
 
 
 @jit
+def layer_delta(net, work, m, l):
+    """delta_l of the batch's m rows (delta_L lies over the logits)."""
+    n = net.dims[l + 1]
+    if l == net.dims.shape[0] - 2:
+        return layer_rows(work.act_ws, work.act_off[l], m, n)
+    return layer_rows(work.delta_ws, work.act_off[l], m, n)
+
+
+@jit
+def bias_gradient(net, work, l, delta):
+    """db_l = sum_i delta_l[i, :] into work.grad (rows in order)."""
+    _, gb = layer_weights(work.grad, net.offs, net.dims, l)
+    gb[:] = 0
+    column_sums_acc(delta, gb)
+
+
+@jit
+def gradient_rows_buffer(net, work, update, l, i0, i1, s):
+    """Where block (l, rows i0:i1) of the weights pass, on worker s, puts its
+    rows of dW (flat): with an update, worker s's scratch block (reused block
+    after block, so it stays in cache: the full gradient never goes through
+    memory); without, its place in work.grad."""
+    n = net.dims[l + 1]
+    if update.apply:
+        return work.scratch[s, :(i1 - i0) * n]
+    lo = net.offs[l] + i0 * n
+    return work.grad[lo:lo + (i1 - i0) * n]
+
+
+@jit
 def weight_gradient_rows(net, work, m, l, i0, i1, dW):
     """dW = rows i0:i1 of a_{l-1}^T delta_l over the m rows of the batch, and
-    db_l = sum_i delta_l[i, :] into work.grad with the block that starts at row 0."""
-    n_layers = net.dims.shape[0] - 1
+    db_l with the block that starts at row 0."""
     k = net.dims[l]
-    n = net.dims[l + 1]
     if l == 0:
         a_in = work.Xb[:m]
     else:
         a_in = layer_rows(work.act_ws, work.act_off[l - 1], m, k)
-    if l == n_layers - 1:
-        delta = layer_rows(work.act_ws, work.act_off[l], m, n)   # delta_L, over the logits
-    else:
-        delta = layer_rows(work.delta_ws, work.act_off[l], m, n)
-    _, gb = layer_weights(work.grad, net.offs, net.dims, l)
-    gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, gb, dW)
+    delta = layer_delta(net, work, m, l)
+    gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, delta[0], dW)
     if i0 == 0:
-        gb[:] = 0
-        column_sums_acc(delta, gb)
+        bias_gradient(net, work, l, delta)
 
 
 @jit
@@ -264,11 +306,7 @@ def weights_block(net, work, update, m, t, s):
     ``work.l2_parts[t] = ...`` written in the body)."""
     l, i0, i1 = weight_block(net.dims, t)
     n = net.dims[l + 1]
-    if update.apply:
-        g_rows = work.scratch[s, :(i1 - i0) * n]
-    else:
-        lo = net.offs[l] + i0 * n
-        g_rows = work.grad[lo:lo + (i1 - i0) * n]
+    g_rows = gradient_rows_buffer(net, work, update, l, i0, i1, s)
     weight_gradient_rows(net, work, m, l, i0, i1, g_rows.reshape((i1 - i0, n)))
     work.l2_parts[t] = update_rows(net, work, update, l, i0, i1, g_rows)
 
@@ -367,13 +405,11 @@ def loss_gradient(net, X, T, w, work, l2, threads):
     The same arithmetic as one training step, without the update: this is what
     the finite-difference tests check.
     """
-    weight = 0.0
-    for i in range(w.shape[0]):
-        weight += np.float64(w[i])
+    rows = np.arange(X.shape[0])
+    weight = batch_weight(w, rows)
     pack_weights_t(net.params, net.offs, net.dims, work.WT)
-    batch = Batch(X, T, w, np.arange(X.shape[0]), net.params.dtype.type(1.0 / weight))
-    zero = net.params.dtype.type(0)
-    update = Update(net.params, net.params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
+    batch = Batch(X, T, w, rows, net.params.dtype.type(1.0 / weight))
+    update = gradient_only(net.params, l2)
     loss, _ = step_pass(ROWS, net, batch, work, update, threads)
     l2_loss, _ = step_pass(WEIGHTS, net, batch, work, update, threads)
     return loss / weight + l2_loss
@@ -412,10 +448,8 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         rows = order[start:start + m]
-        batch_weight = 0.0
-        for i in range(m):
-            batch_weight += np.float64(w[rows[i]])
-        batch = Batch(X, T, w, rows, net.params.dtype.type(1.0 / batch_weight))
+        weight = batch_weight(w, rows)
+        batch = Batch(X, T, w, rows, net.params.dtype.type(1.0 / weight))
         batch_loss, correct = step_pass(ROWS, net, batch, work, update, threads)
         correct_total += correct
         if not np.isfinite(batch_loss):
@@ -423,8 +457,8 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
         this_step = update_for_step(update, step + steps + 1)
         l2_loss, _ = step_pass(WEIGHTS, net, batch, work, this_step, threads)
         steps += 1
-        loss_total += batch_loss + l2_loss * batch_weight
-        weight_total += batch_weight
+        loss_total += batch_loss + l2_loss * weight
+        weight_total += weight
     return loss_total, weight_total, correct_total, steps, True
 
 
