@@ -160,7 +160,8 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     nr = NV * (VECTOR_BYTES // C.itemsize)
     epi = _register_epilogue(mode, code)
     # what is left for the row loops: sigmoid and tanh (identity' is nothing)
-    rows_epilogue = mode != EPI_STORE and epi == _EPI_NONE
+    rows_epilogue = epi == _EPI_NONE and (mode == EPI_BIAS_ACT or (mode == EPI_DERIV
+                                                                   and code != IDENTITY))
     # rows [0, m_tiles) go through MR-row tiles (a last partial tile keeps at
     # least ROW_KERNEL_BELOW rows); the few rows after it through the one-row kernel
     m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW else M - M % MR
