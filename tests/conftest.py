@@ -15,3 +15,15 @@ def rng(request):
     request.node.user_properties.append(("seed", seed))
     print(f"random seed: {seed} (replay with FASTNN_TEST_SEED={seed})")
     return np.random.default_rng(seed)
+
+
+def central_difference(params, i, loss, h=1e-6):
+    """(loss() at params[i] + h - loss() at params[i] - h) / 2h, with params[i]
+    put back: the finite-difference gradient the gradient checks compare with."""
+    keep = params[i]
+    params[i] = keep + h
+    up = loss()
+    params[i] = keep - h
+    down = loss()
+    params[i] = keep
+    return (up - down) / (2 * h)

@@ -20,6 +20,8 @@ from fastnn import MLPClassifier, MLPRegressor  # noqa: E402
 from fastnn.network import Network  # noqa: E402
 from fastnn.trainer import FullBatchObjective, make_targets  # noqa: E402
 
+from .conftest import central_difference  # noqa: E402
+
 PARITY_SETS = {"digits": datasets.load_digits, "iris": datasets.load_iris,
                "wine": datasets.load_wine, "breast_cancer": datasets.load_breast_cancer}
 STOCHASTIC_ONLY = ("loss_curve_", "best_loss_", "validation_scores_",
@@ -136,13 +138,9 @@ def test_objective_value_and_gradient_with_alpha_and_weights(rng):
     assert loss == pytest.approx(_reference_objective(net, X, T, w, alpha), rel=1e-12)
     h = 1e-6
     for i in rng.choice(net.n_params, size=40, replace=False):
-        keep = net.params[i]
-        net.params[i] = keep + h
-        up = objective()[0]
-        net.params[i] = keep - h
-        down = objective()[0]
-        net.params[i] = keep
-        assert grad[i] == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+        assert grad[i] == pytest.approx(central_difference(net.params, i,
+                                                           lambda: objective()[0], h),
+                                        rel=1e-5, abs=1e-9)
 
 
 def test_reported_loss_is_the_objective_at_the_final_weights(rng):

@@ -10,6 +10,8 @@ import pytest
 
 import fastnn
 
+from .conftest import central_difference
+
 
 def make_problem(rng, sizes, output, n):
     X = rng.standard_normal((n, sizes[0]))
@@ -28,13 +30,8 @@ def finite_difference_error(trainer, X, y, w=None, h=1e-6):
     _, grad = trainer.loss_and_gradient(X, y, w)
     numeric = np.empty_like(grad)
     for i in range(params.size):
-        keep = params[i]
-        params[i] = keep + h
-        up, _ = trainer.loss_and_gradient(X, y, w)
-        params[i] = keep - h
-        down, _ = trainer.loss_and_gradient(X, y, w)
-        params[i] = keep
-        numeric[i] = (up - down) / (2 * h)
+        numeric[i] = central_difference(params, i,
+                                        lambda: trainer.loss_and_gradient(X, y, w)[0], h)
     return np.max(np.abs(numeric - grad)) / np.max(np.abs(grad))
 
 
