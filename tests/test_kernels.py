@@ -198,11 +198,37 @@ def test_optimizer_updates(rng, dtype, kind, size, decay):
     step_lr = O.adam_step_size(lr, b1, b2, t) if kind == O.ADAM else lr
     lo = size // 3
     before = p.copy()
-    O.update_range(p, g, s1, s2, lo, size, kind, dtype(step_lr), dtype(mu), dtype(b1),
-                   dtype(b2), dtype(eps), dtype(decay))
+    probe = O.update_range(p, g, s1, s2, lo, size, kind, dtype(step_lr), dtype(mu), dtype(b1),
+                           dtype(b2), dtype(eps), dtype(decay))
+    assert probe == 0.0 and not np.signbit(probe)         # every new value finite
     np.testing.assert_array_equal(p[:lo], before[:lo])    # outside the range: untouched
     for got, want in zip((p, s1, s2), ref):
         assert_close(got[lo:], want[lo:], dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", [O.SGD, O.MOMENTUM, O.NESTEROV, O.ADAM])
+@pytest.mark.parametrize("bad", ["inf", "nan", "overflow"])
+@pytest.mark.parametrize("where", [0, 16, 32])
+def test_optimizer_update_probe_flags_a_non_finite_value(rng, dtype, kind, bad, where):
+    """update_range returns NaN when any new value is inf or NaN, wherever it
+    sits (vector body or remainder of the vectorised loop)."""
+    size = 33
+    p, g, s1 = (rand(rng, size, dtype) for _ in range(3))
+    s2 = np.abs(rand(rng, size, dtype))
+    lr = 0.05
+    if bad == "overflow":   # finite inputs whose update overflows
+        p[where] = np.finfo(dtype).max
+        g[where] = -np.finfo(dtype).max
+        lr = 4.0
+    else:
+        g[where] = float(bad)
+    probe = O.update_range(p, g, s1, s2, 0, size, kind, dtype(lr), dtype(0.9), dtype(0.9),
+                           dtype(0.999), dtype(1e-8), dtype(0))
+    if kind == O.ADAM and bad == "overflow":   # Adam's step is bounded by lr
+        assert probe == 0.0
+    else:
+        assert np.isnan(probe)
 
 
 # --- the GEMM core (fastnn.kernels.gemm.gemm, micro-kernel in microkernel.py) -----

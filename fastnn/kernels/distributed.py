@@ -17,7 +17,7 @@ import numpy as np
 from .._jit import jit
 from .optim import update_range
 from .step import (FIRST, ROWS, WEIGHTS, Batch, batch_weight, gradient_only, pack_weights_t,
-                   step_pass, sum_squares, sum_values, update_for_step, weight_block,
+                   step_pass, sum_squares, update_for_step, weight_block,
                    weight_block_count)
 
 
@@ -41,8 +41,8 @@ def apply_update(net, grad, update, step):
     blocks of GRAD_BLOCK_ROWS with ``update.l2`` as decay, each bias with the
     block at its layer's row 0 and no decay.  ``step`` counts steps before
     this one (Adam's bias correction).  Returns (l2/2) sum W^2 before the
-    step, plus 0 times the sum of the new values: NaN once an update
-    overflowed, as in the local step."""
+    step, plus update_range's probe: NaN once an update overflowed, as in the
+    local step."""
     params = net.params
     lr = update_for_step(update, step + 1).lr
     l2 = update.l2
@@ -57,17 +57,15 @@ def apply_update(net, grad, update, step):
         hi = net.offs[l] + i1 * n
         squares = sum_squares(params, lo, hi, 0.0) if l2 != 0 else 0.0
         s1, s2 = update.state1, update.state2
-        update_range(params[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi], FIRST, hi - lo,
-                     update.kind, lr, update.momentum, update.beta1, update.beta2, update.eps,
-                     l2)
-        probe = sum_values(params, lo, hi, probe)
+        probe += update_range(params[lo:hi], grad[lo:hi], s1[lo:hi], s2[lo:hi], FIRST,
+                              hi - lo, update.kind, lr, update.momentum, update.beta1,
+                              update.beta2, update.eps, l2)
         if i0 == 0:
             b0 = net.offs[l] + k * n
-            update_range(params, grad, s1, s2, b0, b0 + n, update.kind, lr, update.momentum,
-                         update.beta1, update.beta2, update.eps, zero)
-            probe = sum_values(params, b0, b0 + n, probe)
+            probe += update_range(params, grad, s1, s2, b0, b0 + n, update.kind, lr,
+                                  update.momentum, update.beta1, update.beta2, update.eps, zero)
         total += np.float64(l2) * squares
-    return 0.5 * total + 0.0 * probe
+    return 0.5 * total + probe
 
 
 @jit

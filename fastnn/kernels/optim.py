@@ -13,7 +13,7 @@ L2 weight decay enters as g += lambda p on weights (never on biases).
 """
 import numpy as np
 
-from .._jit import jit
+from .._jit import STRICT_FASTMATH, jit
 
 SGD = 0
 MOMENTUM = 1
@@ -29,7 +29,7 @@ def adam_step_size(lr, beta1, beta2, t):
     return lr * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
 
 
-@jit
+@jit(fastmath=False)
 def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps,
                  decay):
     """Apply one optimizer step to params[lo:hi] given its gradient grad[lo:hi]
@@ -38,27 +38,57 @@ def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1
 
     ``lr`` is already Adam's bias-corrected step size when kind == ADAM.  All
     hyperparameters arrive in the parameters' dtype, so no float64 promotion.
+    Returns 0.0 when every new value is finite, NaN otherwise: the overflow
+    probe of the training step, taken in the same pass (as a second pass over
+    200k float32 values it cost 66 us, the update itself 29 us, znver5).
+
+    The loops run over views from index 0: with ``range(lo, hi)`` numba's
+    negative-index wraparound kept LLVM from vectorising them (0.7 ns per
+    float32 momentum update on znver5; 16 lanes at a time after, 4.7x faster).
+    No fast-math flags at all: elementwise arithmetic gains nothing from
+    reassociation, and with 'contract' LLVM fused the terms of
+    b1 m + (1 - b1) g into a multiply-add one way in one compiled copy of this
+    loop and the other way in another (a one-chunk Dask fit and the local fit
+    then differed in the last bit, tests/test_dask.py); IEEE operations give
+    the same bits in every copy, vector lanes and remainder alike.
     """
     one = params.dtype.type(1)
+    n = hi - lo
+    p = params[lo:hi]
+    g = grad[lo:hi]
+    s1 = state1[lo:hi]
+    s2 = state2[lo:hi] if kind == ADAM else state2[:0]
+    # new - new is 0 for a finite value and NaN for inf or NaN; an OR of the
+    # comparisons vectorises (a float sum would need reassociation)
+    nonfinite = False
     if kind == SGD:
-        for i in range(lo, hi):
-            params[i] -= lr * (grad[i] + decay * params[i])
+        for i in range(n):
+            new = p[i] - lr * (g[i] + decay * p[i])
+            p[i] = new
+            nonfinite |= new - new != 0
     elif kind == MOMENTUM:
-        for i in range(lo, hi):
-            v = momentum * state1[i] - lr * (grad[i] + decay * params[i])
-            state1[i] = v
-            params[i] += v
+        for i in range(n):
+            v = momentum * s1[i] - lr * (g[i] + decay * p[i])
+            s1[i] = v
+            new = p[i] + v
+            p[i] = new
+            nonfinite |= new - new != 0
     elif kind == NESTEROV:
-        for i in range(lo, hi):
-            g = grad[i] + decay * params[i]
-            v = momentum * state1[i] - lr * g
-            state1[i] = v
-            params[i] += momentum * v - lr * g
+        for i in range(n):
+            gi = g[i] + decay * p[i]
+            v = momentum * s1[i] - lr * gi
+            s1[i] = v
+            new = p[i] + (momentum * v - lr * gi)
+            p[i] = new
+            nonfinite |= new - new != 0
     else:
-        for i in range(lo, hi):
-            g = grad[i] + decay * params[i]
-            m = beta1 * state1[i] + (one - beta1) * g
-            v = beta2 * state2[i] + (one - beta2) * g * g
-            state1[i] = m
-            state2[i] = v
-            params[i] -= lr * m / (np.sqrt(v) + eps)
+        for i in range(n):
+            gi = g[i] + decay * p[i]
+            m = beta1 * s1[i] + (one - beta1) * gi
+            v = beta2 * s2[i] + (one - beta2) * gi * gi
+            s1[i] = m
+            s2[i] = v
+            new = p[i] - lr * m / (np.sqrt(v) + eps)
+            p[i] = new
+            nonfinite |= new - new != 0
+    return np.nan if nonfinite else 0.0

@@ -143,15 +143,6 @@ def gradient_only(params, l2):
 
 
 @jit
-def sum_values(values, lo, hi, total):
-    """total + sum of values[lo:hi], in float64 and in order (the overflow probe:
-    0 times it is +0 while every value is finite, NaN once one is not)."""
-    for i in range(lo, hi):
-        total += np.float64(values[i])
-    return total
-
-
-@jit
 def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1):
     """delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}) for rows r0:r1, l = L-1..1.
 
@@ -261,10 +252,10 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     """Rows i0:i1 of W_l (and b_l with the block at row 0), whose gradient is
     ``g_rows`` (flat): the L2 term, then the optimizer step and W_l^T of the
     new rows (``update.apply``), or else the L2 term added to the gradient.
-    Returns lambda * sum W^2 over the rows (before the step), plus 0 times the
-    sum of the updated values: +0 while they are finite, NaN once one is not,
-    so an update that overflowed shows in the step's loss at no extra pass
-    over memory (the rows are still in cache)."""
+    Returns lambda * sum W^2 over the rows (before the step), plus update_range's
+    probe: +0 while the updated values are finite, NaN once one is not, so an
+    update that overflowed shows in the step's loss at no extra pass over
+    memory."""
     params = net.params
     l2 = update.l2
     k = net.dims[l]
@@ -274,20 +265,18 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     squares = sum_squares(params, lo, hi, 0.0) if l2 != 0 else 0.0
     if update.apply:
         u = update
-        update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], FIRST, hi - lo,
-                     u.kind, u.lr, u.momentum, u.beta1, u.beta2, u.eps, l2)
+        probe = update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], FIRST,
+                             hi - lo, u.kind, u.lr, u.momentum, u.beta1, u.beta2, u.eps, l2)
         if i0 == 0:  # the bias: no weight decay
             b0 = net.offs[l] + k * n
-            update_range(params, work.grad, u.state1, u.state2, b0, b0 + n, u.kind, u.lr,
-                         u.momentum, u.beta1, u.beta2, u.eps, params.dtype.type(0))
+            probe += update_range(params, work.grad, u.state1, u.state2, b0, b0 + n, u.kind,
+                                  u.lr, u.momentum, u.beta1, u.beta2, u.eps,
+                                  params.dtype.type(0))
         if l >= 1:
             W, _ = layer_weights(params, net.offs, net.dims, l)
             WT_l = work.WT[net.offs[l]:net.offs[l] + k * n].reshape((n, k))
             pack_transpose(W[i0:i1], WT_l[:, i0:i1])
-        probe = sum_values(params, lo, hi, 0.0)
-        if i0 == 0:
-            probe = sum_values(params, net.offs[l] + k * n, net.offs[l] + k * n + n, probe)
-        return np.float64(l2) * squares + 0.0 * probe
+        return np.float64(l2) * squares + probe
     elif l2 != 0:
         for i in range(hi - lo):
             g_rows[i] += l2 * params[lo + i]
