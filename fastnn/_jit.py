@@ -6,16 +6,27 @@ them everywhere, and the on-disk cache key stays consistent.
 """
 import os
 
-# numba's 'omp' threading layer (GNU OpenMP) spins its idle threads by default.
-# When anything else wants the cores -- the user's NumPy/OpenBLAS threads, another
-# process -- the spinning threads and the working ones fight, and a training
-# step with two parallel regions per batch collapsed (measured on the 2-core
-# machine: spiral 2-100-3 at 2 threads fell from ~1.3-2.0 M to 17-27 k
-# samples/s under load; with passive waiting it kept 1.3-2.0 M).  libgomp reads
-# this when it is loaded, which numba does lazily at the first parallel call,
-# so setting it here (before any fastnn kernel runs) is in time; setdefault
-# keeps a value the user chose.  No effect if libgomp was loaded earlier.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numba's 'omp' threading layer (GNU OpenMP) lets an idle thread spin for a
+# while before it sleeps.  A training step is two parallel regions a few
+# microseconds apart, so how long the threads spin decides what each region
+# costs (measured on a 2-core znver5: an empty 2-thread region 1.4 us when
+# the threads are still spinning, 25-50 us when they must be woken):
+# - libgomp's default (300000 spins, milliseconds) made threads that spin
+#   fight the user's BLAS threads and other processes for the cores (spiral
+#   at 2 threads under load: 17-27k samples/s, against 1.3-2.0M sleeping);
+# - sleeping at once (OMP_WAIT_POLICY=PASSIVE, this package's earlier
+#   setting) pays the wake-up twice a step: mnist (784-256-10, batch 128) at
+#   2 threads 469-502 us a step;
+# - GOMP_SPINCOUNT=1000 (20-40 us of spinning) covers the gap between the
+#   regions of a step but not much more: 340-350 us a step idle; with
+#   another process busy on one of the two cores 728-740 us, against 625-634
+#   sleeping.
+# So 1000, unless the user chose a policy or a spin count.  libgomp reads
+# these when it is loaded, which numba does lazily at the first parallel
+# call, so setting them here (before any fastnn kernel runs) is in time; no
+# effect if libgomp was loaded earlier.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 import numba  # noqa: E402
 
