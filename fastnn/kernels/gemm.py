@@ -69,39 +69,6 @@ NC = 2048           # columns per block
 ROW_KERNEL_BELOW = 4
 
 
-@jit(inline="always")  # inlined: the branch folds into the caller's loop
-def _tile(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H):
-    """One register tile at origin = (i, j, p):
-    C[i:i+m_valid, j:j+n_valid] (+)= A[i:i+m_valid, p:p+kc] B[p:p+kc, j:j+n_valid],
-    then the in-register epilogue ``epi`` (microkernel.EPI_*)."""
-    vl = VECTOR_BYTES // C.itemsize
-    if n_valid == NV * vl:
-        uk.tile_full(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
-    elif n_valid <= vl:
-        uk.tile_edge1(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
-    else:
-        uk.tile_edge(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
-
-
-@jit(inline="always")
-def _row(kc, A, B, C, origin, n_valid, accumulate, epi, bias, H):
-    """One row at origin = (i, j, p): C[i, j:j+n_valid] (+)= A[i, p:p+kc]
-    B[p:p+kc, j:j+n_valid], with the widest kernel that fits; returns the
-    number of columns done (n_valid or fewer)."""
-    vl = VECTOR_BYTES // C.itemsize
-    if n_valid >= uk.ROW_VECTORS * vl:
-        uk.row_wide(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
-        return uk.ROW_VECTORS * vl
-    if n_valid >= NV * vl:
-        uk.row_full(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
-        return NV * vl
-    if n_valid <= vl:
-        uk.row_edge1(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
-    else:
-        uk.row_edge(kc, A, B, C, origin, _ONE, n_valid, accumulate, epi, bias, H)
-    return n_valid
-
-
 @jit(inline="always")
 def _register_epilogue(mode, code):
     """The part of the epilogue the micro-kernel applies in registers
@@ -157,7 +124,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
             C[:, :] = 0
         _epilogue(C, _ZERO, M, _ZERO, N, mode, code, bias, H)
         return
-    nr = NV * (VECTOR_BYTES // C.itemsize)
+    vl = VECTOR_BYTES // C.itemsize    # lanes per vector (a division: once per call)
+    nr = NV * vl
+    wide = uk.ROW_VECTORS * vl
     epi = _register_epilogue(mode, code)
     # what is left for the row loops: sigmoid and tanh (identity' is nothing)
     rows_epilogue = epi == _EPI_NONE and (mode == EPI_BIAS_ACT or (mode == EPI_DERIV
@@ -167,6 +136,11 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW else M - M % MR
     n_kblocks = (K + KC - 1) // KC
     kb = (K + n_kblocks - 1) // n_kblocks   # K in equal blocks: the same for every row
+    # The micro-kernels are called right here, the choice of variant written
+    # out in the loops: through a helper function (even inline="always") numba
+    # increfs and decrefs every array argument at each call, ten atomic NRT
+    # calls a tile, which cost about 80 ns a tile (half of a 300 x 2 x 100
+    # product; asm of gemm_strided, znver5).
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
         for pc in range(0, K, kb):
@@ -179,16 +153,41 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                 for jr in range(jc, jc_end, nr):
                     n_valid = min(nr, jc_end - jr)
                     for ir in range(ic, ic_end, MR):
+                        # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]
                         m_valid = min(MR, ic_end - ir)
-                        _tile(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add, epi_now,
-                              bias, H)
+                        if n_valid == nr:
+                            uk.tile_full(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
+                                         epi_now, bias, H)
+                        elif n_valid <= vl:
+                            uk.tile_edge1(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
+                                          epi_now, bias, H)
+                        else:
+                            uk.tile_edge(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
+                                         epi_now, bias, H)
                         if last and rows_epilogue:
                             _epilogue(C, ir, ir + m_valid, jr, jr + n_valid, mode, code,
                                       bias, H)
             for r in range(m_tiles, M):
+                # one row at a time, with the widest one-row kernel that fits
                 jr = jc
                 while jr < jc_end:
-                    done = _row(kc, A, B, C, (r, jr, pc), jc_end - jr, add, epi_now, bias, H)
+                    n_left = jc_end - jr
+                    if n_left >= wide:
+                        done = wide
+                        uk.row_wide(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
+                                    bias, H)
+                    elif n_left >= nr:
+                        done = nr
+                        uk.row_full(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
+                                    bias, H)
+                    elif n_left <= vl:
+                        done = n_left
+                        uk.row_edge1(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
+                                     bias, H)
+                    else:
+                        done = n_left
+                        uk.row_edge(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
+                                    bias, H)
                     if last and rows_epilogue:
                         _epilogue(C, r, r + 1, jr, jr + done, mode, code, bias, H)
                     jr += done
