@@ -240,7 +240,9 @@ class ClusterData:
 
     ``shape`` is (rows, features) of the whole data, so the Trainer's loop
     can use an instance where it uses X.  ``stats`` counts what moved:
-    ``steps``, ``round_trips``, ``bytes_out`` / ``bytes_in`` (array payloads
+    ``steps``, ``round_trips``, ``actors`` (worker-side actors, one per
+    worker holding shards, in the last step: the parameters go to each),
+    ``bytes_out`` / ``bytes_in`` (array payloads
     sent to and received from the workers), ``epoch_bytes_out`` (positions
     sent at epoch starts), ``recoveries``, ``step_seconds`` (wall time of
     the steps), ``wait_seconds`` (the part spent waiting for the workers),
@@ -262,8 +264,8 @@ class ClusterData:
         self._actor_futures = []
         self._actor_key = None
         self._plans = None
-        self.stats = dict(steps=0, round_trips=0, bytes_out=0, bytes_in=0, epoch_bytes_out=0,
-                          recoveries=0, step_seconds=0.0, wait_seconds=0.0,
+        self.stats = dict(steps=0, round_trips=0, actors=0, bytes_out=0, bytes_in=0,
+                          epoch_bytes_out=0, recoveries=0, step_seconds=0.0, wait_seconds=0.0,
                           slowest_seconds=0.0, compute_seconds=0.0)
 
     # ---------------------------------------------------------- actors
@@ -389,6 +391,7 @@ class ClusterData:
                     grad += g
             self.stats["bytes_out"] += params.nbytes * len(self.actors)
             self.stats["round_trips"] += 1
+            self.stats["actors"] = len(self.actors)
             if not np.isfinite(batch_loss):
                 trainer.steps += steps
                 return loss_total / weight_total if weight_total else float("nan"), None, False

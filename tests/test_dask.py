@@ -73,7 +73,10 @@ def test_fit_runs_on_the_workers_and_predictions_are_lazy(client):
     stats = est.cluster_stats_
     n_params = est._network.params.size
     assert stats["bytes_in"] == 4 * steps * n_params * 4
-    assert stats["bytes_out"] == stats["round_trips"] * n_params * 4 * len(client.nthreads())
+    # the parameters go once per round trip to each worker holding shards (both
+    # workers, unless the scheduler placed every chunk on one of them: seen in CI)
+    assert 1 <= stats["actors"] <= len(client.nthreads())
+    assert stats["bytes_out"] == stats["round_trips"] * n_params * 4 * stats["actors"]
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
