@@ -249,7 +249,6 @@ def tile_edges(dtype):
 
 
 ROW_EDGES = sorted({1, 2, G.ROW_KERNEL_BELOW - 1, G.ROW_KERNEL_BELOW, G.MR - 1, G.MR, G.MR + 1,
-                    G.NARROW_ROWS - 1, G.NARROW_ROWS, G.NARROW_ROWS + 1,
                     G.MC - 1, G.MC + 1, 2 * G.MC + G.MR + 2})
 K_EDGES = (1, 7, G.KC - 1, G.KC, G.KC + 1, 2 * G.KC + 7)
 
@@ -314,11 +313,11 @@ def test_gemm_rows_do_not_depend_on_the_other_rows(rng, dtype):
     Cp = np.empty((m, n), dtype)
     G.gemm(np.ascontiguousarray(A[perm]), B, Cp, 0, G.EPI_STORE, act.IDENTITY, Cp[0], Cp)
     np.testing.assert_array_equal(Cp, C[perm])
-    for i in (0, 1, G.MR, G.NARROW_ROWS + 1, m - 1):
+    for i in (0, 1, G.MR, m - 1):
         row = np.empty((1, n), dtype)
         G.gemm(A[i:i + 1], B, row, 0, G.EPI_STORE, act.IDENTITY, row[0], row)
         np.testing.assert_array_equal(row[0], C[i])
-    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1, G.NARROW_ROWS + 1):
+    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1):
         part = np.empty((r, n), dtype)
         G.gemm(A[5:5 + r], B, part, 0, G.EPI_STORE, act.IDENTITY, part[0], part)
         np.testing.assert_array_equal(part, C[5:5 + r])

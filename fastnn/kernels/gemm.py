@@ -55,14 +55,13 @@ EPI_BIAS_ACT = 1
 EPI_DERIV = 2
 
 MR = uk.MR          # rows of the register tile
-NARROW_ROWS = uk.NARROW_ROWS  # rows of the tile one vector wide (MR or 2 MR)
 NV = uk.NV          # vectors per tile row
 VECTOR_BYTES = uk.VECTOR_BITS // 8
 # K block, at most KC, K split into equal blocks (784 = 4 x 196).  The KC x NR
 # panel of B streams from L2 for each tile; B is read in place, so with 4 kB
 # between its rows (n = 1024 float32) longer panels overflow L2's 16 ways.
 KC = 256
-MC = 16 * MR        # rows of A per block (a multiple of NARROW_ROWS too) (96 x 256 float32 = 96 kB, in L2)
+MC = 16 * MR        # rows of A per block (96 x 256 float32 = 96 kB, in L2)
 NC = 2048           # columns per block
 # Fewer rows than this at the bottom edge go through the one-row kernel, once
 # per row (a full-height tile would compute MR rows to keep a few).  Either
@@ -153,13 +152,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                 ic_end = min(m_tiles, ic + MC)
                 for jr in range(jc, jc_end, nr):
                     n_valid = min(nr, jc_end - jr)
-                    # tiles one vector wide (an output layer of up to vl classes)
-                    # are NARROW_ROWS tall: MR rows give MR multiply-add chains,
-                    # too few to hide the FMA latency when each row is one vector
-                    rows = NARROW_ROWS if n_valid <= vl else MR
-                    for ir in range(ic, ic_end, rows):
+                    for ir in range(ic, ic_end, MR):
                         # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]
-                        m_valid = min(rows, ic_end - ir)
+                        m_valid = min(MR, ic_end - ir)
                         if n_valid == nr:
                             uk.tile_full(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
                                          epi_now, bias, H)

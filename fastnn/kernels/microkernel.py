@@ -335,15 +335,8 @@ def _suffix(fty):
 # accumulators hide the FMA latency that a single row exposes), then NV
 # vectors, then the same two edge kernels.
 ROW_VECTORS = 4 * NV
-# The right-edge tile one vector wide is twice as tall on AVX-512: with one
-# vector a row, MR rows are MR chains of dependent multiply-adds, fewer than
-# the FMA units can overlap (each element's sum is the same chain in the same
-# order either way).  znver5, float32, 1 thread: 300 x 100 x 3 6.40 -> 5.92 us,
-# 128 x 256 x 10 7.22 -> 6.79 us.  Compiled for haswell (16 ymm registers) the
-# taller tile made 300 x 2 x 100 slower (3.1 -> 4.2 us), so AVX2 keeps MR.
-NARROW_ROWS = 2 * MR if VECTOR_BITS == 512 else MR
 tile_full = _make_microkernel(MR, NV, MASK_NONE)
-tile_edge1 = _make_microkernel(NARROW_ROWS, 1, MASK_LAST)
+tile_edge1 = _make_microkernel(MR, 1, MASK_LAST)
 tile_edge = _make_microkernel(MR, NV, MASK_ALL)
 row_wide = _make_microkernel(1, ROW_VECTORS, MASK_NONE)
 row_full = _make_microkernel(1, NV, MASK_NONE)
