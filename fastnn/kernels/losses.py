@@ -61,7 +61,7 @@ def output_transform(Z, output):
         sigmoid_rows(Z)
 
 
-@jit
+@jit(inline="always")
 def _argmax(M, i):
     """The first column of row i of M holding the row's largest value."""
     best = 0
