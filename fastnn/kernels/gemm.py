@@ -139,7 +139,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     # The micro-kernels are called right here, the choice of variant written
     # out in the loops: through a helper function (even inline="always") numba
     # increfs and decrefs every array argument at each call, ten atomic NRT
-    # calls a tile, which cost about 80 ns a tile (half of a 300 x 2 x 100
+    # calls a tile, which cost about 80 ns a tile (two thirds of a 300 x 2 x 100
     # product; asm of gemm_strided, znver5).
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
