@@ -13,7 +13,7 @@ L2 weight decay enters as g += lambda p on weights (never on biases).
 """
 import numpy as np
 
-from .._jit import STRICT_FASTMATH, jit
+from .._jit import jit
 
 SGD = 0
 MOMENTUM = 1
@@ -57,22 +57,21 @@ def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1
     p = params[lo:hi]
     g = grad[lo:hi]
     s1 = state1[lo:hi]
-    s2 = state2[lo:hi] if kind == ADAM else state2[:0]
-    # new - new is 0 for a finite value and NaN for inf or NaN; an OR of the
-    # comparisons vectorises (a float sum would need reassociation)
+    s2 = state2[lo:hi]
+    # an OR of the per-value tests vectorises (a float sum would need reassociation)
     nonfinite = False
     if kind == SGD:
         for i in range(n):
             new = p[i] - lr * (g[i] + decay * p[i])
             p[i] = new
-            nonfinite |= new - new != 0
+            nonfinite |= not np.isfinite(new)
     elif kind == MOMENTUM:
         for i in range(n):
             v = momentum * s1[i] - lr * (g[i] + decay * p[i])
             s1[i] = v
             new = p[i] + v
             p[i] = new
-            nonfinite |= new - new != 0
+            nonfinite |= not np.isfinite(new)
     elif kind == NESTEROV:
         for i in range(n):
             gi = g[i] + decay * p[i]
@@ -80,7 +79,7 @@ def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1
             s1[i] = v
             new = p[i] + (momentum * v - lr * gi)
             p[i] = new
-            nonfinite |= new - new != 0
+            nonfinite |= not np.isfinite(new)
     else:
         for i in range(n):
             gi = g[i] + decay * p[i]
@@ -90,5 +89,5 @@ def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1
             s2[i] = v
             new = p[i] - lr * m / (np.sqrt(v) + eps)
             p[i] = new
-            nonfinite |= new - new != 0
+            nonfinite |= not np.isfinite(new)
     return np.nan if nonfinite else 0.0

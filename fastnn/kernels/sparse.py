@@ -187,14 +187,14 @@ def sparse_weight_rows(sw, delta, i0, i1, dW):
     zero = dW.dtype.type(0)
     col_ptr, t_rows, t_vals = sw.col_ptr, sw.t_rows, sw.t_vals
     for j in range(i0, i1):   # (2-D indexing, no row views: see sparse_rows_forward)
-        g = j - i0
+        row = j - i0
         for c in range(n):
-            dW[g, c] = zero
+            dW[row, c] = zero
         for q in range(col_ptr[j], col_ptr[j + 1]):
             v = t_vals[q]
             r = t_rows[q]
             for c in range(n):
-                dW[g, c] += v * delta[r, c]
+                dW[row, c] += v * delta[r, c]
 
 
 @jit
