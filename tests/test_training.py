@@ -10,7 +10,7 @@ import pytest
 
 import fastnn
 
-from .conftest import central_difference
+from .conftest import central_difference, rows_off_relu_kinks
 
 
 def make_problem(rng, sizes, output, n):
@@ -48,6 +48,8 @@ def test_gradient_matches_finite_differences(rng, activation, depth, l2):
         b[:] = rng.uniform(0.05, 0.5, b.shape)
     # 37 rows: several shards of unequal size, so the shard reduction is checked too
     X, y = make_problem(rng, sizes, "softmax", 37)
+    keep = rows_off_relu_kinks(net, X)
+    X, y = X[keep], y[keep]
     err = finite_difference_error(fastnn.Trainer(net, l2=l2), X, y)
     assert err < 1e-6, f"relative gradient error {err:.3g} for {sizes} {activation}"
 
@@ -65,7 +67,9 @@ def test_gradient_of_a_large_batch(rng, activation):
     for b in net.biases:
         b[:] = rng.uniform(0.05, 0.5, b.shape)
     X, y = make_problem(rng, sizes, "softmax", 600)
-    assert 600 > 2 * KC and 600 > 4 * LOSS_GROUP_ROWS
+    keep = rows_off_relu_kinks(net, X)
+    X, y = X[keep], y[keep]
+    assert len(X) > 2 * KC and len(X) > 4 * LOSS_GROUP_ROWS
     err = finite_difference_error(fastnn.Trainer(net, l2=0.1), X, y)
     assert err < 1e-6
 
