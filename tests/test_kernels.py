@@ -249,7 +249,8 @@ def tile_edges(dtype):
 
 
 ROW_EDGES = sorted({1, 2, G.ROW_KERNEL_BELOW - 1, G.ROW_KERNEL_BELOW, G.MR - 1, G.MR, G.MR + 1,
-                    G.MC - 1, G.MC + 1, 2 * G.MC + G.MR + 2})
+                    G.PACK_MIN_ROWS - 1, G.PACK_MIN_ROWS, G.MC - 1, G.MC + 1,
+                    2 * G.MC + G.MR + 2})
 K_EDGES = (1, 7, G.KC - 1, G.KC, G.KC + 1, 2 * G.KC + 7)
 
 
@@ -279,9 +280,10 @@ def test_gemm_tile_edges(rng, dtype, m, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_writes_only_its_block(rng, dtype):
+@pytest.mark.parametrize("m", [13, G.PACK_MIN_ROWS + 1])   # B in place, B's panels packed
+def test_gemm_writes_only_its_block(rng, dtype, m):
     """Views into bigger arrays: nothing outside C's block is read into it or written."""
-    m, k, n = 13, 37, lanes(dtype) * UK.NV + 5
+    k, n = 37, 2 * lanes(dtype) * UK.NV + 5
     big_C = np.full((m + 4, n + 9), 7.0, dtype)
     big_B = np.full((k + 3, n + 9), np.nan, dtype)
     big_A = np.full((m + 2, k + 5), np.nan, dtype)
@@ -317,7 +319,8 @@ def test_gemm_rows_do_not_depend_on_the_other_rows(rng, dtype):
         row = np.empty((1, n), dtype)
         G.gemm(A[i:i + 1], B, row, 0, G.EPI_STORE, act.IDENTITY, row[0], row)
         np.testing.assert_array_equal(row[0], C[i])
-    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1):
+    # (PACK_MIN_ROWS rows: B's panels packed; one row fewer: B read in place)
+    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1, G.PACK_MIN_ROWS - 1, G.PACK_MIN_ROWS):
         part = np.empty((r, n), dtype)
         G.gemm(A[5:5 + r], B, part, 0, G.EPI_STORE, act.IDENTITY, part[0], part)
         np.testing.assert_array_equal(part, C[5:5 + r])

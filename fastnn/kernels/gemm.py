@@ -19,7 +19,9 @@ microkernel.py:
     for jc in N, step NC            columns of C (and B) in blocks
       for pc in K, step KC          the shared dimension in blocks: kc rows of B
         for ic in M, step MC        rows of C (and A): an MC x kc block of A in L2
-          for jr in jc block, step NR    a kc x NR panel of B, in L1/L2
+          for jr in jc block, step NR    a kc x NR panel of B, packed into
+                                         contiguous rows (L1) when at least
+                                         PACK_MIN_ROWS rows share it
             for ir in ic block, step MR  one MR x NR tile of C in registers:
               C[ir, jr] (+)= A[ir, pc] B[pc, jr]    (the micro-kernel)
         for the last M % MR rows (when fewer than ROW_KERNEL_BELOW):
@@ -67,6 +69,10 @@ NC = 2048           # columns per block
 # per row (a full-height tile would compute MR rows to keep a few).  Either
 # way each row gets the same arithmetic.
 ROW_KERNEL_BELOW = 4
+# B's panels are packed when at least this many rows of tiles use each one:
+# the copy (kc x NR elements) then costs under 5 % of the panel's FMAs, and
+# a one-row prediction or a 16-row batch reads B in place as before.
+PACK_MIN_ROWS = 4 * MR
 
 
 @jit(inline="always")
@@ -141,6 +147,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     # increfs and decrefs every array argument at each call, ten atomic NRT
     # calls a tile, which cost about 80 ns a tile (two thirds of a 300 x 2 x 100
     # product; asm of gemm_strided, znver5).
+    # B panels are packed (pack_panel) when enough tiles share each one
+    pack = m_tiles >= PACK_MIN_ROWS and N >= nr
+    panel = _panel_buffer(kb if pack else 0, nr, C)
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
         for pc in range(0, K, kb):
@@ -152,18 +161,24 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                 ic_end = min(m_tiles, ic + MC)
                 for jr in range(jc, jc_end, nr):
                     n_valid = min(nr, jc_end - jr)
+                    # the panel B[pc:pc+kc, jr:jr+nr]: packed (full panels) or in place
+                    Bp, pb, jb = B, pc, jr
+                    if pack and n_valid == nr:
+                        uk.pack_panel(kc, B, (pc, jr), panel)
+                        Bp, pb, jb = panel, _ZERO, _ZERO
                     for ir in range(ic, ic_end, MR):
                         # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]
                         m_valid = min(MR, ic_end - ir)
+                        origin = (ir, jr, pc, pb, jb)
                         if n_valid == nr:
-                            uk.tile_full(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
-                                         epi_now, bias, H)
+                            uk.tile_full(kc, A, Bp, C, origin, m_valid, n_valid, add, epi_now,
+                                         bias, H)
                         elif n_valid <= vl:
-                            uk.tile_edge1(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
-                                          epi_now, bias, H)
+                            uk.tile_edge1(kc, A, Bp, C, origin, m_valid, n_valid, add, epi_now,
+                                          bias, H)
                         else:
-                            uk.tile_edge(kc, A, B, C, (ir, jr, pc), m_valid, n_valid, add,
-                                         epi_now, bias, H)
+                            uk.tile_edge(kc, A, Bp, C, origin, m_valid, n_valid, add, epi_now,
+                                         bias, H)
                         if last and rows_epilogue:
                             _epilogue(C, ir, ir + m_valid, jr, jr + n_valid, mode, code,
                                       bias, H)
@@ -172,25 +187,34 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                 jr = jc
                 while jr < jc_end:
                     n_left = jc_end - jr
+                    origin = (r, jr, pc, pc, jr)
                     if n_left >= wide:
                         done = wide
-                        uk.row_wide(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
-                                    bias, H)
+                        uk.row_wide(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
                     elif n_left >= nr:
                         done = nr
-                        uk.row_full(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
-                                    bias, H)
+                        uk.row_full(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
                     elif n_left <= vl:
                         done = n_left
-                        uk.row_edge1(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
-                                     bias, H)
+                        uk.row_edge1(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
                     else:
                         done = n_left
-                        uk.row_edge(kc, A, B, C, (r, jr, pc), _ONE, done, add, epi_now,
-                                    bias, H)
+                        uk.row_edge(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
                     if last and rows_epilogue:
                         _epilogue(C, r, r + 1, jr, jr + done, mode, code, bias, H)
                     jr += done
+
+
+@jit(inline="always")
+def _panel_buffer(rows, nr, C):
+    """A rows x nr buffer of C's dtype for one packed panel of B (0 rows: none
+    needed), allocated once per product, never per tile, and started on a
+    64-byte boundary (numba aligns to 32), so that no vector load of the
+    panel straddles two cache lines (a zmm load that does costs 10-25 %)."""
+    pad = 64 // C.itemsize
+    flat = np.empty(rows * nr + pad, C.dtype)
+    start = (64 - flat.ctypes.data % 64) % 64 // C.itemsize
+    return flat[start:start + rows * nr].reshape((rows, nr))
 
 
 @jit(inline="always")
