@@ -279,15 +279,43 @@ def test_gemm_tile_edges(rng, dtype, m, k):
         assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
 
 
+def packed_a_columns(dtype):
+    """Columns enough for gemm to pack A's rows (A a transposed view)."""
+    return G.PACK_A_MIN_PANELS * UK.NV * lanes(dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [13, G.PACK_MIN_ROWS + 1])   # B in place, B's panels packed
-def test_gemm_writes_only_its_block(rng, dtype, m):
+@pytest.mark.parametrize("m", ROW_EDGES)
+@pytest.mark.parametrize("k", K_EDGES)
+def test_gemm_packed_a_edges(rng, dtype, m, k):
+    """C (+)= A B with A a transposed view wide enough for A's rows to be
+    packed into micro-panels (the weight gradient's a^T), at every row and K
+    edge, with the last panel of B full and partial."""
+    for n in (packed_a_columns(dtype), packed_a_columns(dtype) + lanes(dtype) + 3):
+        A = np.ascontiguousarray(rand(rng, (k, m), dtype)).T
+        B = rand(rng, (k, n), dtype)
+        C0 = rand(rng, (m, n), dtype)
+        C = C0.copy()
+        G.gemm(A, B, C, 1, G.EPI_STORE, act.IDENTITY, C[0], C)
+        assert_close(C, C0.astype(np.float64) + gemm_ref(A, B), dtype, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,wide,transposed", [
+    (13, False, False),                     # B read in place
+    (G.PACK_MIN_ROWS + 1, False, False),    # B's panels packed
+    (G.PACK_MIN_ROWS + 1, True, True)])     # B's panels and A's rows packed
+def test_gemm_writes_only_its_block(rng, dtype, m, wide, transposed):
     """Views into bigger arrays: nothing outside C's block is read into it or written."""
-    k, n = 37, 2 * lanes(dtype) * UK.NV + 5
+    k = 37
+    n = packed_a_columns(dtype) + 5 if wide else 2 * lanes(dtype) * UK.NV + 5
     big_C = np.full((m + 4, n + 9), 7.0, dtype)
     big_B = np.full((k + 3, n + 9), np.nan, dtype)
     big_A = np.full((m + 2, k + 5), np.nan, dtype)
     A = big_A[1:1 + m, 2:2 + k]
+    if transposed:
+        big_A = np.full((k + 5, m + 2), np.nan, dtype)
+        A = big_A[2:2 + k, 1:1 + m].T
     B = big_B[:k, 3:3 + n]
     C = big_C[2:2 + m, 4:4 + n]
     A[:] = rand(rng, (m, k), dtype)
@@ -308,6 +336,15 @@ def test_gemm_rows_do_not_depend_on_the_other_rows(rng, dtype):
     n = lanes(dtype) * UK.NV + 3
     m = 2 * G.MC + 5
     A = rand(rng, (m, k), dtype)
+    # A read down its columns, with B wide enough that A's rows are packed:
+    # the same sums as A read in place
+    nw = packed_a_columns(dtype) + 3
+    Bw = rand(rng, (k, nw), dtype)
+    Cw = np.empty((m, nw), dtype)
+    G.gemm(A, Bw, Cw, 0, G.EPI_STORE, act.IDENTITY, Cw[0], Cw)
+    Cwt = np.empty((m, nw), dtype)
+    G.gemm(np.ascontiguousarray(A.T).T, Bw, Cwt, 0, G.EPI_STORE, act.IDENTITY, Cwt[0], Cwt)
+    np.testing.assert_array_equal(Cwt, Cw)
     B = rand(rng, (k, n), dtype)
     C = np.empty((m, n), dtype)
     G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C)

@@ -17,11 +17,14 @@ The loop nest is BLIS's (Van Zee & van de Geijn), around the register tile of
 microkernel.py:
 
     for jc in N, step NC            columns of C (and B) in blocks
-      for pc in K, step KC          the shared dimension in blocks: kc rows of B
-        for ic in M, step MC        rows of C (and A): an MC x kc block of A in L2
-          for jr in jc block, step NR    a kc x NR panel of B, packed into
-                                         contiguous rows (L1) when at least
-                                         PACK_MIN_ROWS rows share it
+      for pc in K, step KC          the shared dimension in blocks: kc rows of B,
+                                    their full kc x NR panels packed one after
+                                    another (when at least PACK_MIN_ROWS rows
+                                    share them)
+        for ic in M, step MC        rows of C (and A): an MC x kc block of A in
+                                    L2, packed into MR x kc micro-panels when A
+                                    is read down its columns (a^T)
+          for jr in jc block, step NR    a kc x NR panel of B (in L1)
             for ir in ic block, step MR  one MR x NR tile of C in registers:
               C[ir, jr] (+)= A[ir, pc] B[pc, jr]    (the micro-kernel)
         for the last M % MR rows (when fewer than ROW_KERNEL_BELOW):
@@ -71,8 +74,17 @@ NC = 2048           # columns per block
 ROW_KERNEL_BELOW = 4
 # B's panels are packed when at least this many rows of tiles use each one:
 # the copy (kc x NR elements) then costs under 5 % of the panel's FMAs, and
-# a one-row prediction or a 16-row batch reads B in place as before.
+# a one-row prediction or a 16-row batch reads B in place as before.  A K
+# block's panels are packed once per product (not once per MC rows: 6 times
+# for 512 rows) into one slab.
 PACK_MIN_ROWS = 4 * MR
+# A's rows are packed (pack_a_panel, MR x kc micro-panels) when A is a
+# transposed view and at least this many panels of B share each packed block:
+# the copy, about 0.4 ns an element (znver3), is then under 4 % of the FMAs
+# it serves.  A read along its rows (forward, backward) is left in place: its
+# MR rows stream from L2 (packing them measured no faster).
+PACK_A_MIN_PANELS = 8
+
 
 
 @jit(inline="always")
@@ -147,37 +159,58 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     # increfs and decrefs every array argument at each call, ten atomic NRT
     # calls a tile, which cost about 80 ns a tile (two thirds of a 300 x 2 x 100
     # product; asm of gemm_strided, znver5).
-    # B panels are packed (pack_panel) when enough tiles share each one
+    # B's full panels are packed (pack_panel) when enough tiles share each one:
+    # the K block's kc x (jc block) slab once per (jc, pc), panel after panel.
+    # Nothing is allocated when nothing is packed (C[:0]: an empty view of
+    # C's type), so a one-row prediction allocates nothing here.
     pack = m_tiles >= PACK_MIN_ROWS and N >= nr
-    panel = _panel_buffer(kb if pack else 0, nr, C)
+    slab = _panel_buffer(kb * (min(N, NC) // nr), nr, C) if pack else C[:0]
+    # A's rows are packed too when A is read down its columns (a^T of the
+    # weight gradient) and enough panels of B reuse each packed block
+    pack_a = pack and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
+    a_view = _panel_buffer(kb * (MC // MR), MR, C).T if pack_a else C[:0].T
+    a_buf = a_view.T
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
+        full_end = jc + (jc_end - jc) // nr * nr    # columns in full panels
         for pc in range(0, K, kb):
             kc = min(kb, K - pc)
             add = accumulate != 0 or pc > 0
             last = pc + kc == K
             epi_now = epi if last else _EPI_NONE
+            if pack:
+                for jr in range(jc, full_end, nr):
+                    q = (jr - jc) // nr
+                    uk.pack_panel(kc, B, (pc, jr), slab[q * kb:q * kb + kc])
             for ic in range(0, m_tiles, MC):
                 ic_end = min(m_tiles, ic + MC)
+                Ap = A
+                if pack_a:
+                    for ir in range(ic, ic_end, MR):
+                        uk.pack_a_panel(kc, A, (ir, pc), min(MR, ic_end - ir), a_buf,
+                                        (ir - ic) // MR * kb)
+                    Ap = a_view
                 for jr in range(jc, jc_end, nr):
                     n_valid = min(nr, jc_end - jr)
                     # the panel B[pc:pc+kc, jr:jr+nr]: packed (full panels) or in place
                     Bp, pb, jb = B, pc, jr
-                    if pack and n_valid == nr:
-                        uk.pack_panel(kc, B, (pc, jr), panel)
-                        Bp, pb, jb = panel, _ZERO, _ZERO
+                    if pack and jr < full_end:
+                        Bp, pb, jb = slab, (jr - jc) // nr * kb, _ZERO
                     for ir in range(ic, ic_end, MR):
                         # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]
                         m_valid = min(MR, ic_end - ir)
-                        origin = (ir, jr, pc, pb, jb)
+                        a_org = (ir, pc)
+                        if pack_a:
+                            a_org = (_ZERO, (ir - ic) // MR * kb)
+                        origin = ((ir, jr), a_org, (pb, jb))
                         if n_valid == nr:
-                            uk.tile_full(kc, A, Bp, C, origin, m_valid, n_valid, add, epi_now,
+                            uk.tile_full(kc, Ap, Bp, C, origin, m_valid, n_valid, add, epi_now,
                                          bias, H)
                         elif n_valid <= vl:
-                            uk.tile_edge1(kc, A, Bp, C, origin, m_valid, n_valid, add, epi_now,
+                            uk.tile_edge1(kc, Ap, Bp, C, origin, m_valid, n_valid, add, epi_now,
                                           bias, H)
                         else:
-                            uk.tile_edge(kc, A, Bp, C, origin, m_valid, n_valid, add, epi_now,
+                            uk.tile_edge(kc, Ap, Bp, C, origin, m_valid, n_valid, add, epi_now,
                                          bias, H)
                         if last and rows_epilogue:
                             _epilogue(C, ir, ir + m_valid, jr, jr + n_valid, mode, code,
@@ -187,7 +220,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                 jr = jc
                 while jr < jc_end:
                     n_left = jc_end - jr
-                    origin = (r, jr, pc, pc, jr)
+                    origin = ((r, jr), (r, pc), (pc, jr))
                     if n_left >= wide:
                         done = wide
                         uk.row_wide(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
@@ -207,10 +240,11 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
 
 @jit(inline="always")
 def _panel_buffer(rows, nr, C):
-    """A rows x nr buffer of C's dtype for one packed panel of B (0 rows: none
-    needed), allocated once per product, never per tile, and started on a
-    64-byte boundary (numba aligns to 32), so that no vector load of the
-    panel straddles two cache lines (a zmm load that does costs 10-25 %)."""
+    """A rows x nr buffer of C's dtype for packed operands (B's panels, nr =
+    NR columns; A's micro-panels, nr = MR), allocated once per product, never
+    per tile, and started on a 64-byte boundary (numba aligns to 32), so
+    that no vector load of a panel straddles two cache lines (a zmm load that
+    does costs 10-25 %)."""
     pad = 64 // C.itemsize
     flat = np.empty(rows * nr + pad, C.dtype)
     start = (64 - flat.ctypes.data % 64) % 64 // C.itemsize

@@ -134,11 +134,12 @@ MASK_ALL = 2    # any vector may hold columns at or past n_valid
 def _make_microkernel(rows, nv, mask):
     """An intrinsic for a ``rows`` x (nv vectors) tile, with edge ``mask``.
 
-    Called as ``microkernel(kc, A, B, C, (i, j, p, pb, jb), m_valid, n_valid,
-    accumulate, epi, bias, H)``: the tile is rows i.. and columns j.. of C
-    (and of H, columns j.. of ``bias``), its sum runs over p..p+kc-1, A's
-    element (i, p) and B's (pb, jb) begin it ((pb, jb) = (p, j) for B read
-    in place, (0, 0) for a packed panel of B).  The origin is applied to the
+    Called as ``microkernel(kc, A, B, C, ((i, j), (ia, pa), (pb, jb)), m_valid,
+    n_valid, accumulate, epi, bias, H)``: the tile is rows i.. and columns j..
+    of C (and of H, columns j.. of ``bias``), its sum runs over kc terms, A's
+    element (ia, pa) and B's (pb, jb) begin it: (i, p) and (p, j) for operands
+    read in place at K offset p, a panel's place in the buffer for packed ones
+    (pack_panel, pack_a_panel).  The origin is applied to the
     whole matrices' pointers here, so the GEMM's loops build no array view
     per tile (with four views a tile, the 33 products of
     ``python -m fastnn.bench.products`` ran at a geometric mean of 0.71-0.74x
@@ -158,12 +159,16 @@ def _make_microkernel(rows, nv, mask):
             (kc_v, A_v, B_v, C_v, origin_v, m_valid_v, n_valid_v, acc_v, epi_v, bias_v,
              H_v) = args
             i64 = ir.IntType(64)
+            i32 = ir.IntType(32)
             fty = _llvm_float(A.dtype)
             itemsize = A.dtype.bitwidth // 8
             vl = lanes(itemsize)
             vecty = ir.VectorType(fty, vl)
             vecptr = vecty.as_pointer()
-            i0, j0, p0, pb0, jb0 = cgutils.unpack_tuple(builder, origin_v, 5)
+            c_org, a_org, b_org = cgutils.unpack_tuple(builder, origin_v, 3)
+            i0, j0 = cgutils.unpack_tuple(builder, c_org, 2)
+            ia0, pa0 = cgutils.unpack_tuple(builder, a_org, 2)
+            pb0, jb0 = cgutils.unpack_tuple(builder, b_org, 2)
             a_data, (rs_v, cs_v) = _data_and_strides(context, builder, A, A_v, itemsize)
             b_data, (ldb_v, _) = _data_and_strides(context, builder, B, B_v, itemsize)
             c_data, (ldc_v, _) = _data_and_strides(context, builder, C, C_v, itemsize)
@@ -171,8 +176,8 @@ def _make_microkernel(rows, nv, mask):
             bias_data = context.make_array(bias)(context, builder, bias_v).data
             # the tile's origin in each operand (plain GEPs: a placeholder H or
             # bias gets a pointer that is never dereferenced)
-            a_data = builder.gep(a_data, [builder.add(builder.mul(i0, rs_v),
-                                                      builder.mul(p0, cs_v))])
+            a_data = builder.gep(a_data, [builder.add(builder.mul(ia0, rs_v),
+                                                      builder.mul(pa0, cs_v))])
             b_data = builder.gep(b_data, [builder.add(builder.mul(pb0, ldb_v), jb0)])
             c_data = builder.gep(c_data, [builder.add(builder.mul(i0, ldc_v), j0)])
             h_data = builder.gep(h_data, [builder.add(builder.mul(i0, ldh_v), j0)])
@@ -216,6 +221,20 @@ def _make_microkernel(rows, nv, mask):
                 rr = i64(r)
                 r_eff = builder.select(builder.icmp_signed("<", rr, last_row), rr, last_row)
                 a_rows.append(builder.mul(r_eff, rs_v))
+            # C's tile is fetched into cache while the k loop runs: with C
+            # bigger than L2 (512 x 1024 float32) the tile's old values came
+            # from L3 after the loop, its rows on as many pages, and the tile
+            # waited for them (products 0.59-0.67x np.dot without, 0.77-0.86
+            # with, znver3).  prefetchw: the lines are about to be written.
+            prefetch = _vector_intrinsic(
+                builder, "llvm.prefetch.p0",
+                ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [i32] * 3))
+            for r in range(rows):
+                c_row = builder.mul(i64(r), ldc_v)
+                for v in range(0, nv * vl, 64 // itemsize):
+                    ptr = builder.bitcast(builder.gep(c_data, [builder.add(c_row, i64(v))]),
+                                          ir.IntType(8).as_pointer())
+                    builder.call(prefetch, [ptr, i32(1), i32(3), i32(1)])
             # the k loop: C_tile += A[:, p] (outer product) B[p, :]
             with _k_loop(builder, kc_v) as p:
                 b_row = builder.mul(p, ldb_v)
@@ -316,6 +335,47 @@ def pack_panel(typingctx, kc, B, origin, P):
                 dst = builder.bitcast(builder.gep(p_data, [builder.add(p_row, i64(v * vl))]),
                                       vecptr)
                 builder.store(builder.load(src, align=itemsize), dst, align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def pack_a_panel(typingctx, kc, A, origin, m_valid, P, row0):
+    """P[row0 + q, r] = A[i + min(r, m_valid - 1), p + q] for q < kc, r < MR,
+    origin = (i, p): one MR x kc panel of A (a tile's rows) copied to kc
+    contiguous rows of MR elements, in the order the micro-kernel reads them.
+
+    A weight gradient reads A = a^T: the tile's MR elements of a step are
+    adjacent, but each step is a row of a (kilobytes on), so a tile touched
+    kc cache lines for 24 bytes of each; packed, a step is 24 bytes on from
+    the last (512 x 784 x 1024: 0.62-0.75x np.dot in place, 0.87-0.92 packed,
+    znver3).  Rows past m_valid repeat the last valid row, as the micro-kernel
+    does, so nothing outside A is read.  The copy is straight-line scalar
+    code: about 1 ns an element as a numba loop, much less as this.
+    """
+    sig = types.void(kc, A, origin, m_valid, P, row0)
+
+    def codegen(context, builder, signature, args):
+        kc_v, A_v, origin_v, m_valid_v, P_v, row0_v = args
+        i64 = ir.IntType(64)
+        itemsize = A.dtype.bitwidth // 8
+        i0, p0 = cgutils.unpack_tuple(builder, origin_v, 2)
+        a_data, (rs_v, cs_v) = _data_and_strides(context, builder, A, A_v, itemsize)
+        p_data, (ldp_v, _) = _data_and_strides(context, builder, P, P_v, itemsize)
+        a_data = builder.gep(a_data, [builder.add(builder.mul(i0, rs_v), builder.mul(p0, cs_v))])
+        p_data = builder.gep(p_data, [builder.mul(row0_v, ldp_v)])
+        last_row = builder.sub(m_valid_v, i64(1))
+        a_rows = []
+        for r in range(MR):
+            r_eff = builder.select(builder.icmp_signed("<", i64(r), last_row), i64(r), last_row)
+            a_rows.append(builder.mul(r_eff, rs_v))
+        with _k_loop(builder, kc_v) as q:
+            a_col = builder.mul(q, cs_v)
+            p_row = builder.mul(q, ldp_v)
+            for r in range(MR):
+                value = builder.load(builder.gep(a_data, [builder.add(a_rows[r], a_col)]))
+                builder.store(value, builder.gep(p_data, [builder.add(p_row, i64(r))]))
         return context.get_dummy_value()
 
     return sig, codegen
