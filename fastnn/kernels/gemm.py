@@ -164,7 +164,11 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     # Nothing is allocated when nothing is packed (C[:0]: an empty view of
     # C's type), so a one-row prediction allocates nothing here.
     pack = m_tiles >= PACK_MIN_ROWS and N >= nr
-    slab = _panel_buffer(kb * (min(N, NC) // nr), nr, C) if pack else C[:0]
+    # The right edge's panel (fewer than nr columns) is always packed, zero-
+    # padded, for the tiles: they read B without masks (microkernel.py)
+    edge_slot = min(N, NC) // nr if pack else 0
+    slab_panels = edge_slot + (1 if m_tiles > 0 and N % nr != 0 else 0)
+    slab = _panel_buffer(kb * slab_panels, nr, C) if slab_panels > 0 else C[:0]
     # A's rows are packed too when A is read down its columns (a^T of the
     # weight gradient) and enough panels of B reuse each packed block
     pack_a = pack and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
@@ -181,7 +185,10 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
             if pack:
                 for jr in range(jc, full_end, nr):
                     q = (jr - jc) // nr
-                    uk.pack_panel(kc, B, (pc, jr), slab[q * kb:q * kb + kc])
+                    uk.pack_panel(kc, B, (pc, jr), nr, slab[q * kb:q * kb + kc])
+            if m_tiles > 0 and full_end < jc_end:
+                uk.pack_panel(kc, B, (pc, full_end), jc_end - full_end,
+                              slab[edge_slot * kb:edge_slot * kb + kc])
             for ic in range(0, m_tiles, MC):
                 ic_end = min(m_tiles, ic + MC)
                 Ap = A
@@ -194,7 +201,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                     n_valid = min(nr, jc_end - jr)
                     # the panel B[pc:pc+kc, jr:jr+nr]: packed (full panels) or in place
                     Bp, pb, jb = B, pc, jr
-                    if pack and jr < full_end:
+                    if jr >= full_end:
+                        Bp, pb, jb = slab, edge_slot * kb, _ZERO
+                    elif pack:
                         Bp, pb, jb = slab, (jr - jc) // nr * kb, _ZERO
                     for ir in range(ic, ic_end, MR):
                         # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]

@@ -134,6 +134,15 @@ MASK_ALL = 2    # any vector may hold columns at or past n_valid
 def _make_microkernel(rows, nv, mask):
     """An intrinsic for a ``rows`` x (nv vectors) tile, with edge ``mask``.
 
+    Tiles of MR rows read B without masks: their B is a panel of full
+    vectors (a packed, zero-padded panel at the right edge; pack_panel), so
+    only the stores, the bias and H are masked.  Masked loads inside the k
+    loop cost the 6 x 1-vector tile about 7-10 cycles a step instead of the
+    4 of its FMA chains: LLVM rebuilt the AVX2 lane mask (<8 x i1>, kept
+    across blocks as <8 x i16>) with five shuffles at every step (asm of
+    gemm_strided, znver3).  One-row kernels (the last rows, a one-row
+    prediction) read B in place, masked.
+
     Called as ``microkernel(kc, A, B, C, ((i, j), (ia, pa), (pb, jb)), m_valid,
     n_valid, accumulate, epi, bias, H)``: the tile is rows i.. and columns j..
     of C (and of H, columns j.. of ``bias``), its sum runs over kc terms, A's
@@ -149,6 +158,8 @@ def _make_microkernel(rows, nv, mask):
     EPI_BIAS*, H only for EPI_RELU_DERIV; their pointers are formed, never
     read, for the other epilogues (any placeholder array will do there).
     """
+
+    b_padded = rows > 1
 
     @intrinsic
     def microkernel(typingctx, kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias,
@@ -198,9 +209,9 @@ def _make_microkernel(rows, nv, mask):
                 if mask == MASK_ALL or (mask == MASK_LAST and v == nv - 1):
                     masks[v] = _lane_mask(builder, builder.sub(n_valid_v, i64(v * vl)), vl)
 
-            def load_vec(ptr, v):
+            def load_vec(ptr, v, masked=True):
                 ptr = builder.bitcast(ptr, vecptr)
-                if masks[v] is not None:
+                if masked and masks[v] is not None:
                     return builder.call(mload, [ptr, align, masks[v], zero_vec])
                 return builder.load(ptr, align=align.constant)
 
@@ -238,7 +249,8 @@ def _make_microkernel(rows, nv, mask):
             # the k loop: C_tile += A[:, p] (outer product) B[p, :]
             with _k_loop(builder, kc_v) as p:
                 b_row = builder.mul(p, ldb_v)
-                b_vecs = [load_vec(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]), v)
+                b_vecs = [load_vec(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]), v,
+                                   masked=not b_padded)
                           for v in range(nv)]
                 a_col = builder.mul(p, cs_v)
                 for r in range(rows):
@@ -302,9 +314,12 @@ def _make_microkernel(rows, nv, mask):
 
 
 @intrinsic
-def pack_panel(typingctx, kc, B, origin, P):
+def pack_panel(typingctx, kc, B, origin, n_valid, P):
     """P[q, :NR] = B[p + q, j:j + NR] for q < kc, origin = (p, j): one panel of B
-    (NR = NV vectors wide) copied to contiguous rows, vector by vector.
+    (NR = NV vectors wide) copied to contiguous rows, vector by vector.  A
+    panel at the right edge (n_valid < NR columns) is read with masked loads
+    and its columns from n_valid on are written as zeros, so that the tile
+    kernels read it with full vector loads.
 
     A B read in place with rows 4 kB apart (1024 float32 columns) puts every
     row of a panel in the same L1 set and on its own page: the panel is read
@@ -313,28 +328,50 @@ def pack_panel(typingctx, kc, B, origin, P):
     panel stays in L1 for all the tiles that use it.  (Plain numba loops over
     2-D indices do not vectorise: the negative-index wraparound.)
     """
-    sig = types.void(kc, B, origin, P)
+    sig = types.void(kc, B, origin, n_valid, P)
 
     def codegen(context, builder, signature, args):
-        kc_v, B_v, origin_v, P_v = args
+        kc_v, B_v, origin_v, n_valid_v, P_v = args
         i64 = ir.IntType(64)
         fty = _llvm_float(B.dtype)
         itemsize = B.dtype.bitwidth // 8
         vl = lanes(itemsize)
-        vecptr = ir.VectorType(fty, vl).as_pointer()
+        vecty = ir.VectorType(fty, vl)
+        vecptr = vecty.as_pointer()
+        align = ir.Constant(ir.IntType(32), itemsize)
+        mask_ty = ir.VectorType(ir.IntType(1), vl)
+        mload = _vector_intrinsic(
+            builder, f"llvm.masked.load.v{vl}{_suffix(fty)}.p0",
+            ir.FunctionType(vecty, [vecptr, ir.IntType(32), mask_ty, vecty]))
         p0, j0 = cgutils.unpack_tuple(builder, origin_v, 2)
         b_data, (ldb_v, _) = _data_and_strides(context, builder, B, B_v, itemsize)
         p_data, (ldp_v, _) = _data_and_strides(context, builder, P, P_v, itemsize)
         b_data = builder.gep(b_data, [builder.add(builder.mul(p0, ldb_v), j0)])
-        with _k_loop(builder, kc_v) as q:
-            b_row = builder.mul(q, ldb_v)
-            p_row = builder.mul(q, ldp_v)
-            for v in range(NV):
-                src = builder.bitcast(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]),
-                                      vecptr)
-                dst = builder.bitcast(builder.gep(p_data, [builder.add(p_row, i64(v * vl))]),
-                                      vecptr)
-                builder.store(builder.load(src, align=itemsize), dst, align=itemsize)
+
+        def copy_rows(masked):
+            masks = [_lane_mask(builder, builder.sub(n_valid_v, i64(v * vl)), vl)
+                     for v in range(NV)] if masked else None
+            with _k_loop(builder, kc_v) as q:
+                b_row = builder.mul(q, ldb_v)
+                p_row = builder.mul(q, ldp_v)
+                for v in range(NV):
+                    src = builder.bitcast(
+                        builder.gep(b_data, [builder.add(b_row, i64(v * vl))]), vecptr)
+                    dst = builder.bitcast(
+                        builder.gep(p_data, [builder.add(p_row, i64(v * vl))]), vecptr)
+                    if masked:
+                        value = builder.call(mload, [src, align, masks[v],
+                                                     ir.Constant(vecty, None)])
+                    else:
+                        value = builder.load(src, align=itemsize)
+                    builder.store(value, dst, align=itemsize)
+
+        full = builder.icmp_signed(">=", n_valid_v, i64(NV * vl))
+        with builder.if_else(full, likely=True) as (then, otherwise):
+            with then:
+                copy_rows(False)
+            with otherwise:
+                copy_rows(True)
         return context.get_dummy_value()
 
     return sig, codegen
