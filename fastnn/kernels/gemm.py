@@ -74,7 +74,8 @@ NC = 2048           # columns per block
 ROW_KERNEL_BELOW = 4
 # B's panels are packed when at least this many rows of tiles use each one:
 # the copy (kc x NR elements) then costs under 5 % of the panel's FMAs, and
-# a one-row prediction or a 16-row batch reads B in place as before.  A K
+# a one-row prediction or a 16-row batch reads B's full panels in place (the
+# edge panel, if any, is packed whenever there are tiles).  A K
 # block's panels are packed once per product (not once per MC rows: 6 times
 # for 512 rows) into one slab.
 PACK_MIN_ROWS = 4 * MR
@@ -84,7 +85,6 @@ PACK_MIN_ROWS = 4 * MR
 # it serves.  A read along its rows (forward, backward) is left in place: its
 # MR rows stream from L2 (packing them measured no faster).
 PACK_A_MIN_PANELS = 8
-
 
 
 @jit(inline="always")

@@ -20,10 +20,11 @@ have rows contiguous along j.
 Edges.  Rows r >= m_valid read row m_valid - 1 of A and are never stored, so
 every row of C goes through exactly the same arithmetic wherever it sits in
 the matrix (a prediction does not depend on the other rows of the batch).
-Columns j >= n_valid are neither loaded from B nor stored to C (masked loads
-and stores: in the last vector of a MASK_LAST variant, in every vector of a
-MASK_ALL one).  The sum over p runs
-in order 0..kc-1 with one ``llvm.fmuladd`` per term and per lane, so C[r, j]
+Columns j >= n_valid are never stored to C (masked stores: in the last
+vector of a MASK_LAST variant, in every vector of a MASK_ALL one); the
+one-row kernels do not load them from B either (masked loads), the MR-row
+tiles read them as the zero padding of a packed edge panel.  The sum over p
+runs in order 0..kc-1 with one ``llvm.fmuladd`` per term and per lane, so C[r, j]
 has the same bits in every variant, lane and tile position.
 
 Epilogue in registers.  ``epi`` (a run-time value, so one compiled kernel
