@@ -172,8 +172,8 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     # A's rows are packed too when A is read down its columns (a^T of the
     # weight gradient) and enough panels of B reuse each packed block
     pack_a = pack and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
-    a_view = _panel_buffer(kb * (MC // MR), MR, C).T if pack_a else C[:0].T
-    a_buf = a_view.T
+    a_buf = _panel_buffer(kb * (MC // MR), MR, C) if pack_a else C[:0]
+    a_view = a_buf.T    # A's packed block as the micro-kernel reads it: MR x (tiles * kb)
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
         full_end = jc + (jc_end - jc) // nr * nr    # columns in full panels

@@ -99,6 +99,26 @@ def _vector_intrinsic(builder, name, fnty):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+def _vector_type(dtype):
+    """(element type, bytes per element, lanes, vector type) of a numba float dtype."""
+    fty = _llvm_float(dtype)
+    itemsize = dtype.bitwidth // 8
+    vl = lanes(itemsize)
+    return fty, itemsize, vl, ir.VectorType(fty, vl)
+
+
+def _masked_load_and_store(builder, vecty):
+    """The llvm.masked.load / llvm.masked.store declarations for ``vecty``."""
+    vecptr = vecty.as_pointer()
+    mask_ty = ir.VectorType(ir.IntType(1), vecty.count)
+    name = f"v{vecty.count}{_suffix(vecty.element)}.p0"
+    mload = _vector_intrinsic(builder, f"llvm.masked.load.{name}", ir.FunctionType(
+        vecty, [vecptr, ir.IntType(32), mask_ty, vecty]))
+    mstore = _vector_intrinsic(builder, f"llvm.masked.store.{name}", ir.FunctionType(
+        ir.VoidType(), [vecty, vecptr, ir.IntType(32), mask_ty]))
+    return mload, mstore
+
+
 def _splat(builder, scalar, vecty):
     """<VL x T> with every lane = scalar (folds into an embedded broadcast)."""
     undef = ir.Constant(vecty, ir.Undefined)
@@ -172,10 +192,7 @@ def _make_microkernel(rows, nv, mask):
              H_v) = args
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
-            fty = _llvm_float(A.dtype)
-            itemsize = A.dtype.bitwidth // 8
-            vl = lanes(itemsize)
-            vecty = ir.VectorType(fty, vl)
+            fty, itemsize, vl, vecty = _vector_type(A.dtype)
             vecptr = vecty.as_pointer()
             c_org, a_org, b_org = cgutils.unpack_tuple(builder, origin_v, 3)
             i0, j0 = cgutils.unpack_tuple(builder, c_org, 2)
@@ -196,13 +213,7 @@ def _make_microkernel(rows, nv, mask):
             bias_data = builder.gep(bias_data, [j0])
             fmuladd = _vector_intrinsic(builder, f"llvm.fmuladd.v{vl}{_suffix(fty)}",
                                         ir.FunctionType(vecty, [vecty, vecty, vecty]))
-            mask_ty = ir.VectorType(ir.IntType(1), vl)
-            mload = _vector_intrinsic(
-                builder, f"llvm.masked.load.v{vl}{_suffix(fty)}.p0",
-                ir.FunctionType(vecty, [vecptr, ir.IntType(32), mask_ty, vecty]))
-            mstore = _vector_intrinsic(
-                builder, f"llvm.masked.store.v{vl}{_suffix(fty)}.p0",
-                ir.FunctionType(ir.VoidType(), [vecty, vecptr, ir.IntType(32), mask_ty]))
+            mload, mstore = _masked_load_and_store(builder, vecty)
             align = ir.Constant(ir.IntType(32), fty.get_abi_size(context.target_data))
             zero_vec = ir.Constant(vecty, None)
             masks = [None] * nv  # lane masks of the vectors that can cross n_valid
@@ -334,16 +345,10 @@ def pack_panel(typingctx, kc, B, origin, n_valid, P):
     def codegen(context, builder, signature, args):
         kc_v, B_v, origin_v, n_valid_v, P_v = args
         i64 = ir.IntType(64)
-        fty = _llvm_float(B.dtype)
-        itemsize = B.dtype.bitwidth // 8
-        vl = lanes(itemsize)
-        vecty = ir.VectorType(fty, vl)
+        _, itemsize, vl, vecty = _vector_type(B.dtype)
         vecptr = vecty.as_pointer()
         align = ir.Constant(ir.IntType(32), itemsize)
-        mask_ty = ir.VectorType(ir.IntType(1), vl)
-        mload = _vector_intrinsic(
-            builder, f"llvm.masked.load.v{vl}{_suffix(fty)}.p0",
-            ir.FunctionType(vecty, [vecptr, ir.IntType(32), mask_ty, vecty]))
+        mload, _ = _masked_load_and_store(builder, vecty)
         p0, j0 = cgutils.unpack_tuple(builder, origin_v, 2)
         b_data, (ldb_v, _) = _data_and_strides(context, builder, B, B_v, itemsize)
         p_data, (ldp_v, _) = _data_and_strides(context, builder, P, P_v, itemsize)
