@@ -392,8 +392,8 @@ def pack_a_panel(typingctx, kc, A, origin, m_valid, P, row0):
     A weight gradient reads A = a^T: the tile's MR elements of a step are
     adjacent, but each step is a row of a (kilobytes on), so a tile touched
     kc cache lines for 24 bytes of each; packed, a step is 24 bytes on from
-    the last (512 x 784 x 1024: 0.62-0.75x np.dot in place, 0.87-0.92 packed,
-    znver3).  Rows past m_valid repeat the last valid row, as the micro-kernel
+    the last (512 x 784 x 1024, across the runs of that day: 0.62-0.71x
+    np.dot in place, 0.82-1.05x packed, znver3).  Rows past m_valid repeat the last valid row, as the micro-kernel
     does, so nothing outside A is read.  The copy is straight-line scalar
     code: about 1 ns an element as a numba loop, much less as this.
     """
