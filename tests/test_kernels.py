@@ -1,4 +1,6 @@
 """Each compiled kernel against a plain NumPy float64 reference."""
+import re
+
 import numpy as np
 import pytest
 
@@ -277,6 +279,48 @@ def test_gemm_tile_edges(rng, dtype, m, k):
         C = C0.copy()
         G.gemm(At.T, B, C, 1, G.EPI_STORE, act.IDENTITY, C[0], C)
         assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
+
+
+# a vector multiply or multiply-add in x86 machine code (FMA or not)
+_MULTIPLY = re.compile(r"\bv?(fmadd|fnmadd|mul)[0-9]*p[sd]\b")
+
+
+def _compiled_fresh(dispatcher, *args):
+    """``dispatcher``'s Python function compiled anew (no cache, so its IR and
+    machine code can be read) and run on ``args``; returns (llvm IR, asm)."""
+    import numba
+    from fastnn._jit import JIT_OPTIONS
+    fresh = numba.njit(**{**JIT_OPTIONS, "cache": False})(dispatcher.py_func)
+    fresh(*args)
+    sig = fresh.signatures[0]
+    return fresh.inspect_llvm(sig), fresh.inspect_asm(sig)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_call_the_one_compiled_gemm_core_by_its_symbol(rng, dtype):
+    """A product with the operand types of training and prediction (B, C
+    C-contiguous) calls the GEMM core compiled once, through its shared
+    symbol (kernels/shared.py), and holds none of its code: no multiply-add
+    in its machine code.  A product with a strided C (a view of wider rows)
+    links the core in as numba does by default, and gets the same bits."""
+    m, k, n = 37, 19, 2 * UK.NV * lanes(dtype) + 5
+    A = rand(rng, (m, k), dtype)
+    B = rand(rng, (k, n), dtype)
+    shared = np.empty((m, n), dtype)
+    ir, asm = _compiled_fresh(product_forward, A, B, B, shared)
+    symbol = G.GEMM_CORE.symbols[G._core_signature(dtype)]
+    assert re.search(rf'call i32 @"?{re.escape(symbol)}"?\(', ir)
+    assert not _MULTIPLY.search(asm)
+    assert_close(shared, gemm_ref(A, B), dtype, scale=np.sqrt(k))
+
+    wide = np.full((m, n + 9), np.nan, dtype)
+    linked = wide[:, 3:3 + n]
+    ir, asm = _compiled_fresh(G.gemm, A, B, linked, 0, G.EPI_STORE, act.IDENTITY, linked[0],
+                              linked)
+    assert symbol not in ir
+    assert _MULTIPLY.search(asm)
+    np.testing.assert_array_equal(linked, shared)
+    assert np.isnan(wide[:, :3]).all() and np.isnan(wide[:, 3 + n:]).all()
 
 
 def packed_a_columns(dtype):

@@ -49,11 +49,15 @@ lane or edge path computes it, so a row's result does not depend on the other
 rows of the batch or on how rows or columns are split between threads.  No
 BLAS is called.
 """
+import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from .._jit import jit
 from .activations import IDENTITY, RELU, bias_activate_row, derivative_row
 from . import microkernel as uk
+from .shared import SharedFunction
 
 EPI_STORE = 0
 EPI_BIAS_ACT = 1
@@ -127,9 +131,16 @@ def gemm(A, B, C, accumulate, mode, code, bias, H):
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
     epilogue applied to zero (or to C).  Every A is passed on as a strided
     view, so a matrix and a transposed one share one compiled core (each
-    compiled copy of the core adds seconds to the first run).
+    compiled copy of the core adds seconds to the first run), called through
+    its shared symbol (``_gemm_core``).
     """
-    gemm_strided(A[:, 0:], B, C, accumulate, mode, code, bias, H)
+    _gemm_core(A[:, 0:], B, C, accumulate, mode, code, bias, H)
+
+
+def _gemm_core(A, B, C, accumulate, mode, code, bias, H):
+    """gemm_strided; in compiled code through the shared core's symbol when
+    the operands have its types (see the overload below)."""
+    gemm_strided(A, B, C, accumulate, mode, code, bias, H)
 
 
 @jit
@@ -349,3 +360,32 @@ def product_backward(d, W, out):
     WT = np.empty((W.shape[1], W.shape[0]), W.dtype)
     pack_transpose(W, WT)
     gemm(d, WT, out, _ZERO, _STORE, _ZERO, out[0], out)
+
+
+def _core_signature(dtype):
+    """The operand types of every product of training and prediction: A any
+    strided view, B, C and H C-contiguous matrices, bias a vector, int64 flags."""
+    f = numba.from_dtype(np.dtype(dtype))
+    matrix = types.Array(f, 2, "C")
+    return (types.Array(f, 2, "A"), matrix, matrix, types.int64, types.int64, types.int64,
+            types.Array(f, 1, "C"), matrix)
+
+
+# The GEMM core, compiled once per dtype (here, at import: from the cache
+# after the first run) and called by symbol from every product, instead of
+# being linked, optimised and turned into machine code again inside each
+# function above it (shared.py).  A product with other operand types (a
+# test's B or C with a row stride wider than its columns) links the core in
+# as numba does by default: the same source, the same arithmetic.
+GEMM_CORE = SharedFunction(gemm_strided, [_core_signature(np.float32),
+                                          _core_signature(np.float64)], "fastnn.gemm_core")
+
+
+@overload(_gemm_core, inline="always")
+def _gemm_core_overload(A, B, C, accumulate, mode, code, bias, H):
+    if GEMM_CORE.accepts(A, B, C, accumulate, mode, code, bias, H):
+        call = GEMM_CORE.call
+        return lambda A, B, C, accumulate, mode, code, bias, H: call(
+            (A, B, C, accumulate, mode, code, bias, H))
+    return lambda A, B, C, accumulate, mode, code, bias, H: gemm_strided(
+        A, B, C, accumulate, mode, code, bias, H)
