@@ -132,3 +132,7 @@ def test_floor_set_follows_the_cpus_vector_width():
     key, floors = floor_set({"floors": {"a": 1.0}, "floors_avx2": {"a": 2.0}})
     assert (key, floors) == (("floors", {"a": 1.0}) if VECTOR_BITS >= 512
                              else ("floors_avx2", {"a": 2.0}))
+    # a set measured on this kind of CPU comes first
+    spec = {"floors": {"a": 1.0}, "floors_avx2": {"a": 2.0}, "floors_znver4": {"a": 3.0}}
+    assert floor_set(spec, cpu="znver4") == ("floors_znver4", {"a": 3.0})
+    assert floor_set(spec, cpu="znver5")[0] == key

@@ -84,14 +84,29 @@ def measure(cases, repeat, threads):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def floor_set(spec):
-    """(key, floors) of the floor set for this CPU's GEMM tile: ``floors`` for
-    AVX-512 (512-bit vectors), ``floors_avx2`` for narrower ones.  The two kinds
-    of machine differ by about 2x in fastnn / NumPy on the same commit (the
-    tile is half as wide; NumPy's OpenBLAS loses less), so one set cannot
-    serve both: a floor set from AVX-512 fails every AVX2 run, one from AVX2
-    would let an AVX-512 machine lose half its speed unseen."""
+def target_cpu():
+    """The CPU numba compiles for: NUMBA_CPU_NAME when set, else the host's name."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    name = config.CPU_NAME
+    return name if name and name != "host" else llvm.get_host_cpu_name()
+
+
+def floor_set(spec, cpu=None):
+    """(key, floors) of the floor set for this CPU: ``floors_<cpu name>`` when the
+    file has one for it (``cpu``, default :func:`target_cpu`), else by the
+    GEMM tile's width: ``floors`` for AVX-512 (512-bit vectors),
+    ``floors_avx2`` for narrower ones.  The kinds of machine differ by up to
+    2x in fastnn / NumPy on the same commit, so one set cannot serve them
+    all: AVX2 halves the tile (NumPy's OpenBLAS loses less), and znver4 runs
+    512-bit vectors through 256-bit units (the ratios of a znver5 run fell
+    by about 40 %), so a set from one kind fails every run on a slower one,
+    and a set from the slowest would let a faster machine lose half its
+    speed unseen."""
     from ..kernels.microkernel import VECTOR_BITS
+    own = f"floors_{cpu or target_cpu()}"
+    if own in spec:
+        return own, spec[own]
     key = "floors" if VECTOR_BITS >= 512 else "floors_avx2"
     if key not in spec:
         raise SystemExit(f"floor check: {key} (for {VECTOR_BITS}-bit vectors) is not in the "
