@@ -66,7 +66,7 @@ NO_ACTIVATION = np.int64(IDENTITY)
 FIRST = np.int64(0)   # index 0, typed (a literal 0 compiles another update_range)
 
 
-@jit
+@jit(inline="always")
 def layer_weights(params, offs, dims, l):
     """Views (W_l, b_l) into the flat buffer ``params``."""
     k = dims[l]
@@ -77,13 +77,13 @@ def layer_weights(params, offs, dims, l):
     return W, b
 
 
-@jit
+@jit(inline="always")
 def layer_rows(ws, off, m, n):
     """The (m x n) matrix of a layer stored at ws[off:] (activations or deltas)."""
     return ws[off:off + m * n].reshape((m, n))
 
 
-@jit
+@jit(inline="always")
 def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1):
     """Forward pass of rows r0:r1 of X; returns those rows of the logits z_L.
 
@@ -94,7 +94,7 @@ def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1):
                         act_off, r0, r1)
 
 
-@jit
+@jit(inline="always")
 def forward_from(params, offs, dims, acts, first, a, m, act_ws, act_off, r0, r1):
     """Layers first.. of the forward pass of rows r0:r1 of a batch of m rows,
     from ``a``, those rows of the layers' input (X, or a_{first-1}); returns
@@ -142,7 +142,7 @@ def gradient_only(params, l2):
     return Update(params, params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
 
 
-@jit
+@jit(inline="always")
 def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1):
     """delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}) for rows r0:r1, l = L-1..1.
 
@@ -176,12 +176,12 @@ def pack_weights_t(params, offs, dims, WT):
         pack_transpose(W, WT[offs[l]:offs[l] + k * n].reshape((n, k)))
 
 
-@jit
+@jit(inline="always")
 def _blocks_of(rows):
     return (rows + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
 
 
-@jit
+@jit(inline="always")
 def weight_block_count(dims):
     """Number of blocks of the weights pass: GRAD_BLOCK_ROWS rows of each W_l."""
     count = 0
@@ -190,7 +190,7 @@ def weight_block_count(dims):
     return count
 
 
-@jit
+@jit(inline="always")
 def weight_block(dims, t):
     """(layer l, first row, end row) of block t of the weights pass."""
     l = 0
@@ -202,7 +202,7 @@ def weight_block(dims, t):
     return l, i0, min(dims[l], i0 + GRAD_BLOCK_ROWS)
 
 
-@jit
+@jit(inline="always")
 def layer_delta(net, work, m, l):
     """delta_l of the batch's m rows (delta_L lies over the logits)."""
     n = net.dims[l + 1]
@@ -211,7 +211,7 @@ def layer_delta(net, work, m, l):
     return layer_rows(work.delta_ws, work.act_off[l], m, n)
 
 
-@jit
+@jit(inline="always")
 def bias_gradient(net, work, l, delta):
     """db_l = sum_i delta_l[i, :] into work.grad (rows in order)."""
     _, gb = layer_weights(work.grad, net.offs, net.dims, l)
@@ -219,7 +219,7 @@ def bias_gradient(net, work, l, delta):
     column_sums_acc(delta, gb)
 
 
-@jit
+@jit(inline="always")
 def gradient_rows_buffer(net, work, update, l, i0, i1, s):
     """Where block (l, rows i0:i1) of the weights pass, on worker s, puts its
     rows of dW (flat): with an update, worker s's scratch block (reused block
@@ -232,7 +232,7 @@ def gradient_rows_buffer(net, work, update, l, i0, i1, s):
     return work.grad[lo:lo + (i1 - i0) * n]
 
 
-@jit
+@jit(inline="always")
 def weight_gradient_rows(net, work, m, l, i0, i1, dW):
     """dW = rows i0:i1 of a_{l-1}^T delta_l over the m rows of the batch, and
     db_l with the block that starts at row 0."""
@@ -247,7 +247,7 @@ def weight_gradient_rows(net, work, m, l, i0, i1, dW):
         bias_gradient(net, work, l, delta)
 
 
-@jit
+@jit(inline="always")
 def update_rows(net, work, update, l, i0, i1, g_rows):
     """Rows i0:i1 of W_l (and b_l with the block at row 0), whose gradient is
     ``g_rows`` (flat): the L2 term, then the optimizer step and W_l^T of the
@@ -300,7 +300,7 @@ def weights_block(net, work, update, m, t, s):
     work.l2_parts[t] = update_rows(net, work, update, l, i0, i1, g_rows)
 
 
-@jit
+@jit(inline="always")
 def gather_rows(batch, work, r0, r1):
     """Rows r0:r1 of the batch: Xb[i] = X[order[i]] (and T, w likewise)."""
     X, T, w, order = batch.X, batch.T, batch.w, batch.order
