@@ -119,10 +119,20 @@ def test_cold_start_check_compares_cpu_seconds_with_the_ceiling(tmp_path, monkey
     assert "ABOVE CEILING" in capsys.readouterr().out
 
 
+def test_cold_start_ceiling_measured_on_this_kind_of_cpu_comes_first():
+    spec = {"ceiling_cpu_s": 90.0, "ceiling_cpu_s_znver4": 45.0}
+    assert startup.ceiling_for(spec, cpu="znver4") == ("ceiling_cpu_s_znver4", 45.0)
+    assert startup.ceiling_for(spec, cpu="znver3") == ("ceiling_cpu_s", 90.0)
+
+
 def test_committed_floors_have_a_cold_start_ceiling():
     spec = json.loads((ROOT / "benchmarks" / "floors.json").read_text())["cold_start"]
     assert spec["ceiling_cpu_s"] > 0 and len(spec["measured_cpu_s"]) >= 3
     assert spec["ceiling_cpu_s"] >= max(spec["measured_cpu_s"])
+    for key in spec:
+        if key.startswith("ceiling_cpu_s_"):
+            measured = spec["measured_cpu_s_" + key[len("ceiling_cpu_s_"):]]
+            assert len(measured) >= 3 and spec[key] >= max(measured)
 
 
 def test_breakdown_table_sums_self_times_per_function(tmp_path, capsys):
