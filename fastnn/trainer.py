@@ -135,9 +135,10 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         act_off=network._activation_offsets(batch_size),
         delta_ws=np.empty_like(act_ws),
         grad=np.empty(network.n_params, dtype=dt),
-        # per thread: one block of dW in the weights pass (see kernels.step)
+        # per thread: one block of dW in the weights pass, and one of dW^T
+        # for a layer of few outputs (see kernels.step.weight_gradient_rows)
         scratch=np.empty((numba.config.NUMBA_NUM_THREADS,
-                          GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt),
+                          2 * GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt),
         Xb=np.empty((batch_size, n_features), dtype=dt),
         Tb=np.empty((batch_size, n_outputs), dtype=dt),
         wb=np.empty(batch_size, dtype=dt),

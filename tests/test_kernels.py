@@ -323,6 +323,26 @@ def test_products_call_the_one_compiled_gemm_core_by_its_symbol(rng, dtype):
     assert np.isnan(wide[:, :3]).all() and np.isnan(wide[:, 3 + n:]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", (1, 7, G.KC + 1, 2 * G.KC + 7))
+def test_weight_gradient_of_few_outputs_computed_transposed_has_the_same_bits(rng, dtype, m):
+    """The step computes the weight gradient of a layer with fewer outputs
+    than a vector's lanes as (delta^T a)^T (kernels.step.weight_gradient_rows),
+    for a block of W's rows: the same bits as a^T delta, at every K edge,
+    for row blocks of every size, with B a block of a's columns."""
+    k = G.MC + 5
+    for n in sorted({1, 3, lanes(dtype) - 1}):
+        a = rand(rng, (m, k), dtype)
+        delta = rand(rng, (m, n), dtype)
+        for i0, i1 in ((0, k), (0, 1), (3, 3 + G.MR + 1), (k - 5, k)):
+            direct = np.empty((i1 - i0, n), dtype)
+            G.gemm(a.T[i0:i1], delta, direct, 0, G.EPI_STORE, act.IDENTITY, direct[0], direct)
+            dWT = np.empty((n, i1 - i0), dtype)
+            G.gemm(delta.T, a[:, i0:i1], dWT, 0, G.EPI_STORE, act.IDENTITY, dWT[0], dWT)
+            np.testing.assert_array_equal(dWT.T, direct)
+            assert_close(direct, gemm_ref(a.T[i0:i1], delta), dtype, scale=np.sqrt(m))
+
+
 def packed_a_columns(dtype):
     """Columns enough for gemm to pack A's rows (A a transposed view)."""
     return G.PACK_A_MIN_PANELS * UK.NV * lanes(dtype)

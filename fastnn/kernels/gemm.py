@@ -129,12 +129,12 @@ def gemm(A, B, C, accumulate, mode, code, bias, H):
     A (M x K) any strides; B (K x N) and C (M x N) contiguous along rows.
     ``mode`` is EPI_STORE, EPI_BIAS_ACT (bias[j], activation ``code``) or
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
-    epilogue applied to zero (or to C).  Every A is passed on as a strided
-    view, so a matrix and a transposed one share one compiled core (each
-    compiled copy of the core adds seconds to the first run), called through
-    its shared symbol (``_gemm_core``).
+    epilogue applied to zero (or to C).  A and B are passed on as strided
+    views, so a matrix and a transposed one, or a block of B's columns, share
+    one compiled core (each compiled copy of the core adds seconds to the
+    first run), called through its shared symbol (``_gemm_core``).
     """
-    _gemm_core(A[:, 0:], B, C, accumulate, mode, code, bias, H)
+    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H)
 
 
 def _gemm_core(A, B, C, accumulate, mode, code, bias, H):
@@ -272,6 +272,12 @@ def _panel_buffer(rows, nr, C):
 
 
 @jit(inline="always")
+def vector_lanes(C):
+    """Elements of C's dtype in one vector register."""
+    return VECTOR_BYTES // C.itemsize
+
+
+@jit(inline="always")
 def pack_transpose(S, D):
     """D = S.T for S (m x n), D (n x m): W^T for the backward product.
 
@@ -363,20 +369,23 @@ def product_backward(d, W, out):
 
 
 def _core_signature(dtype):
-    """The operand types of every product of training and prediction: A any
-    strided view, B, C and H C-contiguous matrices, bias a vector, int64 flags."""
+    """The operand types of every product of training and prediction: A and B
+    strided views (the micro-kernels read them through their strides), C and
+    H C-contiguous matrices (the epilogue's row loops vectorise on them),
+    bias a vector, int64 flags."""
     f = numba.from_dtype(np.dtype(dtype))
     matrix = types.Array(f, 2, "C")
-    return (types.Array(f, 2, "A"), matrix, matrix, types.int64, types.int64, types.int64,
-            types.Array(f, 1, "C"), matrix)
+    view = types.Array(f, 2, "A")
+    return (view, view, matrix, types.int64, types.int64, types.int64, types.Array(f, 1, "C"),
+            matrix)
 
 
 # The GEMM core, compiled once per dtype (here, at import: from the cache
 # after the first run) and called by symbol from every product, instead of
 # being linked, optimised and turned into machine code again inside each
 # function above it (shared.py).  A product with other operand types (a
-# test's B or C with a row stride wider than its columns) links the core in
-# as numba does by default: the same source, the same arithmetic.
+# test's C with a row stride wider than its columns) links the core in as
+# numba does by default: the same source, the same arithmetic.
 GEMM_CORE = SharedFunction(gemm_strided, [_core_signature(np.float32),
                                           _core_signature(np.float64)], "fastnn.gemm_core")
 

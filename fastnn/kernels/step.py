@@ -31,7 +31,8 @@ from numba import prange
 
 from .._jit import jit, pjit
 from .activations import IDENTITY
-from .gemm import EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_transpose
+from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_transpose,
+                   vector_lanes)
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
 
@@ -233,16 +234,32 @@ def gradient_rows_buffer(net, work, update, l, i0, i1, s):
 
 
 @jit(inline="always")
-def weight_gradient_rows(net, work, m, l, i0, i1, dW):
+def weight_gradient_rows(net, work, m, l, i0, i1, dW, s):
     """dW = rows i0:i1 of a_{l-1}^T delta_l over the m rows of the batch, and
-    db_l with the block that starts at row 0."""
+    db_l with the block that starts at row 0 (on worker s).
+
+    With fewer outputs than a vector has lanes (a classifier's last layer:
+    3 classes in 16 float32 lanes on AVX-512), a^T delta fills a fraction of
+    each vector, so the product is computed as dW^T = delta^T a, the rows of
+    W along the vectors, into worker s's second scratch block, and copied
+    into dW transposed.  The same bits: each element is the same sum over
+    the batch rows, in the same order and K blocks (gemm.py).  (100 x 300 x
+    3 float32: 12.6 us as a^T delta, 7.4 us as delta^T a, znver4.)
+    """
     k = net.dims[l]
+    n = net.dims[l + 1]
     if l == 0:
         a_in = work.Xb[:m]
     else:
         a_in = layer_rows(work.act_ws, work.act_off[l - 1], m, k)
     delta = layer_delta(net, work, m, l)
-    gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, delta[0], dW)
+    if n < vector_lanes(dW):
+        half = work.scratch.shape[1] // 2
+        dWT = work.scratch[s, half:half + n * (i1 - i0)].reshape((n, i1 - i0))
+        gemm(delta.T, a_in[:, i0:i1], dWT, NO_ACC, STORE, NO_ACTIVATION, dWT[0], dWT)
+        pack_transpose(dWT, dW)
+    else:
+        gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, delta[0], dW)
     if i0 == 0:
         bias_gradient(net, work, l, delta)
 
@@ -296,7 +313,7 @@ def weights_block(net, work, update, m, t, s):
     l, i0, i1 = weight_block(net.dims, t)
     n = net.dims[l + 1]
     g_rows = gradient_rows_buffer(net, work, update, l, i0, i1, s)
-    weight_gradient_rows(net, work, m, l, i0, i1, g_rows.reshape((i1 - i0, n)))
+    weight_gradient_rows(net, work, m, l, i0, i1, g_rows.reshape((i1 - i0, n)), s)
     work.l2_parts[t] = update_rows(net, work, update, l, i0, i1, g_rows)
 
 
