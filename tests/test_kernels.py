@@ -298,7 +298,7 @@ def _compiled_fresh(dispatcher, *args):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_products_call_the_one_compiled_gemm_core_by_its_symbol(rng, dtype):
-    """A product with the operand types of training and prediction (B, C
+    """A product with the operand types of training and prediction (C
     C-contiguous) calls the GEMM core compiled once, through its shared
     symbol (kernels/shared.py), and holds none of its code: no multiply-add
     in its machine code.  A product with a strided C (a view of wider rows)
@@ -326,10 +326,12 @@ def test_products_call_the_one_compiled_gemm_core_by_its_symbol(rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", (1, 7, G.KC + 1, 2 * G.KC + 7))
 def test_weight_gradient_of_few_outputs_computed_transposed_has_the_same_bits(rng, dtype, m):
-    """The step computes the weight gradient of a layer with fewer outputs
-    than a vector's lanes as (delta^T a)^T (kernels.step.weight_gradient_rows),
-    for a block of W's rows: the same bits as a^T delta, at every K edge,
-    for row blocks of every size, with B a block of a's columns."""
+    """The identity the step relies on when it computes the weight gradient of
+    a layer with fewer outputs than a vector's lanes as (delta^T a)^T
+    (kernels.step.weight_gradient_rows; the step itself is checked by the
+    finite-difference tests of test_training.py, whose layers are that
+    narrow): for a block of W's rows, the same bits as a^T delta, at every K
+    edge, for row blocks of every size, with B a block of a's columns."""
     k = G.MC + 5
     for n in sorted({1, 3, lanes(dtype) - 1}):
         a = rand(rng, (m, k), dtype)

@@ -35,8 +35,9 @@ class SharedFunction:
     """``dispatcher`` compiled for ``signatures`` and callable by symbol.
 
     ``call`` is an intrinsic for compiled code, taking the dispatcher's
-    arguments as one tuple; ``accepts(*argtypes)`` says whether those numba types are one
-    of the shared signatures (others must call the dispatcher itself).
+    arguments as one tuple; ``accepts(*argtypes)`` says whether those numba
+    types are one of the shared signatures (others must call the dispatcher
+    itself).
     """
 
     def __init__(self, dispatcher, signatures, prefix):
@@ -49,9 +50,10 @@ class SharedFunction:
             if result.signature.return_type != types.none:
                 raise TypeError(f"{dispatcher.__name__}: a shared function returns nothing")
             address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
-            # the name carries the signature: a caller cached against another
-            # argument list fails to load (naming the symbol) instead of
-            # calling this one with the wrong arguments
+            # the name carries the signature, so a caller cached against
+            # another argument list never calls this one with the wrong
+            # arguments; its symbol is unresolved instead, and calling it
+            # crashes (a stale cache: clear it, README "The first run")
             digest = hashlib.sha1(str(argtypes).encode()).hexdigest()[:12]
             name = f"{prefix}.{digest}"
             llvm.add_symbol(name, address)
