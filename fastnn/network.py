@@ -6,6 +6,7 @@ save/load one array, and lets the compiled step address layers by offset.
 """
 import threading
 
+import numba
 import numpy as np
 
 from . import _validation as V
@@ -13,7 +14,7 @@ from . import sparse as _sparse
 from ._parallel import parallel_region
 from .kernels import activations as act_k
 from .kernels import losses as loss_k
-from .kernels.step import predict_block, predict_rows
+from .kernels.step import pack_workspace_elements, predict_block, predict_rows
 
 # Rows per block in parallel prediction, and workspace slots (one activation
 # workspace per thread, up to this many threads).  Up to
@@ -141,19 +142,21 @@ class Network:
             return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        ws, act_off = self._predict_workspace()
+        ws, act_off, pack = self._predict_workspace()
         if n <= SERIAL_PREDICT_ROWS:
             predict_block(self.params, self._offs, self._dims, self._acts, self._output_code,
-                          X, out, ws[0], act_off)
+                          X, out, ws[0], act_off, pack[0])
             return out
         with parallel_region() as threads:
             predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
-                         X, out, ws, act_off, PREDICT_BLOCK, threads)
+                         X, out, ws, act_off, pack, PREDICT_BLOCK, threads)
         return out
 
     def _predict_workspace(self):
-        """Activation workspaces for prediction, made once per network and
-        Python thread (two threads predicting at once never share one)."""
+        """Workspaces for prediction, made once per network and Python thread
+        (two threads predicting at once never share one): (activations, one
+        slot per thread up to PREDICT_SLOTS; their offsets; GEMM pack
+        workspaces, one per thread numba may run, up to PREDICT_SLOTS)."""
         local = self.__dict__.get("_predict_local")
         if local is None:
             local = self.__dict__.setdefault("_predict_local", threading.local())
@@ -161,7 +164,10 @@ class Network:
         if cached is None:
             ws = np.empty((PREDICT_SLOTS, PREDICT_BLOCK * int(self._dims[1:].sum())),
                           dtype=self.dtype)
-            cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK))
+            slots = max(1, min(PREDICT_SLOTS, numba.config.NUMBA_NUM_THREADS))
+            pack = np.empty((slots, pack_workspace_elements(self._dims, self.dtype.itemsize)),
+                            dtype=self.dtype)
+            cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK), pack)
         return cached
 
     def _activation_offsets(self, rows):

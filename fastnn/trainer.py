@@ -30,7 +30,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .epoch_order import InOrder, Shuffled
 from .io import ModelFileError
 from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient,
-                           train_epoch, weight_block_count)
+                           pack_workspace_elements, train_epoch, weight_block_count)
 from .optimizers import SGD
 from .kernels import run as run_kernels
 from .schedules import Adaptive, Constant, InvScaling, Plateau
@@ -139,6 +139,9 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         # for a layer of few outputs (see kernels.step.weight_gradient_rows)
         scratch=np.empty((numba.config.NUMBA_NUM_THREADS,
                           2 * GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt),
+        # per thread: what the GEMM packs its operands into (no product allocates)
+        pack=np.empty((numba.config.NUMBA_NUM_THREADS,
+                       pack_workspace_elements(network._dims, dt.itemsize)), dtype=dt),
         Xb=np.empty((batch_size, n_features), dtype=dt),
         Tb=np.empty((batch_size, n_outputs), dtype=dt),
         wb=np.empty(batch_size, dtype=dt),

@@ -367,6 +367,31 @@ def test_gemm_packed_a_edges(rng, dtype, m, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", (G.PACK_MIN_ROWS, 2 * G.MC + G.MR + 2))
+@pytest.mark.parametrize("k", (7, G.KC + 1))
+def test_gemm_pack_workspace_gives_the_bits_of_its_own_buffers(rng, dtype, m, k):
+    """A product packing into the caller's workspace (``pack``: every offset
+    of it, so the 64-byte alignment is found at each of them) gives the bits
+    of one packing into buffers of its own: with no workspace, a workspace
+    one element too small (it then allocates) and an exact one; B's panels
+    packed, A's rows too, the edge panel alone, and nothing packed."""
+    for n in (lanes(dtype) + 3, 2 * UK.NV * lanes(dtype) + 5,
+              packed_a_columns(dtype) + lanes(dtype) + 3):
+        A = np.ascontiguousarray(rand(rng, (k, m), dtype)).T
+        B = rand(rng, (k, n), dtype)
+        own = np.empty((m, n), dtype)
+        G.gemm(A, B, own, 0, G.EPI_STORE, act.IDENTITY, own[0], own)
+        size = G.pack_elements(n, np.dtype(dtype).itemsize)
+        for offset in range(64 // np.dtype(dtype).itemsize):
+            for extra in (-1, 0):
+                pack = np.full(offset + size + extra, np.nan, dtype)[offset:]
+                C = np.full((m, n), np.nan, dtype)
+                G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C, pack)
+                assert np.array_equal(C, own)
+        assert_close(own, gemm_ref(A, B), dtype, scale=np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,wide,transposed", [
     (13, False, False),                     # B read in place
     (G.PACK_MIN_ROWS + 1, False, False),    # B's panels packed

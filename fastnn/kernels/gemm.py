@@ -123,28 +123,55 @@ def _epilogue(C, i0, i1, j0, j1, mode, code, bias, H):
 
 
 @jit(inline="always")
-def gemm(A, B, C, accumulate, mode, code, bias, H):
+def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None):
     """C (=, or += when ``accumulate``) A B, then the epilogue, on the calling thread.
 
     A (M x K) any strides; B (K x N) and C (M x N) contiguous along rows.
     ``mode`` is EPI_STORE, EPI_BIAS_ACT (bias[j], activation ``code``) or
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
-    epilogue applied to zero (or to C).  A and B are passed on as strided
-    views, so a matrix and a transposed one, or a block of B's columns, share
-    one compiled core (each compiled copy of the core adds seconds to the
-    first run), called through its shared symbol (``_gemm_core``).
+    epilogue applied to zero (or to C).  ``pack``: a workspace (1-D, C's
+    dtype, ``pack_elements(N, C.itemsize)`` elements) that B's panels and
+    A's micro-panels are packed into; without one, or with a smaller one,
+    the product allocates what it packs into.  A and B are passed on as
+    strided views, so a matrix and a transposed one, or a block of B's
+    columns, share one compiled core (each compiled copy of the core adds
+    seconds to the first run), called through its shared symbol
+    (``_gemm_core``).
     """
-    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H)
+    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H, _pack_or_empty(pack, C))
 
 
-def _gemm_core(A, B, C, accumulate, mode, code, bias, H):
+def _pack_or_empty(pack, C):
+    """``pack``, or an empty workspace when the caller gave none."""
+
+
+@overload(_pack_or_empty, inline="always")
+def _pack_or_empty_overload(pack, C):
+    if pack is None or isinstance(pack, (types.NoneType, types.Omitted)):
+        return lambda pack, C: np.empty(0, C.dtype)
+    return lambda pack, C: pack
+
+
+def pack_elements(n_columns, itemsize):
+    """Elements of a ``pack`` workspace big enough for any product whose C
+    has at most ``n_columns`` columns (of ``itemsize`` bytes): a K block
+    (at most KC rows) of B's panels across one column block (at most NC
+    columns, plus the zero-padded edge panel), A's packed MC x KC block, and
+    the slack to start both on a 64-byte boundary."""
+    lanes = VECTOR_BYTES // itemsize
+    nr = NV * lanes
+    panels = min(int(n_columns), NC) // nr + 1
+    return KC * panels * nr + KC * MC + 2 * (64 // itemsize)
+
+
+def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack):
     """gemm_strided; in compiled code through the shared core's symbol when
     the operands have its types (see the overload below)."""
-    gemm_strided(A, B, C, accumulate, mode, code, bias, H)
+    gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack)
 
 
 @jit
-def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
+def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
     """gemm for an A typed as a strided view (see gemm)."""
     M, K = A.shape
     N = C.shape[1]
@@ -172,18 +199,29 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
     # product; asm of gemm_strided, znver5).
     # B's full panels are packed (pack_panel) when enough tiles share each one:
     # the K block's kc x (jc block) slab once per (jc, pc), panel after panel.
-    # Nothing is allocated when nothing is packed (C[:0]: an empty view of
-    # C's type), so a one-row prediction allocates nothing here.
-    pack = m_tiles >= PACK_MIN_ROWS and N >= nr
+    pack_b = m_tiles >= PACK_MIN_ROWS and N >= nr
     # The right edge's panel (fewer than nr columns) is always packed, zero-
     # padded, for the tiles: they read B without masks (microkernel.py)
-    edge_slot = min(N, NC) // nr if pack else 0
+    edge_slot = min(N, NC) // nr if pack_b else 0
     slab_panels = edge_slot + (1 if m_tiles > 0 and N % nr != 0 else 0)
-    slab = _panel_buffer(kb * slab_panels, nr, C) if slab_panels > 0 else C[:0]
     # A's rows are packed too when A is read down its columns (a^T of the
     # weight gradient) and enough panels of B reuse each packed block
-    pack_a = pack and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
-    a_buf = _panel_buffer(kb * (MC // MR), MR, C) if pack_a else C[:0]
+    pack_a = pack_b and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
+    # Both go into the caller's workspace ``pack``; only when it is too small
+    # is one allocated here.  Nothing is allocated when nothing is packed
+    # (C[:0]: an empty view of C's type), so a one-row prediction allocates
+    # nothing.  (A product's allocation each call cost 20 % of a training
+    # step where glibc's mmap threshold is fixed, as in a Dask worker:
+    # MALLOC_TRIM_THRESHOLD_ set, every big buffer mapped and faulted in anew.)
+    slab_size = kb * slab_panels * nr
+    a_size = kb * MC if pack_a else 0
+    pad = 64 // C.itemsize
+    need = slab_size + a_size + 2 * pad
+    buf = pack
+    if (slab_size > 0 or a_size > 0) and pack.shape[0] < need:
+        buf = np.empty(need, C.dtype)
+    slab = _aligned_block(buf, 0, kb * slab_panels, nr) if slab_size > 0 else C[:0]
+    a_buf = _aligned_block(buf, slab_size + pad, kb * (MC // MR), MR) if pack_a else C[:0]
     a_view = a_buf.T    # A's packed block as the micro-kernel reads it: MR x (tiles * kb)
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
@@ -193,7 +231,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
             add = accumulate != 0 or pc > 0
             last = pc + kc == K
             epi_now = epi if last else _EPI_NONE
-            if pack:
+            if pack_b:
                 for jr in range(jc, full_end, nr):
                     q = (jr - jc) // nr
                     uk.pack_panel(kc, B, (pc, jr), nr, slab[q * kb:q * kb + kc])
@@ -214,7 +252,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
                     Bp, pb, jb = B, pc, jr
                     if jr >= full_end:
                         Bp, pb, jb = slab, edge_slot * kb, _ZERO
-                    elif pack:
+                    elif pack_b:
                         Bp, pb, jb = slab, (jr - jc) // nr * kb, _ZERO
                     for ir in range(ic, ic_end, MR):
                         # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]
@@ -259,16 +297,17 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H):
 
 
 @jit(inline="always")
-def _panel_buffer(rows, nr, C):
-    """A rows x nr buffer of C's dtype for packed operands (B's panels, nr =
-    NR columns; A's micro-panels, nr = MR), allocated once per product, never
-    per tile, and started on a 64-byte boundary (numba aligns to 32), so
-    that no vector load of a panel straddles two cache lines (a zmm load that
-    does costs 10-25 %)."""
-    pad = 64 // C.itemsize
-    flat = np.empty(rows * nr + pad, C.dtype)
-    start = (64 - flat.ctypes.data % 64) % 64 // C.itemsize
-    return flat[start:start + rows * nr].reshape((rows, nr))
+def _aligned_block(buf, offset, rows, nr):
+    """A rows x nr block of the flat workspace ``buf`` for packed operands
+    (B's panels, nr = NR columns; A's micro-panels, nr = MR), starting at
+    the first 64-byte boundary at or after buf[offset] (numba aligns arrays
+    to 32 at most), so that no vector load of a panel straddles two cache
+    lines (a zmm load that does costs 10-25 %).  ``buf`` holds 64 bytes of
+    slack for it."""
+    itemsize = buf.itemsize
+    address = buf.ctypes.data + offset * itemsize
+    start = offset + (64 - address % 64) % 64 // itemsize
+    return buf[start:start + rows * nr].reshape((rows, nr))
 
 
 @jit(inline="always")
@@ -372,12 +411,12 @@ def _core_signature(dtype):
     """The operand types of every product of training and prediction: A and B
     strided views (the micro-kernels read them through their strides), C and
     H C-contiguous matrices (the epilogue's row loops vectorise on them),
-    bias a vector, int64 flags."""
+    bias and the pack workspace vectors, int64 flags."""
     f = numba.from_dtype(np.dtype(dtype))
     matrix = types.Array(f, 2, "C")
     view = types.Array(f, 2, "A")
-    return (view, view, matrix, types.int64, types.int64, types.int64, types.Array(f, 1, "C"),
-            matrix)
+    vector = types.Array(f, 1, "C")
+    return (view, view, matrix, types.int64, types.int64, types.int64, vector, matrix, vector)
 
 
 # The GEMM core, compiled once per dtype (here, at import: from the cache
@@ -391,10 +430,10 @@ GEMM_CORE = SharedFunction(gemm_strided, [_core_signature(np.float32),
 
 
 @overload(_gemm_core, inline="always")
-def _gemm_core_overload(A, B, C, accumulate, mode, code, bias, H):
-    if GEMM_CORE.accepts(A, B, C, accumulate, mode, code, bias, H):
+def _gemm_core_overload(A, B, C, accumulate, mode, code, bias, H, pack):
+    if GEMM_CORE.accepts(A, B, C, accumulate, mode, code, bias, H, pack):
         call = GEMM_CORE.call
-        return lambda A, B, C, accumulate, mode, code, bias, H: call(
-            (A, B, C, accumulate, mode, code, bias, H))
-    return lambda A, B, C, accumulate, mode, code, bias, H: gemm_strided(
-        A, B, C, accumulate, mode, code, bias, H)
+        return lambda A, B, C, accumulate, mode, code, bias, H, pack: call(
+            (A, B, C, accumulate, mode, code, bias, H, pack))
+    return lambda A, B, C, accumulate, mode, code, bias, H, pack: gemm_strided(
+        A, B, C, accumulate, mode, code, bias, H, pack)

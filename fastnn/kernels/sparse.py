@@ -97,7 +97,7 @@ def sparse_rows_forward(W, b, code, X, rows, Z):
 
 
 @jit
-def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1):
+def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1, pack):
     """The whole forward pass of rows r0:r1 of a batch of m rows, batch row i
     being X[rows[i]]; returns those rows of the logits z_L."""
     n_layers = dims.shape[0] - 1
@@ -107,7 +107,7 @@ def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1
     sparse_rows_forward(W, b, code, X, rows[r0:r1], Z0[r0:r1])
     # layers 1.. as the dense step does them, from a_0 in act_ws
     return forward_from(params, offs, dims, acts, SECOND, Z0[r0:r1], m, act_ws, act_off,
-                        r0, r1)
+                        r0, r1, pack)
 
 
 @jit
@@ -122,9 +122,10 @@ def gather_targets(batch, work, r0, r1):
 
 
 @jit
-def sparse_shard_rows(net, batch, work, g0, g1, phase):
-    """Loss groups g0:g1 of the batch: forward (sparse first layer), loss
-    gradient over the logits group by group, backward down to delta_0; with
+def sparse_shard_rows(net, batch, work, g0, g1, phase, s):
+    """Loss groups g0:g1 of the batch, on worker s: forward (sparse first
+    layer), loss gradient over the logits group by group, backward down to
+    delta_0; with
     phase PREDICT only the forward and the output transform (predictions
     left over the logits in work.act_ws)."""
     m = batch.order.shape[0]
@@ -135,19 +136,19 @@ def sparse_shard_rows(net, batch, work, g0, g1, phase):
     X = CSR(batch.data, batch.indices, batch.indptr)
     if phase == PREDICT:
         z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
-                           work.act_ws, work.act_off, r0, r1)
+                           work.act_ws, work.act_off, r0, r1, work.pack[s])
         output_transform(z, net.output)
         return
     gather_targets(batch, work, r0, r1)
     z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
-                       work.act_ws, work.act_off, r0, r1)
+                       work.act_ws, work.act_off, r0, r1, work.pack[s])
     for g in range(g0, g1):
         q0 = g * LOSS_GROUP_ROWS
         q1 = min(m, q0 + LOSS_GROUP_ROWS)
         work.group_loss[g], work.group_correct[g] = loss_grad(
             z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
     backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
-             work.delta_ws, r0, r1)
+             work.delta_ws, r0, r1, work.pack[s])
 
 
 @jit
@@ -237,7 +238,8 @@ def sparse_step_pass(phase, net, batch, work, sw, update, threads):
     for s in prange(workers):
         if phase != WEIGHTS:
             g0 = min(n_groups, s * per_worker)
-            sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker), phase)
+            sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker), phase,
+                              np.int64(s))
         else:
             for t in range(s, n_tasks, workers):
                 sparse_weights_block(net, work, sw, update, m, t, np.int64(s))

@@ -31,8 +31,8 @@ from numba import prange
 
 from .._jit import jit, pjit
 from .activations import IDENTITY
-from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_transpose,
-                   vector_lanes)
+from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_elements,
+                   pack_transpose, vector_lanes)
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
 
@@ -46,8 +46,8 @@ GRAD_BLOCK_ROWS = 96
 # The arguments of the compiled step travel in four bundles (namedtuples):
 Net = namedtuple("Net", ["params", "offs", "dims", "acts", "output"])
 """The network: flat parameters, layer offsets and sizes, activation codes, output code."""
-Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "scratch", "Xb",
-                           "Tb", "wb", "group_loss", "group_correct", "l2_parts"])
+Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "scratch", "pack",
+                           "Xb", "Tb", "wb", "group_loss", "group_correct", "l2_parts"])
 """The workspace of a fit (trainer.make_workspace makes it once)."""
 Batch = namedtuple("Batch", ["X", "T", "w", "order", "scale"])
 """One mini-batch: rows ``order`` of (X, T, w), and 1 / (sum of their weights)."""
@@ -55,6 +55,16 @@ Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum
                                "beta2", "eps", "apply"])
 """Optimizer state and settings (flat: numba's parallel loops cannot take a
 tuple nested in a bundle)."""
+
+def pack_workspace_elements(dims, itemsize):
+    """Elements of one thread's GEMM pack workspace (gemm's ``pack``) for a
+    network of layer sizes ``dims``: enough for every product of its step
+    and prediction, whose C has at most max(widest layer after the input,
+    GRAD_BLOCK_ROWS) columns (forward: a layer's outputs; backward: a hidden
+    layer's width; weight gradient: a layer's outputs, or a block's rows when
+    computed transposed)."""
+    return pack_elements(max(int(np.max(dims[1:])), GRAD_BLOCK_ROWS), itemsize)
+
 
 # Flags passed to gemm as typed int64 values rather than literal constants:
 # numba compiles one specialisation per distinct literal argument, and every
@@ -85,18 +95,19 @@ def layer_rows(ws, off, m, n):
 
 
 @jit(inline="always")
-def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1):
+def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1, pack):
     """Forward pass of rows r0:r1 of X; returns those rows of the logits z_L.
+    ``pack``: the calling thread's GEMM pack workspace.
 
     Training and prediction share this function; a row's result does not
     depend on the other rows.
     """
     return forward_from(params, offs, dims, acts, FIRST, X[r0:r1], X.shape[0], act_ws,
-                        act_off, r0, r1)
+                        act_off, r0, r1, pack)
 
 
 @jit(inline="always")
-def forward_from(params, offs, dims, acts, first, a, m, act_ws, act_off, r0, r1):
+def forward_from(params, offs, dims, acts, first, a, m, act_ws, act_off, r0, r1, pack):
     """Layers first.. of the forward pass of rows r0:r1 of a batch of m rows,
     from ``a``, those rows of the layers' input (X, or a_{first-1}); returns
     those rows of the logits z_L.
@@ -110,7 +121,7 @@ def forward_from(params, offs, dims, acts, first, a, m, act_ws, act_off, r0, r1)
         W, b = layer_weights(params, offs, dims, l)
         Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
         code = acts[l] if l < n_layers - 1 else NO_ACTIVATION
-        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z)
+        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z, pack)
         a = Z
     return a
 
@@ -144,7 +155,7 @@ def gradient_only(params, l2):
 
 
 @jit(inline="always")
-def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1):
+def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1, pack):
     """delta_{l-1} = (delta_l W_l^T) * h'(a_{l-1}) for rows r0:r1, l = L-1..1.
 
     delta_L is already written over the logits (the last layer of act_ws);
@@ -158,7 +169,7 @@ def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1):
         WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
         a_in = layer_rows(act_ws, act_off[l - 1], m, k)[r0:r1]
         out = layer_rows(delta_ws, act_off[l - 1], m, k)[r0:r1]
-        gemm(delta, WT_l, out, NO_ACC, DERIV, acts[l - 1], WT_l[0], a_in)
+        gemm(delta, WT_l, out, NO_ACC, DERIV, acts[l - 1], WT_l[0], a_in, pack)
         delta = out
 
 
@@ -256,10 +267,12 @@ def weight_gradient_rows(net, work, m, l, i0, i1, dW, s):
     if n < vector_lanes(dW):
         half = work.scratch.shape[1] // 2
         dWT = work.scratch[s, half:half + n * (i1 - i0)].reshape((n, i1 - i0))
-        gemm(delta.T, a_in[:, i0:i1], dWT, NO_ACC, STORE, NO_ACTIVATION, dWT[0], dWT)
+        gemm(delta.T, a_in[:, i0:i1], dWT, NO_ACC, STORE, NO_ACTIVATION, dWT[0], dWT,
+             work.pack[s])
         pack_transpose(dWT, dW)
     else:
-        gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, delta[0], dW)
+        gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, delta[0], dW,
+             work.pack[s])
     if i0 == 0:
         bias_gradient(net, work, l, delta)
 
@@ -334,9 +347,9 @@ def gather_rows(batch, work, r0, r1):
 
 
 @jit
-def shard_rows(net, batch, work, g0, g1):
-    """Loss groups g0:g1 of the batch: gather, forward, loss gradient (delta_L
-    over the logits, group by group) and backward."""
+def shard_rows(net, batch, work, g0, g1, s):
+    """Loss groups g0:g1 of the batch, on worker s: gather, forward, loss
+    gradient (delta_L over the logits, group by group) and backward."""
     m = batch.order.shape[0]
     r0 = g0 * LOSS_GROUP_ROWS
     r1 = min(m, g1 * LOSS_GROUP_ROWS)
@@ -344,14 +357,14 @@ def shard_rows(net, batch, work, g0, g1):
         return
     gather_rows(batch, work, r0, r1)
     z = forward(net.params, net.offs, net.dims, net.acts, work.Xb[:m], work.act_ws,
-                work.act_off, r0, r1)
+                work.act_off, r0, r1, work.pack[s])
     for g in range(g0, g1):
         q0 = g * LOSS_GROUP_ROWS
         q1 = min(m, q0 + LOSS_GROUP_ROWS)
         work.group_loss[g], work.group_correct[g] = loss_grad(
             z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
     backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
-             work.delta_ws, r0, r1)
+             work.delta_ws, r0, r1, work.pack[s])
 
 
 ROWS = np.int64(0)      # phases of step_pass (typed: one compiled copy for both)
@@ -386,7 +399,7 @@ def step_pass(phase, net, batch, work, update, threads):
     for s in prange(workers):
         if phase == ROWS:
             g0 = min(n_groups, s * per_worker)
-            shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker))
+            shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker), np.int64(s))
         else:
             for t in range(s, n_tasks, workers):
                 # int64, not prange's unsigned index: one compiled copy
@@ -469,9 +482,10 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
 
 
 @jit
-def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off):
-    """Network outputs for the rows of X into ``out`` (on the calling thread)."""
-    z = forward(params, offs, dims, acts, X, act_ws, act_off, FIRST, X.shape[0])
+def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
+    """Network outputs for the rows of X into ``out`` (on the calling thread,
+    with its activation and GEMM pack workspaces)."""
+    z = forward(params, offs, dims, acts, X, act_ws, act_off, FIRST, X.shape[0], pack)
     output_transform(z, output)
     # explicit loops and a typed FIRST: the slice assignment pulled in numba's
     # shape-error machinery (5.5 s of first-run compile time) and the literal 0
@@ -482,19 +496,20 @@ def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off):
 
 
 @pjit
-def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, block, threads):
+def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, pack, block,
+                 threads):
     """Predictions for every row of X into ``out``, in blocks of ``block`` rows.
 
-    One parallel region: worker s (at most one per workspace slot in act_ws)
-    takes blocks s, s + workers, ...  A row's result does not depend on the
-    block it falls in, nor on the number of threads.
+    One parallel region: worker s (at most one per workspace slot of act_ws
+    and pack) takes blocks s, s + workers, ...  A row's result does not
+    depend on the block it falls in, nor on the number of threads.
     """
     n = X.shape[0]
     n_blocks = (n + block - 1) // block
-    workers = max(1, min(threads, act_ws.shape[0], n_blocks))
+    workers = max(1, min(threads, act_ws.shape[0], pack.shape[0], n_blocks))
     for s in prange(workers):
         for bi in range(s, n_blocks, workers):
             r0 = bi * block
             r1 = min(n, r0 + block)
             predict_block(params, offs, dims, acts, output, X[r0:r1], out[r0:r1],
-                          act_ws[s], act_off)
+                          act_ws[s], act_off, pack[s])
