@@ -16,19 +16,27 @@ How a fit runs:
   gives a permutation of the global rows; step s trains on positions
   s*B:(s+1)*B of it, as locally.  Each shard is sent the positions that fall
   in it (8 bytes a row, once per epoch) and returns its share of each step's
-  summed sample weight.
-* **Step**: the driver sends the flat parameters to each actor; each shard
-  computes the gradient of its rows of the step's batch with the compiled
-  step (kernels.distributed.chunk_gradient), scaled by 1 / the *global*
-  batch weight, so the shards' gradients add up to the batch's mean
-  gradient; the driver adds them in chunk order (never arrival order) and
-  applies one update with the local update code (apply_update).  One round
-  trip per step: parameters out (one copy per worker), gradients back (one
-  per shard that has rows in the batch).
-* **Faults**: a lost worker's actor fails the step's call; the shards it held
-  are recomputed by Dask from their lineage, new actors are started on the
-  workers that now hold them, the epoch's positions are sent again and the
-  step is redone.  Its inputs are the same, so are its bits.
+  summed sample weight.  Then every actor gets the parameters and the
+  optimizer state (once per epoch) and the actors run all of the epoch's
+  steps among themselves (``_ShardActor.run_epoch``): two driver round trips
+  an epoch, none per step.
+* **Step**: each shard computes the gradient of its rows of the step's batch
+  with the compiled step (kernels.distributed.chunk_gradient), scaled by 1 /
+  the *global* batch weight, so the shards' gradients add up to the batch's
+  mean gradient; each actor sends its shards' gradients (and losses) to
+  every other actor, directly, worker to worker; every actor adds all the
+  shards' gradients in chunk order (never arrival order) and applies the
+  same update with the local update code (apply_update) to its replica of
+  the parameters and optimizer state: the same inputs in the same order, so
+  the same bits on every worker.  Per step each worker sends its shards'
+  gradients once to each other worker; nothing goes through the driver.  At
+  the epoch's end one actor returns the parameters and optimizer state.
+* **Faults**: a lost worker fails its actor's call; the driver calls the
+  epoch off on the other actors (they stop waiting for the lost one), the
+  shards it held are recomputed by Dask from their lineage, new actors are
+  started on the workers that now hold them and the epoch is run again from
+  the parameters and state it started from.  Its inputs are the same, so
+  are its bits.
 
 The result depends only on the data, its row chunking, the seed and the
 hyperparameters: which worker holds which chunk, how many workers there are
@@ -40,10 +48,12 @@ schedule, stopping rule, callbacks, Ctrl-C, rollback); :class:`ClusterData`
 is plugged in as its ``run_epoch``, which the Trainer supports (the compiled
 multi-epoch path is then off, as for any replaced ``run_epoch``).
 """
+import asyncio
 import contextlib
 import contextvars
 import functools
 import math
+import threading
 import time
 
 import numba
@@ -64,6 +74,10 @@ MAX_RECOVERIES = 3
 # (measured: 4.29 MB on `lo` for a 2.14 MB argument) and the scheduler's
 # process copied it.  Set False if the driver cannot reach the workers.
 DIRECT_TO_WORKERS = True
+# How long an actor waits for its peers' gradients of one step before it
+# gives up (a peer that died is normally noticed by the driver first, which
+# calls the epoch off at once).  Generous: a peer's first step may compile.
+PEER_WAIT_SECONDS = 600.0
 
 _CLIENT = contextvars.ContextVar("fastnn_dask_client", default=None)
 
@@ -177,12 +191,20 @@ def _shard_weight(shard):
     return shard.X.shape[0], float(shard.w.astype(np.float64).sum())
 
 
-class _ShardActor:
-    """Long-lived state on one worker (a Dask actor): its shards, a network
-    to hold the parameters of the step, a workspace per shard and the
-    epoch's positions.  Its methods are the only per-step work on a worker."""
+class _Aborted(RuntimeError):
+    """The driver called off this epoch (a peer was lost, or Ctrl-C)."""
 
-    calls = 0     # gradient calls in this process (tests look at it)
+
+class _ShardActor:
+    """Long-lived state on one worker (a Dask actor): its shards, a workspace
+    per shard, a replica of the network and of the optimizer state, the
+    epoch's positions, and handles to the other workers' actors (its peers).
+    Its methods are the only per-step work on a worker; during an epoch it
+    talks to its peers directly, not through the driver.  One actor per
+    worker (an actor calling another on its own worker would not get a
+    future back)."""
+
+    calls = 0     # shard gradients computed in this process (tests look at it)
 
     def __init__(self, net_state, batch_size, *shards):
         from .trainer import make_workspace
@@ -190,9 +212,23 @@ class _ShardActor:
         self.net.__dict__.update(net_state)
         self.net.params = self.net.params.copy()
         self.shards = sorted(shards, key=lambda s: s.index)
-        self.work = [make_workspace(self.net, min(batch_size, s.X.shape[0]), s.X.shape[1],
-                                    s.T.shape[1]) for s in self.shards]
+        work = [make_workspace(self.net, min(batch_size, s.X.shape[0]), s.X.shape[1],
+                               s.T.shape[1]) for s in self.shards]
+        # two gradient buffers per shard, for even and odd steps: a peer may
+        # still be reading step s's gradient (with workers as threads of one
+        # process it receives the array itself, not a copy) while this actor
+        # computes step s + 1; it has read it before this actor gets its
+        # parts of s + 1, so before step s + 2 overwrites the buffer
+        self.work = [(w, w._replace(grad=np.empty_like(w.grad))) for w in work]
+        self.grad = np.empty_like(self.net.params)
         self.plans = {}
+        self.peers = []
+        self.n_shards = len(self.shards)
+        # gradients received from peers, by (run, step): filled by receive()
+        # on the worker's event loop, taken by run_epoch() on the actor's thread
+        self.inbox = {}
+        self.aborted = -1
+        self.cond = threading.Condition()
         try:
             from distributed import get_worker
             self.threads = max(1, min(get_worker().state.nthreads,
@@ -200,37 +236,136 @@ class _ShardActor:
         except (ImportError, ValueError, AttributeError):
             self.threads = 1
 
+    def connect(self, rank, peers, n_shards):
+        """This actor is number ``rank`` of ``peers`` (every actor of the
+        fit, itself included, in rank order), which hold ``n_shards`` shards
+        in all."""
+        # handles of this actor's own, bound to this worker: rebuilt as
+        # unpickling does (with workers as threads of one process the
+        # driver's handle objects arrive as they are, shared, and one bound
+        # to another worker would take a call for a call on its own worker)
+        self.peers = [None if r == rank else rebuild(*args)
+                      for r, (rebuild, args) in enumerate(p.__reduce__() for p in peers)]
+        self.rank, self.n_shards = rank, n_shards
+        return rank
+
     def set_epoch(self, plans):
         """Store each shard's (rows, step offsets) of the epoch; returns
         {chunk: summed sample weight of its rows in each step}."""
         self.plans = plans
         return {s.index: step_weights(s.w, *plans[s.index]) for s in self.shards}
 
-    def gradients(self, step, params, scale):
-        """([(chunk, summed loss, correct rows, gradient or None)] of step
-        ``step`` for each shard, in chunk order, at ``params``; seconds spent
-        computing them)."""
+    async def receive(self, run, step, parts):
+        """A peer's shard results of step ``step`` of epoch run ``run``
+        (runs on the worker's event loop, so it is never queued behind
+        run_epoch on the actor's thread)."""
+        with self.cond:
+            if run > self.aborted:
+                self.inbox.setdefault((run, step), []).extend(parts)
+                self.cond.notify_all()
+
+    async def abort(self, run):
+        """Call off epoch run ``run`` (and older ones): a run_epoch waiting
+        for its peers raises instead."""
+        with self.cond:
+            self.aborted = max(self.aborted, run)
+            self.inbox = {k: v for k, v in self.inbox.items() if k[0] > run}
+            self.cond.notify_all()
+
+    def _peer_parts(self, run, step, count):
+        """The ``count`` shard results of step ``step`` sent by the peers."""
+        deadline = time.monotonic() + PEER_WAIT_SECONDS
+        with self.cond:
+            while True:
+                if run <= self.aborted:
+                    raise _Aborted(f"epoch run {run} was called off")
+                parts = self.inbox.get((run, step), ())
+                if len(parts) == count:
+                    return self.inbox.pop((run, step), [])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no gradients from the peers for step {step} in "
+                                       f"{PEER_WAIT_SECONDS} s")
+                self.cond.wait(min(left, 1.0))
+
+    def _shard_gradients(self, step, scales):
+        """[(chunk, summed loss, correct rows, gradient or None)] of step
+        ``step`` for this actor's shards, and the seconds spent computing."""
         from .trainer import _net_bundle, serial_step
-        np.copyto(self.net.params, params)   # received buffers may be read-only
         net = _net_bundle(self.net)
-        scale = self.net.dtype.type(scale)
+        scale = self.net.dtype.type(scales[step])
         out = []
-        seconds = 0.0
+        t0 = time.perf_counter()
+        for shard, works in zip(self.shards, self.work):
+            work = works[step % 2]
+            rows, offsets = self.plans[shard.index]
+            mine = rows[offsets[step]:offsets[step + 1]]
+            if mine.shape[0] == 0:
+                out.append((shard.index, 0.0, 0, None))
+                continue
+            with parallel_region(serial_step(self.net, mine.shape[0])) as threads:
+                loss, correct = chunk_gradient(net, shard.X, shard.T, shard.w, mine, scale,
+                                               work, np.int64(threads))
+            out.append((shard.index, float(loss), int(correct), work.grad))
+            type(self).calls += 1
+        return out, time.perf_counter() - t0
+
+    def run_epoch(self, run, params, update, first_step, scales):
+        """Every step of the epoch (positions from set_epoch) from ``params``
+        and the optimizer state and settings ``update`` (kernels.step.Update;
+        ``first_step`` steps taken before).  Per step: this actor's shard
+        gradients, sent to every peer while it receives theirs; the batch's
+        gradient summed over all shards in chunk order and one update
+        applied, by every actor alike (the same inputs in the same order, so
+        the same bits everywhere).  Stops before the update of a step whose
+        loss is not finite.
+
+        Returns ([(batch loss, correct rows, L2 loss or None, seconds of
+        gradient, bytes sent to peers)] per step taken, then (params,
+        state1, state2) from rank 0 only (None elsewhere)."""
+        from .trainer import _net_bundle
+        np.copyto(self.net.params, params)      # received buffers may be read-only
+        state1, state2 = update.state1.copy(), update.state2.copy()
+        update = update._replace(state1=state1, state2=state2)
+        bundle = _net_bundle(self.net)
+        others = self.n_shards - len(self.shards)
+        records = []
+        sends = []
         with num_threads(self.threads):
-            for shard, work in zip(self.shards, self.work):
-                rows, offsets = self.plans[shard.index]
-                mine = rows[offsets[step]:offsets[step + 1]]
-                if mine.shape[0] == 0:
-                    out.append((shard.index, 0.0, 0, None))
-                    continue
+            for step in range(len(scales)):
+                mine, seconds = self._shard_gradients(step, scales)
+                # the last step's gradients were delivered (long since: a step
+                # computed meanwhile), so step + 1 may overwrite their buffers
+                for f in sends:
+                    f.result()
+                sends = [peer.receive(run, step, mine) for r, peer in enumerate(self.peers)
+                         if r != self.rank]
                 t0 = time.perf_counter()
-                with parallel_region(serial_step(self.net, mine.shape[0])) as threads:
-                    loss, correct = chunk_gradient(net, shard.X, shard.T, shard.w, mine, scale,
-                                                   work, np.int64(threads))
-                seconds += time.perf_counter() - t0
-                out.append((shard.index, float(loss), int(correct), work.grad))
-                type(self).calls += 1
-        return out, seconds
+                parts = sorted(mine + (self._peer_parts(run, step, others) if others else []),
+                               key=lambda part: part[0])
+                t1 = time.perf_counter()
+                sent = len(sends) * sum(g.nbytes for _, _, _, g in mine if g is not None)
+                batch_loss, correct, first = 0.0, 0, True
+                for _, loss, hits, g in parts:                    # chunk order
+                    batch_loss += loss
+                    correct += hits
+                    if g is None:
+                        continue
+                    if first:
+                        np.copyto(self.grad, g)
+                        first = False
+                    else:
+                        self.grad += g
+                if not np.isfinite(batch_loss):
+                    records.append((batch_loss, correct, None, seconds, sent, t1 - t0, 0.0))
+                    break
+                l2_loss = apply_update(bundle, self.grad, update, np.int64(first_step + step))
+                records.append((batch_loss, correct, float(l2_loss), seconds, sent, t1 - t0,
+                                time.perf_counter() - t1))
+            for f in sends:
+                f.result()
+        state = (self.net.params, state1, state2) if self.rank == 0 else None
+        return records, state
 
 
 # ------------------------------------------------------------ driver side
@@ -240,16 +375,20 @@ class ClusterData:
 
     ``shape`` is (rows, features) of the whole data, so the Trainer's loop
     can use an instance where it uses X.  ``stats`` counts what moved:
-    ``steps``, ``round_trips``, ``actors`` (worker-side actors, one per
-    worker holding shards, in the last step: the parameters go to each),
-    ``bytes_out`` / ``bytes_in`` (array payloads
-    sent to and received from the workers), ``epoch_bytes_out`` (positions
-    sent at epoch starts), ``recoveries``, ``step_seconds`` (wall time of
-    the steps), ``wait_seconds`` (the part spent waiting for the workers),
-    ``slowest_seconds`` (per step, the gradient time of the slowest worker,
-    summed over the steps: ``step_seconds - slowest_seconds`` is the
-    overhead of distributing) and ``compute_seconds`` (all workers' gradient
-    time).
+    ``steps``, ``epochs``, ``round_trips`` (driver-to-workers calls: two an
+    epoch), ``actors`` (worker-side actors, one per worker holding shards,
+    in the last epoch), ``bytes_out`` / ``bytes_in`` (array payloads the
+    driver sent to and received from the workers: the parameters and
+    optimizer state to every actor at each epoch's start, back from one at
+    its end), ``peer_bytes`` (gradients the workers sent each other during
+    the steps), ``epoch_bytes_out`` (positions sent at epoch starts),
+    ``recoveries`` (actors rebuilt after a lost worker), ``epochs_redone``
+    (epochs started again because a worker was lost during their steps),
+    ``step_seconds`` (wall time of the epochs' steps, as the
+    driver waited for them), ``slowest_seconds`` (per step, the gradient
+    time of the slowest worker, summed over the steps: ``step_seconds -
+    slowest_seconds`` is the overhead of distributing) and
+    ``compute_seconds`` (all workers' gradient time).
     """
 
     def __init__(self, client, shards, rows, n_features, n_outputs, weight_sum):
@@ -264,14 +403,18 @@ class ClusterData:
         self._actor_futures = []
         self._actor_key = None
         self._plans = None
-        self.stats = dict(steps=0, round_trips=0, actors=0, bytes_out=0, bytes_in=0,
-                          epoch_bytes_out=0, recoveries=0, step_seconds=0.0, wait_seconds=0.0,
+        self._run = 0
+        self.stats = dict(steps=0, epochs=0, round_trips=0, actors=0, bytes_out=0, bytes_in=0,
+                          peer_bytes=0, peer_wait_seconds=0.0, update_seconds=0.0,
+                          epoch_bytes_out=0, recoveries=0, epochs_redone=0,
+                          step_seconds=0.0,
                           slowest_seconds=0.0, compute_seconds=0.0)
 
     # ---------------------------------------------------------- actors
     def _start_actors(self, network, batch_size):
         """One actor per worker holding shards, built on that worker from
-        its shards (Dask first recomputes any that were lost)."""
+        its shards (Dask first recomputes any that were lost), and told its
+        peers."""
         # waits until every shard exists (Dask recomputes lost ones); small
         # results, and no call on the default client (use_client may differ)
         self.client.gather(self.client.map(_shard_weight, self.shards, pure=False))
@@ -287,10 +430,37 @@ class ClusterData:
                                       *[self.shards[c] for c in chunks], actor=True,
                                       workers=[addr], allow_other_workers=True, pure=False)
                    for addr, chunks in sorted(by_worker.items())]
-        self.actors = [f.result() for f in futures]
+        actors = [f.result() for f in futures]
+        self._wait([a.connect(rank, actors, len(self.shards)) for rank, a in enumerate(actors)])
+        self.actors = actors
         self._actor_futures = futures
         self._actor_key = batch_size
         self._owned = [chunks for _, chunks in sorted(by_worker.items())]
+
+    def _wait(self, futures):
+        """The results of actor calls, in order; the first error is raised
+        as soon as it arrives (the other calls may be waiting for a lost
+        peer, so waiting on them in order could wait forever).  Waits on the
+        client's event loop, without polling."""
+        async def first_error():
+            tasks = [asyncio.ensure_future(f) for f in futures]
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise task.exception()
+            return [task.result() for task in tasks]
+
+        return self.client.sync(first_error)
+
+    def _abort(self):
+        """Call the current epoch run off on every actor still reachable."""
+        for a in self.actors:
+            try:
+                a.abort(self._run)
+            except Exception:       # its worker is gone: nothing waits there
+                pass
 
     def _call(self, network, batch_size, method, make_args):
         """Call ``method`` on every actor (``make_args(chunks)`` gives its
@@ -301,23 +471,27 @@ class ClusterData:
                 if not self.actors or self._actor_key != batch_size:
                     self._start_actors(network, batch_size)
                     if method != "set_epoch" and self._plans is not None:
-                        self._send_plans()
-                futures = [getattr(a, method)(*make_args(chunks))
-                           for a, chunks in zip(self.actors, self._owned)]
-                return [f.result() for f in futures]
+                        self._wait([a.set_epoch({c: self._plans[c] for c in chunks})
+                                    for a, chunks in zip(self.actors, self._owned)])
+                self.stats["round_trips"] += 1
+                self._run += 1     # each attempt a new run: its stale messages are dropped
+                return self._wait([getattr(a, method)(*make_args(chunks))
+                                   for a, chunks in zip(self.actors, self._owned)])
             except (RuntimeError, OSError, TimeoutError) as exc:
                 # a worker holding an actor was lost (RuntimeError "Worker
-                # holding Actor was lost", a closed comm): rebuild and redo
+                # holding Actor was lost", a closed comm): the others are
+                # told to stop waiting for it; rebuild and redo the call
+                self._abort()
                 if attempt == MAX_RECOVERIES or not _looks_lost(exc):
                     raise
                 self.stats["recoveries"] += 1
+                if method == "run_epoch":
+                    self.stats["epochs_redone"] += 1
                 self.actors = []
                 time.sleep(0.2 * (attempt + 1))
-
-    def _send_plans(self):
-        futures = [a.set_epoch({c: self._plans[c] for c in chunks})
-                   for a, chunks in zip(self.actors, self._owned)]
-        return [f.result() for f in futures]
+            except BaseException:       # Ctrl-C: the actors stop too
+                self._abort()
+                raise
 
     def close(self):
         """Release the actors and shards (their memory on the workers)."""
@@ -346,8 +520,14 @@ class ClusterData:
     def run_epoch(self, trainer, X, T, w, order=None):
         """One distributed epoch for ``trainer`` (the Trainer.run_epoch
         contract: returns (mean loss, accuracy, finite) and advances
-        trainer.steps); X, T, w are ignored (the data is on the cluster)."""
-        from .trainer import _net_bundle
+        trainer.steps); X, T, w are ignored (the data is on the cluster).
+
+        Two round trips: the positions out (the shards' step weights back),
+        then the parameters and optimizer state out to every actor, which
+        run all the steps among themselves (_ShardActor.run_epoch), and the
+        new parameters and state back from one of them.  A lost worker
+        makes the epoch start again from the same state on new actors: the
+        same bits."""
         net = trainer.network
         n = self.shape[0]
         if order is None:
@@ -365,46 +545,41 @@ class ClusterData:
         batch_weight = np.zeros(n_steps)
         for c in range(len(self.rows)):
             batch_weight += by_chunk[c]
+        scales = np.array([net.dtype.type(1.0 / bw) for bw in batch_weight], dtype=net.dtype)
         update = trainer._update_bundle()
-        bundle = _net_bundle(net)
-        grad = np.empty_like(net.params)
+        t0 = time.perf_counter()
+
+        results = self._call(net, batch, "run_epoch", lambda chunks: (
+            self._run, net.params, update, np.int64(trainer.steps), scales))
+        self.stats["step_seconds"] += time.perf_counter() - t0
+        records = results[0][0]
+        params, state1, state2 = results[0][1]
+        for arr, new in ((net.params, params), (update.state1, state1), (update.state2, state2)):
+            np.copyto(arr, new)
+        state_bytes = net.params.nbytes + update.state1.nbytes + update.state2.nbytes
+        self.stats["bytes_out"] += state_bytes * len(self.actors)
+        self.stats["bytes_in"] += state_bytes
+        self.stats["actors"] = len(self.actors)
+        self.stats["epochs"] += 1
+        for s in range(len(records)):
+            seconds = [res[0][s][3] for res in results]
+            self.stats["slowest_seconds"] += max(seconds)
+            self.stats["compute_seconds"] += sum(seconds)
+            self.stats["peer_bytes"] += sum(res[0][s][4] for res in results)
+            self.stats["peer_wait_seconds"] += max(res[0][s][5] for res in results)
+            self.stats["update_seconds"] += max(res[0][s][6] for res in results)
         loss_total, weight_total, correct_total, steps = 0.0, 0.0, 0, 0
-        for s in range(n_steps):
-            t0 = time.perf_counter()
-            scale = float(net.dtype.type(1.0 / batch_weight[s]))
-            params = net.params
-            results = self._call(net, batch, "gradients", lambda chunks: (s, params, scale))
-            t1 = time.perf_counter()
-            shard_results = sorted((r for part, _ in results for r in part), key=lambda r: r[0])
-            seconds = [sec for _, sec in results]
-            batch_loss, first = 0.0, True
-            for _, loss, correct, g in shard_results:      # chunk order
-                batch_loss += loss
-                correct_total += correct
-                if g is None:
-                    continue
-                self.stats["bytes_in"] += g.nbytes
-                if first:
-                    np.copyto(grad, g)
-                    first = False
-                else:
-                    grad += g
-            self.stats["bytes_out"] += params.nbytes * len(self.actors)
-            self.stats["round_trips"] += 1
-            self.stats["actors"] = len(self.actors)
-            if not np.isfinite(batch_loss):
+        for s, (batch_loss, correct, l2_loss, *_) in enumerate(records):
+            correct_total += correct
+            if l2_loss is None:        # not finite: stopped before this step's update
                 trainer.steps += steps
+                self.stats["steps"] += steps
                 return loss_total / weight_total if weight_total else float("nan"), None, False
-            l2_loss = apply_update(bundle, grad, update, np.int64(trainer.steps + steps))
             steps += 1
             loss_total = add_step_loss(loss_total, batch_loss, l2_loss, batch_weight[s])
             weight_total += batch_weight[s]
-            self.stats["steps"] += 1
-            self.stats["wait_seconds"] += t1 - t0
-            self.stats["slowest_seconds"] += max(seconds)
-            self.stats["compute_seconds"] += sum(seconds)
-            self.stats["step_seconds"] += time.perf_counter() - t0
         trainer.steps += steps
+        self.stats["steps"] += steps
         mean_loss = loss_total / weight_total if weight_total > 0 else float("nan")
         accuracy = correct_total / n if net.output != "linear" else None
         return mean_loss, accuracy, True

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -69,14 +70,19 @@ def test_fit_runs_on_the_workers_and_predictions_are_lazy(client):
     assert isinstance(labels, da.Array)
     np.testing.assert_array_equal(labels.compute(), est.predict(X))
     assert est.score(dX, dy) == pytest.approx(est.score(X, y), abs=1e-12)
-    # only parameters and gradients moved during the steps
+    # only parameters, optimizer state and gradients moved: the state (3 x
+    # the parameters) to each worker holding shards at an epoch's start (both
+    # workers, unless the scheduler placed every chunk on one of them: seen
+    # in CI) and back from one at its end, two driver round trips an epoch;
+    # during the steps each shard's gradient to every other worker
     stats = est.cluster_stats_
-    n_params = est._network.params.size
-    assert stats["bytes_in"] == 4 * steps * n_params * 4
-    # the parameters go once per round trip to each worker holding shards (both
-    # workers, unless the scheduler placed every chunk on one of them: seen in CI)
-    assert 1 <= stats["actors"] <= len(client.nthreads())
-    assert stats["bytes_out"] == stats["round_trips"] * n_params * 4 * stats["actors"]
+    n_bytes = est._network.params.size * 4
+    actors = stats["actors"]
+    assert 1 <= actors <= len(client.nthreads())
+    assert stats["epochs"] == 15 and stats["round_trips"] == 2 * 15
+    assert stats["bytes_out"] == 15 * 3 * n_bytes * actors
+    assert stats["bytes_in"] == 15 * 3 * n_bytes
+    assert stats["peer_bytes"] == 4 * steps * n_bytes * (actors - 1)
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
@@ -282,22 +288,32 @@ def test_worker_killed_mid_fit_gives_the_same_bits(client):
     # last in this file: it kills the fixture's workers (their nannies restart them)
     X, y = _data()
     dX, dy = da.from_array(X, chunks=150), da.from_array(y, chunks=150)
-    kw = dict(KW, max_iter=6, batch_size=32)
+    kw = dict(KW, max_iter=6, batch_size=8)     # 75 steps an epoch
     reference = MLPClassifier(**kw).fit(dX, dy)
     killed, timers = [], []
+
+    def kill_after_a_few_steps(start):
+        # the workers run an epoch's steps among themselves: wait until they
+        # have computed a few shard gradients of it, then kill one of them
+        while sum(_worker_calls(client).values()) < start + 8:
+            time.sleep(0.002)
+        _kill_a_shard_holder(client, killed)
 
     def kill(logs):
         if logs["epoch"] == 1:       # between two epochs
             _kill_a_shard_holder(client, killed)
-        if logs["epoch"] == 3:       # and, a moment later, during epoch 4's steps
+        if logs["epoch"] == 3:       # and during epoch 4's steps
             client.wait_for_workers(2, timeout=60)
-            timers.append(threading.Timer(0.05, _kill_a_shard_holder, (client, killed)))
+            start = sum(_worker_calls(client).values())
+            timers.append(threading.Thread(target=kill_after_a_few_steps, args=(start,)))
             timers[-1].start()
 
     est = MLPClassifier(**kw, callbacks=[kill]).fit(dX, dy)
     for t in timers:
         t.join()
     assert len(killed) == 2 and est.cluster_stats_["recoveries"] >= 2
+    # the second kill came while epoch 4 ran: its steps were not all done
+    assert est.cluster_stats_["epochs_redone"] >= 1
     np.testing.assert_array_equal(est._network.params, reference._network.params)
     assert est.loss_curve_ == reference.loss_curve_
     client.wait_for_workers(2, timeout=60)

@@ -8,8 +8,11 @@ on a ``LocalCluster`` of ``--workers`` processes x 1 thread, on random data
 generated on the workers (one row chunk per worker).  Per epoch: the median
 epoch time after a warm-up fit (compilation excluded).  Per step: the wall
 time, the slowest worker's gradient time, their difference (the overhead:
-serialisation, transfer, the driver's sum and update, scheduling), the array
-bytes sent and received, and the bytes the loopback interface carried.
+waiting for the other workers' gradients -- serialisation, transfer, the
+slower worker -- and the sum and update each worker applies), the array bytes
+the workers sent each other and those to and from the driver, an exchange of
+the parameters' size between the workers alone, and the bytes the loopback
+interface carried.
 Prints the load average: the machine may be shared.
 """
 import argparse
@@ -18,24 +21,47 @@ import statistics
 import time
 
 
-class _Echo:
-    """An actor that returns its argument: the exchange of a step without the step."""
+class _Exchange:
+    """Actors that send each other an array and wait for the others' (as the
+    fit's actors exchange a step's gradients), without the step."""
 
-    def echo(self, x):
-        return x
+    def __init__(self, rank):
+        import threading
+        self.rank, self.box, self.cond = rank, {}, threading.Condition()
 
+    def connect(self, peers):
+        self.peers = [None if r == self.rank else fn(*args)
+                      for r, (fn, args) in enumerate(p.__reduce__() for p in peers)]
 
-def _echo_ms(client, workers, payload, reps=20):
-    """Median of 3 x ``reps`` echo round trips of ``payload`` to every worker at once, in ms."""
-    actors = [client.submit(_Echo, actor=True, workers=[w]).result() for w in workers]
-    [f.result() for f in [a.echo(payload) for a in actors]]
-    times = []
-    for _ in range(3):
+    async def receive(self, step, x):
+        with self.cond:
+            self.box[step] = self.box.get(step, 0) + 1
+            self.cond.notify_all()
+
+    def run(self, x, reps):
         t = time.perf_counter()
-        for _ in range(reps):
-            [f.result() for f in [a.echo(payload) for a in actors]]
-        times.append((time.perf_counter() - t) / reps * 1e3)
-    return statistics.median(times)
+        sends = []
+        for step in range(reps):
+            for f in sends:
+                f.result()
+            sends = [p.receive(step, x) for p in self.peers if p is not None]
+            with self.cond:
+                while self.box.get(step, 0) < len(sends):
+                    self.cond.wait(1.0)
+        for f in sends:
+            f.result()
+        return (time.perf_counter() - t) / reps * 1e3
+
+
+def _exchange_ms(client, workers, payload, reps=20):
+    """Median over 3 runs of the slowest worker's time per exchange of
+    ``payload`` with every other worker, in ms."""
+    actors = [client.submit(_Exchange, r, actor=True, workers=[w]).result()
+              for r, w in enumerate(workers)]
+    [f.result() for f in [a.connect(actors) for a in actors]]
+    [f.result() for f in [a.run(payload, 2) for a in actors]]
+    return statistics.median(max(f.result() for f in [a.run(payload, reps) for a in actors])
+                             for _ in range(3))
 
 
 def _epoch_times(est_cls, kw, X, y):
@@ -93,12 +119,11 @@ def main(argv=None):
         lo0 = psutil.net_io_counters(pernic=True).get("lo")
         dist, t_dist = _epoch_times(MLPClassifier, kw, dX, dy)
         lo1 = psutil.net_io_counters(pernic=True).get("lo")
-        # the exchange alone, called as the fit calls its actors (directly)
-        client.direct_to_workers = True
+        # the exchange alone, worker to worker as the fit's actors do it
         workers = sorted(client.nthreads())
         params = dist._network.params
-        echo_big = _echo_ms(client, workers, params)
-        echo_tiny = _echo_ms(client, workers, params[:1])
+        exchange_big = _exchange_ms(client, workers, params) if len(workers) > 1 else None
+        exchange_tiny = _exchange_ms(client, workers, params[:1]) if len(workers) > 1 else None
     finally:
         client.close()
         cluster.close()
@@ -118,14 +143,19 @@ def main(argv=None):
     print(f"dask   {args.workers} workers: {n / t_dist:10.0f} samples/s  "
           f"({t_dist * 1e3:.1f} ms/epoch)  speed-up {t_local / t_dist:.2f}x")
     print(f"per step: {per_step * 1e3:.2f} ms wall, the step's slowest worker's gradient "
-          f"{worker * 1e3:.2f} ms, overhead {(per_step - worker) * 1e3:.2f} ms; "
-          f"{st['round_trips'] / steps:.0f} round trip")
-    print(f"bytes per step: {st['bytes_out'] / steps / 1e6:.2f} MB parameters out, "
-          f"{st['bytes_in'] / steps / 1e6:.2f} MB gradients in; epoch positions "
-          f"{st['epoch_bytes_out'] / args.epochs / 1e3:.0f} kB per epoch")
-    print(f"exchange alone (actor echo to every worker at once): {echo_big:.2f} ms for the "
-          f"parameters ({params.nbytes / 1e6:.2f} MB each way per worker), {echo_tiny:.2f} ms "
-          f"for 4 bytes")
+          f"{worker * 1e3:.2f} ms, overhead {(per_step - worker) * 1e3:.2f} ms (of which "
+          f"waiting for the peers' gradients {st['peer_wait_seconds'] / steps * 1e3:.2f} ms "
+          f"and their sum + the update {st['update_seconds'] / steps * 1e3:.2f} ms, each the "
+          f"slowest worker's); driver round trips {st['round_trips'] / st['epochs']:.0f} "
+          f"an epoch, none per step")
+    print(f"bytes per step: {st['peer_bytes'] / steps / 1e6:.2f} MB of gradients between "
+          f"the workers; per epoch: {st['bytes_out'] / st['epochs'] / 1e6:.2f} MB of parameters "
+          f"and optimizer state out, {st['bytes_in'] / st['epochs'] / 1e6:.2f} MB back, "
+          f"positions {st['epoch_bytes_out'] / args.epochs / 1e3:.0f} kB")
+    if exchange_big is not None:
+        print(f"exchange alone (each worker sends an array to every other and waits for "
+              f"theirs): {exchange_big:.2f} ms for the parameters' size "
+              f"({params.nbytes / 1e6:.2f} MB), {exchange_tiny:.2f} ms for 4 bytes")
     if lo0 is not None and lo1 is not None:
         moved = (lo1.bytes_sent - lo0.bytes_sent) / steps
         print(f"loopback interface: {moved / 1e6:.2f} MB per step (whole fit, all processes "

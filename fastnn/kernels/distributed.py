@@ -1,6 +1,6 @@
 """The two halves of a training step, split for data-parallel training
 (fastnn.distributed): the gradient of some rows of a batch (on a worker) and
-the update from a summed gradient (on the driver).
+the update from a summed gradient (on every worker, to its replica).
 
 Both reuse the compiled step of kernels/step.py rather than a second
 gradient: ``chunk_gradient`` is ``loss_gradient`` with the batch's rows and
