@@ -320,9 +320,11 @@ class _ShardActor:
         the same bits everywhere).  Stops before the update of a step whose
         loss is not finite.
 
-        Returns ([(batch loss, correct rows, L2 loss or None, seconds of
-        gradient, bytes sent to peers)] per step taken, then (params,
-        state1, state2) from rank 0 only (None elsewhere)."""
+        Returns ([(batch loss, correct rows, L2 loss or None (the loss was
+        not finite), seconds computing this actor's gradients, bytes sent
+        to the peers, seconds waiting for theirs, seconds summing and
+        updating)] per step taken, (params, state1, state2) from rank 0 and
+        None from the others)."""
         from .trainer import _net_bundle
         np.copyto(self.net.params, params)      # received buffers may be read-only
         state1, state2 = update.state1.copy(), update.state2.copy()
@@ -384,11 +386,13 @@ class ClusterData:
     the steps), ``epoch_bytes_out`` (positions sent at epoch starts),
     ``recoveries`` (actors rebuilt after a lost worker), ``epochs_redone``
     (epochs started again because a worker was lost during their steps),
-    ``step_seconds`` (wall time of the epochs' steps, as the
-    driver waited for them), ``slowest_seconds`` (per step, the gradient
-    time of the slowest worker, summed over the steps: ``step_seconds -
-    slowest_seconds`` is the overhead of distributing) and
-    ``compute_seconds`` (all workers' gradient time).
+    ``step_seconds`` (wall time of the epochs' steps, as the driver waited
+    for them), ``slowest_seconds`` (per step, the gradient time of the
+    slowest worker, summed over the steps: ``step_seconds -
+    slowest_seconds`` is the overhead of distributing),
+    ``peer_wait_seconds`` and ``update_seconds`` (per step, the longest
+    wait of a worker for the others' gradients and the longest sum and
+    update, summed) and ``compute_seconds`` (all workers' gradient time).
     """
 
     def __init__(self, client, shards, rows, n_features, n_outputs, weight_sum):
