@@ -288,7 +288,7 @@ def test_worker_killed_mid_fit_gives_the_same_bits(client):
     # last in this file: it kills the fixture's workers (their nannies restart them)
     X, y = _data()
     dX, dy = da.from_array(X, chunks=150), da.from_array(y, chunks=150)
-    kw = dict(KW, max_iter=6, batch_size=8)     # 75 steps an epoch
+    kw = dict(KW, max_iter=6, batch_size=4)     # 150 steps an epoch: time to land a kill in one
     reference = MLPClassifier(**kw).fit(dX, dy)
     killed, timers = [], []
 
