@@ -762,3 +762,32 @@ def test_a_diverging_warm_start_fit_is_undone_whatever_the_loop(rng, callbacks):
         clf.fit(huge, y[rng.permutation(len(y))])
     assert (clf._network.params.tobytes(), clf._trainer.state1.tobytes(),
             clf.loss_curve_) == before
+
+
+def test_hyperparameters_changed_between_calls_are_checked_again(rng):
+    """_checked_params checks once per set of values: a value changed since
+    (assigned, set_params, a list changed in place, 200 -> 200.0) is checked
+    again, and a failed call leaves the estimator as it was."""
+    X = rng.standard_normal((40, 3))
+    y = rng.integers(0, 2, 40)
+    est = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    est.partial_fit(X, y, classes=[0, 1])
+    est.partial_fit(X, y)
+    est.set_params(learning_rate_init=0.0)
+    with pytest.raises(ValueError, match="learning_rate_init"):
+        est.partial_fit(X, y)
+    est.learning_rate_init = 0.001
+    est.partial_fit(X, y)
+    est.callbacks = [lambda logs: False]
+    est.partial_fit(X, y)
+    est.callbacks.append("not a function")
+    with pytest.raises(ValueError, match="callbacks"):
+        est.partial_fit(X, y)
+    est.callbacks = None
+    est.batch_size = 20.0
+    with pytest.raises(TypeError, match="batch_size"):
+        est.partial_fit(X, y)
+    est.batch_size = 20
+    before = est.coefs_[0].copy()
+    est.partial_fit(X, y)
+    assert not np.array_equal(before, est.coefs_[0])
