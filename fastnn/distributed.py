@@ -229,12 +229,21 @@ class _ShardActor:
         self.inbox = {}
         self.aborted = -1
         self.cond = threading.Condition()
+        # the worker and this actor's key on it: a wait for peers ends when
+        # the actor is released (its driver closed its client or died)
+        self._worker, self._key = None, None
         try:
             from distributed import get_worker
-            self.threads = max(1, min(get_worker().state.nthreads,
+            self._worker = get_worker()
+            self._key = self._worker.get_current_task()
+            self.threads = max(1, min(self._worker.state.nthreads,
                                       numba.config.NUMBA_NUM_THREADS))
         except (ImportError, ValueError, AttributeError):
             self.threads = 1
+
+    def _released(self):
+        """Whether the driver let go of this actor (it is no longer on its worker)."""
+        return self._key is not None and self._key not in self._worker.state.actors
 
     def connect(self, rank, peers, n_shards):
         """This actor is number ``rank`` of ``peers`` (every actor of the
@@ -279,6 +288,8 @@ class _ShardActor:
             while True:
                 if run <= self.aborted:
                     raise _Aborted(f"epoch run {run} was called off")
+                if self._released():
+                    raise _Aborted("the driver released this actor")
                 parts = self.inbox.get((run, step), ())
                 if len(parts) == count:
                     return self.inbox.pop((run, step), [])
