@@ -181,6 +181,32 @@ def test_bad_chunk_raises_the_local_error_and_leaves_the_model(client):
         MLPClassifier(solver="lbfgs").fit(da.from_array(X, chunks=200), y)
 
 
+def test_diverging_fit_raises_the_local_error_and_leaves_the_model(client):
+    """A step whose loss is not finite stops every worker before its update
+    (they all see every shard's loss); the fit raises the local error and a
+    partial_fit leaves the model as it was."""
+    X, y = _data()
+    X = X * 1e4
+    kw = dict(KW, solver="sgd", learning_rate_init=1e6, momentum=0.0)
+    with pytest.raises(ValueError) as local_err:
+        MLPClassifier(**kw).fit(X, y)
+    dX, dy = da.from_array(X, chunks=200), da.from_array(y, chunks=200)
+    with pytest.raises(ValueError) as dist_err:
+        MLPClassifier(**kw).fit(dX, dy)
+    assert str(dist_err.value) == str(local_err.value)
+    fresh = MLPClassifier(**kw)
+    with pytest.raises(ValueError, match="non-finite"):
+        fresh.partial_fit(dX, dy, classes=[0, 1, 2])
+    assert not hasattr(fresh, "coefs_")
+    est = MLPClassifier(**dict(kw, learning_rate_init=1e-9)).fit(dX, dy)
+    params, curve = est._network.params.copy(), list(est.loss_curve_)
+    est.set_params(learning_rate_init=1e6, warm_start=True)   # a new optimizer, this lr
+    with pytest.raises(ValueError, match="non-finite"):
+        est.fit(dX, dy)
+    np.testing.assert_array_equal(est._network.params, params)
+    assert est.loss_curve_ == curve
+
+
 def test_y_chunked_differently_is_rechunked_to_x(client):
     X, y = _data()
     a = MLPClassifier(**KW).fit(da.from_array(X, chunks=200), da.from_array(y, chunks=200))
