@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+from collections import namedtuple
 import math
 import threading
 import time
@@ -191,6 +192,25 @@ def _shard_weight(shard):
     return shard.X.shape[0], float(shard.w.astype(np.float64).sum())
 
 
+def peer_handles(peers, rank):
+    """Handles to the actors ``peers`` (in rank order) for the actor of
+    rank ``rank`` to call, None at its own place: rebuilt as unpickling
+    does, so each is bound to the calling worker (with workers as threads of
+    one process the driver's handle objects arrive as they are, shared, and
+    one bound to another worker would take a call for a call on its own
+    worker and return a coroutine, not a future)."""
+    return [None if r == rank else rebuild(*args)
+            for r, (rebuild, args) in enumerate(p.__reduce__() for p in peers)]
+
+
+StepRecord = namedtuple("StepRecord", ["loss", "correct", "l2_loss", "compute_seconds",
+                                       "peer_bytes", "wait_seconds", "update_seconds"])
+"""One step of an actor's epoch: the batch's summed loss and correct rows,
+its L2 loss (None: the loss was not finite and no update was applied), and
+this actor's gradient time, bytes sent to its peers, wait for theirs and
+sum + update time."""
+
+
 class _Aborted(RuntimeError):
     """The driver called off this epoch (a peer was lost, or Ctrl-C)."""
 
@@ -249,12 +269,7 @@ class _ShardActor:
         """This actor is number ``rank`` of ``peers`` (every actor of the
         fit, itself included, in rank order), which hold ``n_shards`` shards
         in all."""
-        # handles of this actor's own, bound to this worker: rebuilt as
-        # unpickling does (with workers as threads of one process the
-        # driver's handle objects arrive as they are, shared, and one bound
-        # to another worker would take a call for a call on its own worker)
-        self.peers = [None if r == rank else rebuild(*args)
-                      for r, (rebuild, args) in enumerate(p.__reduce__() for p in peers)]
+        self.peers = peer_handles(peers, rank)
         self.rank, self.n_shards = rank, n_shards
         return rank
 
@@ -331,11 +346,8 @@ class _ShardActor:
         the same bits everywhere).  Stops before the update of a step whose
         loss is not finite.
 
-        Returns ([(batch loss, correct rows, L2 loss or None (the loss was
-        not finite), seconds computing this actor's gradients, bytes sent
-        to the peers, seconds waiting for theirs, seconds summing and
-        updating)] per step taken, (params, state1, state2) from rank 0 and
-        None from the others)."""
+        Returns ([StepRecord] per step taken, (params, state1, state2) from
+        rank 0 and None from the others)."""
         from .trainer import _net_bundle
         np.copyto(self.net.params, params)      # received buffers may be read-only
         state1, state2 = update.state1.copy(), update.state2.copy()
@@ -370,11 +382,12 @@ class _ShardActor:
                     else:
                         self.grad += g
                 if not np.isfinite(batch_loss):
-                    records.append((batch_loss, correct, None, seconds, sent, t1 - t0, 0.0))
+                    records.append(StepRecord(batch_loss, correct, None, seconds, sent,
+                                              t1 - t0, 0.0))
                     break
                 l2_loss = apply_update(bundle, self.grad, update, np.int64(first_step + step))
-                records.append((batch_loss, correct, float(l2_loss), seconds, sent, t1 - t0,
-                                time.perf_counter() - t1))
+                records.append(StepRecord(batch_loss, correct, float(l2_loss), seconds, sent,
+                                          t1 - t0, time.perf_counter() - t1))
             for f in sends:
                 f.result()
         state = (self.net.params, state1, state2) if self.rank == 0 else None
@@ -576,22 +589,22 @@ class ClusterData:
         self.stats["bytes_in"] += state_bytes
         self.stats["actors"] = len(self.actors)
         self.stats["epochs"] += 1
-        for s in range(len(records)):
-            seconds = [res[0][s][3] for res in results]
+        for same_step in zip(*(actor_records for actor_records, _ in results)):
+            seconds = [r.compute_seconds for r in same_step]
             self.stats["slowest_seconds"] += max(seconds)
             self.stats["compute_seconds"] += sum(seconds)
-            self.stats["peer_bytes"] += sum(res[0][s][4] for res in results)
-            self.stats["peer_wait_seconds"] += max(res[0][s][5] for res in results)
-            self.stats["update_seconds"] += max(res[0][s][6] for res in results)
+            self.stats["peer_bytes"] += sum(r.peer_bytes for r in same_step)
+            self.stats["peer_wait_seconds"] += max(r.wait_seconds for r in same_step)
+            self.stats["update_seconds"] += max(r.update_seconds for r in same_step)
         loss_total, weight_total, correct_total, steps = 0.0, 0.0, 0, 0
-        for s, (batch_loss, correct, l2_loss, *_) in enumerate(records):
-            correct_total += correct
-            if l2_loss is None:        # not finite: stopped before this step's update
+        for s, record in enumerate(records):
+            correct_total += record.correct
+            if record.l2_loss is None:   # not finite: stopped before this step's update
                 trainer.steps += steps
                 self.stats["steps"] += steps
                 return loss_total / weight_total if weight_total else float("nan"), None, False
             steps += 1
-            loss_total = add_step_loss(loss_total, batch_loss, l2_loss, batch_weight[s])
+            loss_total = add_step_loss(loss_total, record.loss, record.l2_loss, batch_weight[s])
             weight_total += batch_weight[s]
         trainer.steps += steps
         self.stats["steps"] += steps

@@ -90,8 +90,9 @@ def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):
 # when a call succeeds
 _OWN_RNGS = weakref.WeakKeyDictionary()
 # estimator -> (its hyperparameters as last checked, the checked dict): a
-# partial_fit loop checks them once, not per call (about 45 us of a 2-100-3
-# spiral call of about 330 us); kept beside the estimator as _OWN_RNGS is
+# partial_fit loop checks them once, not per call (75-85 us of a 2-100-3
+# spiral call of 520-550 us under cProfile); kept beside the estimator as
+# _OWN_RNGS is
 _CHECKED_PARAMS = weakref.WeakKeyDictionary()
 _INIT_PARAMS = {}   # estimator class -> the names of its __init__ parameters
 

@@ -154,17 +154,16 @@ class Network:
 
     def _predict_workspace(self):
         """Workspaces for prediction, made once per network and Python thread
-        (two threads predicting at once never share one): (activations, one
-        slot per thread up to PREDICT_SLOTS; their offsets; GEMM pack
-        workspaces, one per thread numba may run, up to PREDICT_SLOTS)."""
+        (two threads predicting at once never share one): (activations, their
+        offsets, GEMM pack workspaces), one slot of each per thread numba may
+        run, up to PREDICT_SLOTS."""
         local = self.__dict__.get("_predict_local")
         if local is None:
             local = self.__dict__.setdefault("_predict_local", threading.local())
         cached = getattr(local, "ws", None)
         if cached is None:
-            ws = np.empty((PREDICT_SLOTS, PREDICT_BLOCK * int(self._dims[1:].sum())),
-                          dtype=self.dtype)
             slots = max(1, min(PREDICT_SLOTS, numba.config.NUMBA_NUM_THREADS))
+            ws = np.empty((slots, PREDICT_BLOCK * int(self._dims[1:].sum())), dtype=self.dtype)
             pack = np.empty((slots, pack_workspace_elements(self._dims, self.dtype.itemsize)),
                             dtype=self.dtype)
             cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK), pack)

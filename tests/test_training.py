@@ -276,7 +276,7 @@ def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, t
     steps, and for predicting 300 rows that of 3000 (what remains is the
     same in both: numba's handles for the array arguments).  Layer widths
     that make the GEMM pack B's panels, A's rows and an edge panel.  (A
-    product that allocated its pack buffers cost 12-16 % of a step where
+    product that allocated its pack buffers cost about 15 % of a step where
     glibc's mmap threshold is fixed, as in a Dask worker.)"""
     from numba.core.runtime import _nrt_python, rtsys
     from fastnn._parallel import num_threads

@@ -30,8 +30,8 @@ class _Exchange:
         self.rank, self.box, self.cond = rank, {}, threading.Condition()
 
     def connect(self, peers):
-        self.peers = [None if r == self.rank else fn(*args)
-                      for r, (fn, args) in enumerate(p.__reduce__() for p in peers)]
+        from ..distributed import peer_handles
+        self.peers = peer_handles(peers, self.rank)
 
     async def receive(self, step, x):
         with self.cond:

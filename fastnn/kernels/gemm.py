@@ -210,7 +210,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
     # Both go into the caller's workspace ``pack``; only when it is too small
     # is one allocated here.  Nothing is allocated when nothing is packed
     # (C[:0]: an empty view of C's type), so a one-row prediction allocates
-    # nothing.  (A product's allocation each call cost 12-16 % of a training
+    # nothing.  (A product's allocation each call cost about 15 % of a training
     # step where glibc's mmap threshold is fixed, as in a Dask worker:
     # MALLOC_TRIM_THRESHOLD_ set, every big buffer mapped and faulted in anew.)
     slab_size = kb * slab_panels * nr

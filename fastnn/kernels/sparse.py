@@ -125,9 +125,8 @@ def gather_targets(batch, work, r0, r1):
 def sparse_shard_rows(net, batch, work, g0, g1, phase, s):
     """Loss groups g0:g1 of the batch, on worker s: forward (sparse first
     layer), loss gradient over the logits group by group, backward down to
-    delta_0; with
-    phase PREDICT only the forward and the output transform (predictions
-    left over the logits in work.act_ws)."""
+    delta_0; with phase PREDICT only the forward and the output transform
+    (predictions left over the logits in work.act_ws)."""
     m = batch.order.shape[0]
     r0 = g0 * LOSS_GROUP_ROWS
     r1 = min(m, g1 * LOSS_GROUP_ROWS)

@@ -56,6 +56,7 @@ Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum
 """Optimizer state and settings (flat: numba's parallel loops cannot take a
 tuple nested in a bundle)."""
 
+
 def pack_workspace_elements(dims, itemsize):
     """Elements of one thread's GEMM pack workspace (gemm's ``pack``) for a
     network of layer sizes ``dims``: enough for every product of its step
