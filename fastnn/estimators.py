@@ -72,7 +72,8 @@ def _one_hot(idx, kind, n_classes, dtype):
         T = (idx == 1).astype(dtype).reshape(-1, 1)
     else:
         T = np.zeros((idx.shape[0], n_classes), dtype=dtype)
-        T[np.arange(idx.shape[0]), idx] = 1
+        # flat positions: a third cheaper than T[arange(n), idx] on 300 rows
+        T.reshape(-1)[np.arange(0, T.size, n_classes) + idx] = 1
     return idx, T, 1, np.dtype(np.int64)
 
 
@@ -97,10 +98,15 @@ _CHECKED_PARAMS = weakref.WeakKeyDictionary()
 _INIT_PARAMS = {}   # estimator class -> the names of its __init__ parameters
 
 
+_SCALAR_TYPES = frozenset((int, float, bool, str, type(None)))
+
+
 def _frozen(value):
     """``value`` as a hashable key that equals another only for the same type
     and contents (so 200 and 200.0, or True and 1, are different keys; a list
     is read as it is now, so one changed in place is a new key)."""
+    if type(value) in _SCALAR_TYPES:   # most parameters: no further tests
+        return (type(value), value)
     if isinstance(value, (list, tuple)):
         return (type(value), tuple(_frozen(v) for v in value))
     if isinstance(value, dict):
@@ -287,7 +293,7 @@ class _BaseMLP(BaseEstimator):
         names = _INIT_PARAMS.get(cls)
         if names is None:
             names = _INIT_PARAMS.setdefault(cls, tuple(cls._get_param_names()))
-        key = tuple(_frozen(getattr(self, name)) for name in names)
+        key = tuple([_frozen(getattr(self, name)) for name in names])
         cached = _CHECKED_PARAMS.get(self)
         if cached is None or cached[0] != key:
             cached = (key, self._check_params_now())
@@ -934,7 +940,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             idx = np.searchsorted(known, y)
         except TypeError as exc:
             raise ValueError(f"Unknown label type: labels cannot be sorted ({exc})") from None
-        found = known[np.minimum(idx, len(known) - 1)] == y
+        found = known.take(idx, mode="clip") == y   # idx = len(known) past the last
         if not found.all():
             raise ValueError(f"y holds labels {np.unique(y[~found])} that are not in "
                              f"classes_ {known}")

@@ -4,7 +4,6 @@ All per-sample and per-batch work happens in one compiled call per epoch
 (kernels.step.train_epoch); Python only shuffles, records and reports.
 """
 import contextlib
-import copy
 import math
 import inspect
 import signal
@@ -435,7 +434,7 @@ class Trainer:
         also the rollback point of the block's first epoch, so a one-epoch
         call copies the parameters once.
         """
-        settings = (self.batch_size, self.l2, self.optimizer, copy.copy(self.optimizer),
+        settings = (self.batch_size, self.l2, self.optimizer, dict(self.optimizer.__dict__),
                     self.schedule, self.stopping, self.order, self.epochs_run,
                     self.stop_reason, self.interrupted)
         snapshot = self._snapshots()[0].take()
@@ -446,7 +445,7 @@ class Trainer:
             (self.batch_size, self.l2, self.optimizer, saved_optimizer, self.schedule,
              self.stopping, self.order, self.epochs_run, self.stop_reason,
              self.interrupted) = settings
-            self.optimizer.__dict__.update(saved_optimizer.__dict__)
+            self.optimizer.__dict__.update(saved_optimizer)
             snapshot.restore()
             raise
         finally:
@@ -536,7 +535,8 @@ class Trainer:
         if restart_order:
             self.order.start(X.shape[0])
         bar = _progress_bar(epochs) if progress else None
-        if (self._chunk_epochs(X.shape[0], epochs) > 1   # one epoch: the plain call is cheaper
+        # one epoch: the plain call is cheaper (and needs no chunk size)
+        if (epochs > 1 and self._chunk_epochs(X.shape[0], epochs) > 1
                 and all(hasattr(cb, "every") for cb in callbacks) and val is None
                 and not _sparse.is_sparse(X)   # sparse: epoch by epoch (no chunked kernel)
                 and self._compiled_runs_apply()):
