@@ -8,7 +8,8 @@ from fastnn.kernels import activations as A
 from fastnn.kernels import activations as act  # 'A' is also a matrix name below
 from fastnn.kernels import losses as L
 from fastnn.kernels import optim as O
-from fastnn.kernels.gemm import column_sums_acc, product_backward, product_forward, product_weight_grad
+from fastnn.kernels.gemm import (column_sums_acc, product_backward, product_backward_kept,
+                                 product_forward, product_weight_grad)
 
 from .conftest import ODD_SIZES
 
@@ -51,6 +52,9 @@ def test_gemm_products(rng, dtype, m, k, n):
     back = np.full((m, k), np.nan, dtype)
     product_backward(d, W, back)
     assert_close(back, d64 @ W64.T, dtype, scale=np.sqrt(n))
+    kept = np.full((m, k), np.nan, dtype)     # from W^T as the step keeps it
+    product_backward_kept(d, np.ascontiguousarray(W.T), kept)
+    np.testing.assert_array_equal(kept, back)   # the same product, the same bits
 
 
 def reference_activation(name, z):

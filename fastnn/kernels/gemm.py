@@ -407,6 +407,13 @@ def product_backward(d, W, out):
     gemm(d, WT, out, _ZERO, _STORE, _ZERO, out[0], out)
 
 
+@jit
+def product_backward_kept(d, WT, out):
+    """out = d W^T from W^T already packed, as the training step runs it (its
+    update rewrites the rows of W^T as it updates those of W)."""
+    gemm(d, WT, out, _ZERO, _STORE, _ZERO, out[0], out)
+
+
 def _core_signature(dtype):
     """The operand types of every product of training and prediction: A and B
     strided views (the micro-kernels read them through their strides), C and
