@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from numba.core import event
 
@@ -81,7 +82,10 @@ import numba
 from fastnn.kernels import step
 misses = sum(sum(d.stats.cache_misses.values()) for d in vars(step).values()
              if isinstance(d, numba.core.registry.CPUDispatcher))
-print(json.dumps({"compiled": [e["name"] for e in log.entries], "misses": misses}))
+from fastnn.kernels import gemm
+cores = sorted(str(argtypes[2].dtype) for argtypes in gemm.GEMM_CORE.symbols)
+print(json.dumps({"compiled": [e["name"] for e in log.entries], "misses": misses,
+                  "cores": cores}))
 """
 
 
@@ -103,10 +107,41 @@ def test_first_cli_run_prints_the_notice_once_and_fastnn_compile_leaves_nothing(
     assert "float32: compiled" in done.stdout, done.stdout
     code = f"WORKLOAD = {startup.FIRST_RUN!r}\n" + _NOTHING_COMPILED
     after = _run(None, cache, code=code)
-    assert json.loads(after.stdout.strip().splitlines()[-1]) == {"compiled": [], "misses": 0}
+    # ... and, training in float32 alone, never compiles or loads the float64 core
+    assert json.loads(after.stdout.strip().splitlines()[-1]) == {
+        "compiled": [], "misses": 0, "cores": ["float32"]}
     assert _compile_notice.MESSAGE not in after.stderr
     again = _run(["fastnn.compile", "--dtype", "float32"], cache)
     assert "float32: nothing to compile (cached)" in again.stdout, again.stdout
+
+
+_PREDICT_FLOAT64 = """
+import json
+import numpy as np
+import fastnn
+from fastnn.kernels import gemm
+published_at_import = len(gemm.GEMM_CORE.symbols)
+net = fastnn.Network([5, 9, 3], seed=1, dtype="float64")
+X = np.linspace(-1, 1, 35).reshape(7, 5)
+out = net.predict_proba(X)
+print(json.dumps({"at_import": published_at_import, "out": out.tolist(),
+                  "cores": sorted(str(a[2].dtype) for a in gemm.GEMM_CORE.symbols)}))
+"""
+
+
+def test_a_cached_caller_of_a_core_not_yet_published_loads_and_runs(tmp_path):
+    """The GEMM cores are published lazily (kernels/shared.py): nothing at
+    import, and a caller loaded from the cache in a fresh process (here the
+    float64 prediction, in a process that never compiled it) gets its core
+    published before it loads: no unresolved symbol (a segfault), the same
+    bits as the process that compiled it, and only the dtype it needs."""
+    cache = tmp_path / "numba-cache"
+    first = json.loads(_run(None, cache, code=_PREDICT_FLOAT64).stdout.splitlines()[-1])
+    later = json.loads(_run(None, cache, code=_PREDICT_FLOAT64).stdout.splitlines()[-1])
+    assert first["at_import"] == later["at_import"] == 0
+    assert first["cores"] == later["cores"] == ["float64"]
+    assert later["out"] == first["out"]
+    assert np.allclose(np.sum(first["out"], axis=1), 1.0)
 
 
 def test_cold_start_check_compares_cpu_seconds_with_the_ceiling(tmp_path, monkeypatch, capsys):

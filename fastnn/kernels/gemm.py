@@ -426,14 +426,17 @@ def _core_signature(dtype):
     return (view, view, matrix, types.int64, types.int64, types.int64, vector, matrix, vector)
 
 
-# The GEMM core, compiled once per dtype (here, at import: from the cache
-# after the first run) and called by symbol from every product, instead of
+# The GEMM core, compiled once per dtype (when a product of that dtype is
+# first compiled or loaded: from the cache after the first run, and never
+# for a dtype the process does not use) and called by symbol from every
+# product, instead of
 # being linked, optimised and turned into machine code again inside each
 # function above it (shared.py).  A product with other operand types (a
 # test's C with a row stride wider than its columns) links the core in as
 # numba does by default: the same source, the same arithmetic.
-GEMM_CORE = SharedFunction(gemm_strided, [_core_signature(np.float32),
-                                          _core_signature(np.float64)], "fastnn.gemm_core")
+GEMM_CORE = SharedFunction(gemm_strided, {dt: _core_signature(dt) for dt in (np.float32,
+                                                                          np.float64)},
+                           "fastnn.gemm_core")
 
 
 @overload(_gemm_core, inline="always")

@@ -17,8 +17,17 @@ with numba's own calling convention (arrays passed as numba passes them,
 errors propagated).  A caller then holds one call instruction, whether
 compiled in this process or loaded from the cache: a cached caller keeps
 the symbol's name, which the JIT linker resolves when the caller is loaded.
-So the symbols must exist before any caller loads, and are published when
-the module defining the shared function is imported.
+So a symbol must exist before any caller of it loads.
+
+Each signature is compiled (or loaded from numba's cache) and published
+only when first needed, not when the module is imported: the float64 GEMM
+core cost about 4 s of a cold first run that trains in float32 alone.
+Needed means one of:
+
+* a caller is being compiled: ``accepts``, which its typing asks, publishes;
+* a caller is being loaded from the cache: numba rebuilds every cached
+  library through ``Codegen.unserialize_library``, which this module wraps
+  to publish, first, each shared symbol named in the library's code.
 
 The arithmetic is the callee's own code either way: nothing of it is
 optimised into its callers, so it cannot round differently in two copies.
@@ -28,41 +37,77 @@ import hashlib
 import llvmlite.binding as llvm
 from numba import types
 from numba.core import cgutils
+from numba.core.codegen import Codegen
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
+
+# symbol name (bytes, as it appears in compiled code) -> (SharedFunction,
+# argument types), for every declared signature, published or not
+_BY_NAME = {}
+_PREFIXES = set()   # their prefixes (bytes): a library naming none is passed by quickly
 
 
 class SharedFunction:
-    """``dispatcher`` compiled for ``signatures`` and callable by symbol.
+    """``dispatcher`` compiled for one signature per dtype and callable by symbol.
 
-    ``call`` is an intrinsic for compiled code, taking the dispatcher's
-    arguments as one tuple; ``accepts(*argtypes)`` says whether those numba
-    types are one of the shared signatures (others must call the dispatcher
-    itself).
+    ``signatures`` maps a NumPy dtype to the argument types of its
+    signature; ``prefix`` starts the symbols' names.  ``call`` is an intrinsic
+    for compiled code, taking the dispatcher's arguments as one tuple;
+    ``accepts(*argtypes)`` says whether those numba types are one of the
+    shared signatures (others must call the dispatcher itself), publishing
+    it first.
     """
 
     def __init__(self, dispatcher, signatures, prefix):
         self.dispatcher = dispatcher
-        self.symbols = {}
-        for argtypes in signatures:
+        self.symbols = {}            # argument types -> symbol name, once published
+        self._names = {}             # argument types -> symbol name
+        self._publishing = set()     # being compiled now
+        for argtypes in signatures.values():
             argtypes = tuple(argtypes)
-            dispatcher.compile(argtypes)
-            result = dispatcher.overloads[argtypes]
-            if result.signature.return_type != types.none:
-                raise TypeError(f"{dispatcher.__name__}: a shared function returns nothing")
-            address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
             # the name carries the signature, so a caller cached against
             # another argument list never calls this one with the wrong
             # arguments; its symbol is unresolved instead, and calling it
             # crashes (a stale cache: clear it, README "The first run")
             digest = hashlib.sha1(str(argtypes).encode()).hexdigest()[:12]
-            name = f"{prefix}.{digest}"
-            llvm.add_symbol(name, address)
-            self.symbols[argtypes] = name
+            self._names[argtypes] = f"{prefix}.{digest}"
+            _BY_NAME[self._names[argtypes].encode()] = (self, argtypes)
+        _PREFIXES.add(prefix.encode())
         self.call = self._make_call()
+        if not _LOADS_PUBLISH:   # numba's internals moved: publish all, as callers may load
+            for argtypes in self._names:
+                self.publish(argtypes)
+
+    def publish(self, argtypes):
+        """Compile (or load from the cache) the signature ``argtypes`` and
+        publish its entry point under its symbol, once per process."""
+        # numba's own re-entrant lock: a thread typing or loading a caller
+        # holds it when it asks for the symbol, so a lock of ours could deadlock
+        with global_compiler_lock:
+            if argtypes in self.symbols or argtypes in self._publishing:
+                return
+            dispatcher = self.dispatcher
+            self._publishing.add(argtypes)
+            try:
+                dispatcher.compile(argtypes)
+            finally:
+                self._publishing.discard(argtypes)
+            result = dispatcher.overloads[argtypes]
+            if result.signature.return_type != types.none:
+                raise TypeError(f"{dispatcher.__name__}: a shared function returns nothing")
+            address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
+            llvm.add_symbol(self._names[argtypes], address)
+            self.symbols[argtypes] = self._names[argtypes]
 
     def accepts(self, *argtypes):
-        """True when ``argtypes`` (numba types) are a shared signature."""
-        return tuple(argtypes) in self.symbols
+        """True when ``argtypes`` (numba types) are a shared signature; it is
+        then published (this runs while a caller is typed, before its code
+        is finalised)."""
+        argtypes = tuple(argtypes)
+        if argtypes not in self._names:
+            return False
+        self.publish(argtypes)
+        return True
 
     def _make_call(self):
         symbols = self.symbols
@@ -89,3 +134,37 @@ class SharedFunction:
 
         call_shared.__name__ = f"call_{label}"
         return call_shared
+
+
+def _publish_named_in(serialized):
+    """Publish every shared function whose symbol the serialized library
+    (numba's cached form: name, kind, then object code and bitcode as bytes)
+    names: it calls that symbol, which must exist before the library loads."""
+    stack = [serialized]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, (bytes, bytearray)) and any(p in item for p in _PREFIXES):
+            for name, (shared, argtypes) in list(_BY_NAME.items()):
+                if name in item:
+                    shared.publish(argtypes)
+
+
+def _wrap_library_loading():
+    """Make numba's Codegen.unserialize_library publish the shared symbols a
+    cached library calls before loading it; False if numba has no such method."""
+    original = getattr(Codegen, "unserialize_library", None)
+    if original is None:
+        return False
+
+    def unserialize_library(self, serialized):
+        _publish_named_in(serialized)
+        return original(self, serialized)
+
+    unserialize_library.__doc__ = original.__doc__
+    Codegen.unserialize_library = unserialize_library
+    return True
+
+
+_LOADS_PUBLISH = _wrap_library_loading()
