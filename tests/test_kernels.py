@@ -301,6 +301,27 @@ def _compiled_fresh(dispatcher, *args):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype):
+    """train_epoch, compiled for the bundles a Trainer really passes, calls
+    the step's passes (kernels.step.parallel_step_pass, a parfor) by their
+    shared symbol and links none of their code: no parfor in its module."""
+    import numba
+    from fastnn import Network, Trainer
+    from fastnn._jit import JIT_OPTIONS
+    from fastnn.kernels import step
+    X = rand(rng, (33, 5), dtype)
+    y = rng.integers(0, 3, 33)
+    Trainer(Network([5, 7, 3], dtype=dtype, seed=0), batch_size=16).fit(X, y, epochs=1)
+    sig = next(s for s in step.train_epoch.signatures if s[1].dtype == numba.from_dtype(dtype))
+    fresh = numba.njit(**{**JIT_OPTIONS, "cache": False})(step.train_epoch.py_func)
+    fresh.compile(sig)
+    ir = fresh.inspect_llvm(sig)
+    symbol = step.STEP_PASS.symbols[step._step_pass_signature(dtype)]
+    assert re.search(rf'call .*@"?{re.escape(symbol)}"?\(', ir)
+    assert "parfor" not in ir
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_products_call_the_one_compiled_gemm_core_by_its_symbol(rng, dtype):
     """A product with the operand types of training and prediction (C
     C-contiguous) calls the GEMM core compiled once, through its shared

@@ -61,6 +61,7 @@ class SharedFunction:
     def __init__(self, dispatcher, signatures, prefix):
         self.dispatcher = dispatcher
         self.symbols = {}            # argument types -> symbol name, once published
+        self.return_types = {}       # argument types -> the compiled return type
         self._names = {}             # argument types -> symbol name
         self._publishing = set()     # being compiled now
         for argtypes in signatures.values():
@@ -93,10 +94,9 @@ class SharedFunction:
             finally:
                 self._publishing.discard(argtypes)
             result = dispatcher.overloads[argtypes]
-            if result.signature.return_type != types.none:
-                raise TypeError(f"{dispatcher.__name__}: a shared function returns nothing")
             address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
             llvm.add_symbol(self._names[argtypes], address)
+            self.return_types[argtypes] = result.signature.return_type
             self.symbols[argtypes] = self._names[argtypes]
 
     def accepts(self, *argtypes):
@@ -111,6 +111,7 @@ class SharedFunction:
 
     def _make_call(self):
         symbols = self.symbols
+        return_types = self.return_types
         label = self.dispatcher.__name__
 
         @intrinsic
@@ -118,17 +119,18 @@ class SharedFunction:
             argtypes = tuple(args)
             if argtypes not in symbols:
                 raise TypeError(f"{label} is shared for {list(symbols)}, not {argtypes}")
-            sig = types.none(args)
+            restype = return_types[argtypes]
+            sig = restype(args)
 
             def codegen(context, builder, signature, values):
-                fnty = context.call_conv.get_function_type(types.none, argtypes)
+                fnty = context.call_conv.get_function_type(restype, argtypes)
                 fn = cgutils.get_or_insert_function(builder.module, fnty, symbols[argtypes])
-                status, _ = context.call_conv.call_function(
-                    builder, fn, types.none, argtypes,
+                status, result = context.call_conv.call_function(
+                    builder, fn, restype, argtypes,
                     cgutils.unpack_tuple(builder, values[0], len(argtypes)))
                 with cgutils.if_unlikely(builder, status.is_error):
                     context.call_conv.return_status_propagate(builder, status)
-                return context.get_dummy_value()
+                return result if restype != types.none else context.get_dummy_value()
 
             return sig, codegen
 

@@ -26,8 +26,10 @@ the deltas at the same offsets of delta_ws.
 """
 from collections import namedtuple
 
+import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from .._jit import jit, pjit
 from .activations import IDENTITY
@@ -35,6 +37,7 @@ from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pa
                    pack_transpose, vector_lanes)
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
+from .shared import SharedFunction
 
 # The loss is summed over groups of this many rows, then over the groups in
 # order; shards of the batch start at multiples of it.
@@ -373,8 +376,9 @@ WEIGHTS = np.int64(1)
 
 
 @pjit
-def step_pass(phase, net, batch, work, update, threads):
-    """One parallel pass of a training step (see the module notes).
+def parallel_step_pass(phase, net, batch, work, update, threads):
+    """One parallel pass of a training step (see the module notes), as
+    ``step_pass`` runs it.
 
     ROWS: the batch X[order] is cut into one shard per thread at multiples of
     LOSS_GROUP_ROWS; each shard gathers its rows (so they are in its core's
@@ -416,6 +420,50 @@ def step_pass(phase, net, batch, work, update, threads):
             total += work.l2_parts[t]
         total *= 0.5
     return total, correct
+
+
+def _step_pass_signature(dtype):
+    """The argument types every caller of the training step passes for a
+    network of ``dtype`` (the bundles as trainer.make_workspace, the
+    trainer and train_epoch build them)."""
+    f = numba.from_dtype(np.dtype(dtype))
+    vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
+    ints, float64s = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
+    net = types.NamedTuple([vector, ints, ints, ints, types.int64], Net)
+    batch = types.NamedTuple([matrix, matrix, vector, ints, f], Batch)
+    work = types.NamedTuple([vector, vector, ints, vector, vector, matrix, matrix, matrix, matrix,
+                             vector, float64s, ints, float64s], Work)
+    update = types.NamedTuple([vector, vector, types.int64, f, f, f, f, f, f, types.boolean],
+                              Update)
+    return (types.int64, net, batch, work, update, types.int64)
+
+
+# The training step's two passes, compiled once per dtype and called by
+# symbol (shared.py) from the epoch, the chunked run, the full-batch gradient
+# and the cluster shard, instead of being linked into each with the parfor's
+# three libraries and optimised again there (about 2 s of a cold first run
+# for train_epoch and as much for train_epochs).
+STEP_PASS = SharedFunction(parallel_step_pass,
+                           {dt: _step_pass_signature(dt) for dt in (np.float32, np.float64)},
+                           "fastnn.step_pass")
+
+
+def step_pass(phase, net, batch, work, update, threads):
+    """One parallel pass of a training step: ROWS returns (summed weighted
+    loss, correct rows), WEIGHTS ((lambda/2) sum W^2 before the step, 0)
+    (``parallel_step_pass``; in compiled code called by its shared symbol
+    when the bundles have the types of training)."""
+    return parallel_step_pass(phase, net, batch, work, update, threads)
+
+
+@overload(step_pass, inline="always")
+def _step_pass_overload(phase, net, batch, work, update, threads):
+    if STEP_PASS.accepts(phase, net, batch, work, update, threads):
+        call = STEP_PASS.call
+        return lambda phase, net, batch, work, update, threads: call(
+            (phase, net, batch, work, update, threads))
+    return lambda phase, net, batch, work, update, threads: parallel_step_pass(
+        phase, net, batch, work, update, threads)
 
 
 @jit
