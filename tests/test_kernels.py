@@ -304,7 +304,8 @@ def _compiled_fresh(dispatcher, *args):
 def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype):
     """train_epoch, compiled for the bundles a Trainer really passes, calls
     the step's passes (kernels.step.parallel_step_pass, a parfor) by their
-    shared symbol and links none of their code: no parfor in its module."""
+    shared symbol and links none of their code: no parfor in its module;
+    the parfor calls its bodies by their symbols."""
     import numba
     from fastnn import Network, Trainer
     from fastnn._jit import JIT_OPTIONS
@@ -319,6 +320,16 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     symbol = step.STEP_PASS.symbols[step._step_pass_signature(dtype)]
     assert re.search(rf'call .*@"?{re.escape(symbol)}"?\(', ir)
     assert "parfor" not in ir
+    # ... and the parfor calls its two bodies, a shard of rows and a block of
+    # the weights pass, by their symbols too
+    pass_sig = step._step_pass_signature(dtype)
+    fresh_pass = numba.njit(**{**JIT_OPTIONS, "cache": False, "parallel": True})(
+        step.parallel_step_pass.py_func)
+    fresh_pass.compile(pass_sig)
+    ir = fresh_pass.inspect_llvm(pass_sig)
+    for shared, body_sig in ((step.SHARD_ROWS, step._shard_rows_signature(dtype)),
+                             (step.WEIGHTS_BLOCK, step._weights_block_signature(dtype))):
+        assert re.search(rf'call .*@"?{re.escape(shared.symbols[body_sig])}"?\(', ir)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

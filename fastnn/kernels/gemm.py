@@ -57,7 +57,7 @@ from numba.extending import overload
 from .._jit import jit
 from .activations import IDENTITY, RELU, bias_activate_row, derivative_row
 from . import microkernel as uk
-from .shared import SharedFunction
+from .shared import SharedFunction, calls_by_symbol
 
 EPI_STORE = 0
 EPI_BIAS_ACT = 1
@@ -166,7 +166,7 @@ def pack_elements(n_columns, itemsize):
 
 def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack):
     """gemm_strided; in compiled code through the shared core's symbol when
-    the operands have its types (see the overload below)."""
+    the operands have its types (GEMM_CORE, below)."""
     gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack)
 
 
@@ -438,12 +438,4 @@ GEMM_CORE = SharedFunction(gemm_strided, {dt: _core_signature(dt) for dt in (np.
                                                                           np.float64)},
                            "fastnn.gemm_core")
 
-
-@overload(_gemm_core, inline="always")
-def _gemm_core_overload(A, B, C, accumulate, mode, code, bias, H, pack):
-    if GEMM_CORE.accepts(A, B, C, accumulate, mode, code, bias, H, pack):
-        call = GEMM_CORE.call
-        return lambda A, B, C, accumulate, mode, code, bias, H, pack: call(
-            (A, B, C, accumulate, mode, code, bias, H, pack))
-    return lambda A, B, C, accumulate, mode, code, bias, H, pack: gemm_strided(
-        A, B, C, accumulate, mode, code, bias, H, pack)
+calls_by_symbol(GEMM_CORE, gemm_strided)(_gemm_core)

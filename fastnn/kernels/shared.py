@@ -33,13 +33,14 @@ The arithmetic is the callee's own code either way: nothing of it is
 optimised into its callers, so it cannot round differently in two copies.
 """
 import hashlib
+import inspect
 
 import llvmlite.binding as llvm
 from numba import types
 from numba.core import cgutils
 from numba.core.codegen import Codegen
 from numba.core.compiler_lock import global_compiler_lock
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 # symbol name (bytes, as it appears in compiled code) -> (SharedFunction,
 # argument types), for every declared signature, published or not
@@ -136,6 +137,28 @@ class SharedFunction:
 
         call_shared.__name__ = f"call_{label}"
         return call_shared
+
+
+def calls_by_symbol(shared, fallback):
+    """Decorator for a Python function ``stub`` standing for ``shared``'s
+    dispatcher: in compiled code a call of ``stub`` calls the shared symbol
+    when its argument types are a shared signature, else ``fallback`` (the
+    dispatcher, linked in as numba does by default: the same source).
+    From Python, ``stub`` itself runs (it should call the dispatcher)."""
+    def register(stub):
+        params = ", ".join(inspect.signature(stub).parameters)
+        # numba wants an overload with the stub's own parameter names, and
+        # implementations of that arity: written out for this stub
+        source = (f"def typed({params}):\n"
+                  f"    if shared.accepts({params}):\n"
+                  f"        call = shared.call\n"
+                  f"        return lambda {params}: call(({params},))\n"
+                  f"    return lambda {params}: fallback({params})\n")
+        namespace = {"shared": shared, "fallback": fallback}
+        exec(source, namespace)
+        overload(stub, inline="always")(namespace["typed"])
+        return stub
+    return register
 
 
 def _publish_named_in(serialized):

@@ -29,7 +29,6 @@ from collections import namedtuple
 import numba
 import numpy as np
 from numba import prange, types
-from numba.extending import overload
 
 from .._jit import jit, pjit
 from .activations import IDENTITY
@@ -37,7 +36,7 @@ from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pa
                    pack_transpose, vector_lanes)
 from .losses import loss_grad, output_transform
 from .optim import ADAM, adam_step_size, update_range
-from .shared import SharedFunction
+from .shared import SharedFunction, calls_by_symbol
 
 # The loss is summed over groups of this many rows, then over the groups in
 # order; shards of the batch start at multiples of it.
@@ -58,6 +57,24 @@ Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum
                                "beta2", "eps", "apply"])
 """Optimizer state and settings (flat: numba's parallel loops cannot take a
 tuple nested in a bundle)."""
+
+DTYPES = (np.float32, np.float64)
+
+
+def bundle_types(dtype):
+    """The numba types of the bundles (Net, Batch, Work, Update) for a
+    network of ``dtype``, as trainer.make_workspace, the trainer and
+    train_epoch build them: the signatures of the step's shared functions."""
+    f = numba.from_dtype(np.dtype(dtype))
+    vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
+    ints, float64s = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
+    net = types.NamedTuple([vector, ints, ints, ints, types.int64], Net)
+    batch = types.NamedTuple([matrix, matrix, vector, ints, f], Batch)
+    work = types.NamedTuple([vector, vector, ints, vector, vector, matrix, matrix, matrix, matrix,
+                             vector, float64s, ints, float64s], Work)
+    update = types.NamedTuple([vector, vector, types.int64, f, f, f, f, f, f, types.boolean],
+                              Update)
+    return net, batch, work, update
 
 
 def pack_workspace_elements(dims, itemsize):
@@ -318,7 +335,7 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
 
 
 @jit
-def weights_block(net, work, update, m, t, s):
+def weights_block_kernel(net, work, update, m, t, s):
     """Block t of the weights pass, on worker s: its rows of dW, then their
     update; its L2 part goes to work.l2_parts[t].
 
@@ -332,6 +349,22 @@ def weights_block(net, work, update, m, t, s):
     g_rows = gradient_rows_buffer(net, work, update, l, i0, i1, s)
     weight_gradient_rows(net, work, m, l, i0, i1, g_rows.reshape((i1 - i0, n)), s)
     work.l2_parts[t] = update_rows(net, work, update, l, i0, i1, g_rows)
+
+
+def _weights_block_signature(dtype):
+    net, _, work, update = bundle_types(dtype)
+    return (net, work, update, types.int64, types.int64, types.int64)
+
+
+WEIGHTS_BLOCK = SharedFunction(weights_block_kernel,
+                               {dt: _weights_block_signature(dt) for dt in DTYPES},
+                               "fastnn.weights_block")
+
+
+@calls_by_symbol(WEIGHTS_BLOCK, weights_block_kernel)
+def weights_block(net, work, update, m, t, s):
+    """weights_block_kernel (by its shared symbol in compiled code)."""
+    weights_block_kernel(net, work, update, m, t, s)
 
 
 @jit(inline="always")
@@ -351,7 +384,7 @@ def gather_rows(batch, work, r0, r1):
 
 
 @jit
-def shard_rows(net, batch, work, g0, g1, s):
+def shard_rows_kernel(net, batch, work, g0, g1, s):
     """Loss groups g0:g1 of the batch, on worker s: gather, forward, loss
     gradient (delta_L over the logits, group by group) and backward."""
     m = batch.order.shape[0]
@@ -369,6 +402,25 @@ def shard_rows(net, batch, work, g0, g1, s):
             z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
     backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
              work.delta_ws, r0, r1, work.pack[s])
+
+
+def _shard_rows_signature(dtype):
+    net, batch, work, _ = bundle_types(dtype)
+    return (net, batch, work, types.int64, types.int64, types.int64)
+
+
+# The two bodies of the step's parallel loop, compiled once each and called
+# by symbol from the parfor (shared.py) rather than linked into its three
+# libraries and optimised again in each.
+SHARD_ROWS = SharedFunction(shard_rows_kernel,
+                            {dt: _shard_rows_signature(dt) for dt in DTYPES},
+                            "fastnn.shard_rows")
+
+
+@calls_by_symbol(SHARD_ROWS, shard_rows_kernel)
+def shard_rows(net, batch, work, g0, g1, s):
+    """shard_rows_kernel (by its shared symbol in compiled code)."""
+    shard_rows_kernel(net, batch, work, g0, g1, s)
 
 
 ROWS = np.int64(0)      # phases of step_pass (typed: one compiled copy for both)
@@ -424,17 +476,8 @@ def parallel_step_pass(phase, net, batch, work, update, threads):
 
 def _step_pass_signature(dtype):
     """The argument types every caller of the training step passes for a
-    network of ``dtype`` (the bundles as trainer.make_workspace, the
-    trainer and train_epoch build them)."""
-    f = numba.from_dtype(np.dtype(dtype))
-    vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
-    ints, float64s = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
-    net = types.NamedTuple([vector, ints, ints, ints, types.int64], Net)
-    batch = types.NamedTuple([matrix, matrix, vector, ints, f], Batch)
-    work = types.NamedTuple([vector, vector, ints, vector, vector, matrix, matrix, matrix, matrix,
-                             vector, float64s, ints, float64s], Work)
-    update = types.NamedTuple([vector, vector, types.int64, f, f, f, f, f, f, types.boolean],
-                              Update)
+    network of ``dtype``."""
+    net, batch, work, update = bundle_types(dtype)
     return (types.int64, net, batch, work, update, types.int64)
 
 
@@ -444,26 +487,16 @@ def _step_pass_signature(dtype):
 # three libraries and optimised again there (about 2 s of a cold first run
 # for train_epoch and as much for train_epochs).
 STEP_PASS = SharedFunction(parallel_step_pass,
-                           {dt: _step_pass_signature(dt) for dt in (np.float32, np.float64)},
-                           "fastnn.step_pass")
+                           {dt: _step_pass_signature(dt) for dt in DTYPES}, "fastnn.step_pass")
 
 
+@calls_by_symbol(STEP_PASS, parallel_step_pass)
 def step_pass(phase, net, batch, work, update, threads):
     """One parallel pass of a training step: ROWS returns (summed weighted
     loss, correct rows), WEIGHTS ((lambda/2) sum W^2 before the step, 0)
     (``parallel_step_pass``; in compiled code called by its shared symbol
     when the bundles have the types of training)."""
     return parallel_step_pass(phase, net, batch, work, update, threads)
-
-
-@overload(step_pass, inline="always")
-def _step_pass_overload(phase, net, batch, work, update, threads):
-    if STEP_PASS.accepts(phase, net, batch, work, update, threads):
-        call = STEP_PASS.call
-        return lambda phase, net, batch, work, update, threads: call(
-            (phase, net, batch, work, update, threads))
-    return lambda phase, net, batch, work, update, threads: parallel_step_pass(
-        phase, net, batch, work, update, threads)
 
 
 @jit
