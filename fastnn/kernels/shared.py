@@ -154,7 +154,8 @@ def calls_by_symbol(shared, fallback):
                   f"        call = shared.call\n"
                   f"        return lambda {params}: call(({params},))\n"
                   f"    return lambda {params}: fallback({params})\n")
-        namespace = {"shared": shared, "fallback": fallback}
+        # the stub's module, so compile logs and the notice name it as fastnn's
+        namespace = {"__name__": stub.__module__, "shared": shared, "fallback": fallback}
         exec(source, namespace)
         overload(stub, inline="always")(namespace["typed"])
         return stub
