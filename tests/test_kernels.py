@@ -330,6 +330,15 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     for shared, body_sig in ((step.SHARD_ROWS, step._shard_rows_signature(dtype)),
                              (step.WEIGHTS_BLOCK, step._weights_block_signature(dtype))):
         assert re.search(rf'call .*@"?{re.escape(shared.symbols[body_sig])}"?\(', ir)
+    # the parallel prediction likewise calls its block by symbol
+    from fastnn.kernels.step import predict_rows
+    Network([5, 7, 3], dtype=dtype, seed=0).predict_proba(rand(rng, (3000, 5), dtype))
+    rows_sig = next(s for s in predict_rows.signatures if s[0].dtype == numba.from_dtype(dtype))
+    fresh_rows = numba.njit(**{**JIT_OPTIONS, "cache": False, "parallel": True})(
+        predict_rows.py_func)
+    fresh_rows.compile(rows_sig)
+    block_symbol = step.PREDICT_BLOCK.symbols[step._predict_block_signature(dtype)]
+    assert re.search(rf'call .*@"?{re.escape(block_symbol)}"?\(', fresh_rows.inspect_llvm(rows_sig))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -564,7 +564,7 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
 
 
 @jit
-def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
+def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
     """Network outputs for the rows of X into ``out`` (on the calling thread,
     with its activation and GEMM pack workspaces)."""
     z = forward(params, offs, dims, acts, X, act_ws, act_off, FIRST, X.shape[0], pack)
@@ -575,6 +575,26 @@ def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pac
     for i in range(z.shape[0]):
         for j in range(z.shape[1]):
             out[i, j] = z[i, j]
+
+
+def _predict_block_signature(dtype):
+    f = numba.from_dtype(np.dtype(dtype))
+    vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
+    ints = types.Array(types.int64, 1, "C")
+    return (vector, ints, ints, ints, types.int64, matrix, matrix, vector, ints, vector)
+
+
+# A block of prediction, compiled once and called by symbol from the
+# parallel prediction's parfor (as the step's bodies are).
+PREDICT_BLOCK = SharedFunction(predict_block_kernel,
+                               {dt: _predict_block_signature(dt) for dt in DTYPES},
+                               "fastnn.predict_block")
+
+
+@calls_by_symbol(PREDICT_BLOCK, predict_block_kernel)
+def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
+    """predict_block_kernel (by its shared symbol in compiled code)."""
+    predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack)
 
 
 @pjit
