@@ -330,6 +330,14 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     for shared, body_sig in ((step.SHARD_ROWS, step._shard_rows_signature(dtype)),
                              (step.WEIGHTS_BLOCK, step._weights_block_signature(dtype))):
         assert re.search(rf'call .*@"?{re.escape(shared.symbols[body_sig])}"?\(', ir)
+    # a block of the weights pass calls the optimizer update by symbol
+    from fastnn.kernels import optim
+    block_sig = step._weights_block_signature(dtype)
+    fresh_block = numba.njit(**{**JIT_OPTIONS, "cache": False})(step.weights_block_kernel.py_func)
+    fresh_block.compile(block_sig)
+    update_symbol = optim.UPDATE_RANGE.symbols[optim._update_range_signature(dtype)]
+    assert re.search(rf'call .*@"?{re.escape(update_symbol)}"?\(',
+                     fresh_block.inspect_llvm(block_sig))
     # the parallel prediction likewise calls its block by symbol
     from fastnn.kernels.step import predict_rows
     Network([5, 7, 3], dtype=dtype, seed=0).predict_proba(rand(rng, (3000, 5), dtype))

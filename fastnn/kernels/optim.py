@@ -11,9 +11,12 @@ same trajectories):
 
 L2 weight decay enters as g += lambda p on weights (never on biases).
 """
+import numba
 import numpy as np
+from numba import types
 
 from .._jit import jit
+from .shared import SharedFunction, calls_by_symbol
 
 SGD = 0
 MOMENTUM = 1
@@ -30,8 +33,8 @@ def adam_step_size(lr, beta1, beta2, t):
 
 
 @jit(fastmath=False)
-def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps,
-                 decay):
+def update_range_kernel(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2,
+                        eps, decay):
     """Apply one optimizer step to params[lo:hi] given its gradient grad[lo:hi]
     plus the L2 term ``decay * params`` (decay = lambda on weights, 0 on biases),
     in one pass over memory (the update is bandwidth-bound).
@@ -91,3 +94,28 @@ def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1
             p[i] = new
             nonfinite |= not np.isfinite(new)
     return np.nan if nonfinite else 0.0
+
+
+def _update_range_signature(dtype):
+    f = numba.from_dtype(np.dtype(dtype))
+    vector = types.Array(f, 1, "C")
+    return (vector, vector, vector, vector, types.int64, types.int64, types.int64,
+            f, f, f, f, f, f)
+
+
+# Compiled once per dtype and called by symbol (shared.py) from the weights
+# pass and the cluster update, rather than linked into each (and its four
+# vectorised loops optimised again there).  Without fast-math flags its bits
+# are the same in every copy anyway.
+UPDATE_RANGE = SharedFunction(update_range_kernel,
+                              {dt: _update_range_signature(dt) for dt in (np.float32,
+                                                                          np.float64)},
+                              "fastnn.update_range")
+
+
+@calls_by_symbol(UPDATE_RANGE, update_range_kernel)
+def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps,
+                 decay):
+    """update_range_kernel (by its shared symbol in compiled code)."""
+    return update_range_kernel(params, grad, state1, state2, lo, hi, kind, lr, momentum,
+                               beta1, beta2, eps, decay)
