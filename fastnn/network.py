@@ -14,7 +14,7 @@ from . import sparse as _sparse
 from ._parallel import parallel_region
 from .kernels import activations as act_k
 from .kernels import losses as loss_k
-from .kernels.step import pack_workspace_elements, predict_block, predict_rows
+from .kernels.step import pack_workspace_elements, predict_block_kernel, predict_rows
 
 # Rows per block in parallel prediction, and workspace slots (one activation
 # workspace per thread, up to this many threads).  Up to
@@ -144,8 +144,8 @@ class Network:
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         ws, act_off, pack = self._predict_workspace()
         if n <= SERIAL_PREDICT_ROWS:
-            predict_block(self.params, self._offs, self._dims, self._acts, self._output_code,
-                          X, out, ws[0], act_off, pack[0])
+            predict_block_kernel(self.params, self._offs, self._dims, self._acts,
+                                 self._output_code, X, out, ws[0], act_off, pack[0])
             return out
         with parallel_region() as threads:
             predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,

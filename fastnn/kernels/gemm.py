@@ -434,8 +434,6 @@ def _core_signature(dtype):
 # function above it (shared.py).  A product with other operand types (a
 # test's C with a row stride wider than its columns) links the core in as
 # numba does by default: the same source, the same arithmetic.
-GEMM_CORE = SharedFunction(gemm_strided, {dt: _core_signature(dt) for dt in (np.float32,
-                                                                          np.float64)},
-                           "fastnn.gemm_core")
+GEMM_CORE = SharedFunction(gemm_strided, _core_signature, "fastnn.gemm_core")
 
-calls_by_symbol(GEMM_CORE, gemm_strided)(_gemm_core)
+calls_by_symbol(GEMM_CORE)(_gemm_core)

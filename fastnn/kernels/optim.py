@@ -107,13 +107,11 @@ def _update_range_signature(dtype):
 # pass and the cluster update, rather than linked into each (and its four
 # vectorised loops optimised again there).  Without fast-math flags its bits
 # are the same in every copy anyway.
-UPDATE_RANGE = SharedFunction(update_range_kernel,
-                              {dt: _update_range_signature(dt) for dt in (np.float32,
-                                                                          np.float64)},
+UPDATE_RANGE = SharedFunction(update_range_kernel, _update_range_signature,
                               "fastnn.update_range")
 
 
-@calls_by_symbol(UPDATE_RANGE, update_range_kernel)
+@calls_by_symbol(UPDATE_RANGE)
 def update_range(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2, eps,
                  decay):
     """update_range_kernel (by its shared symbol in compiled code)."""

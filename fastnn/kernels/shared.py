@@ -36,6 +36,7 @@ import hashlib
 import inspect
 
 import llvmlite.binding as llvm
+import numpy as np
 from numba import types
 from numba.core import cgutils
 from numba.core.codegen import Codegen
@@ -51,22 +52,22 @@ _PREFIXES = set()   # their prefixes (bytes): a library naming none is passed by
 class SharedFunction:
     """``dispatcher`` compiled for one signature per dtype and callable by symbol.
 
-    ``signatures`` maps a NumPy dtype to the argument types of its
-    signature; ``prefix`` starts the symbols' names.  ``call`` is an intrinsic
+    ``signature_of(dtype)`` gives the argument types of the signature for
+    each of ``dtypes``; ``prefix`` starts the symbols' names.  ``call`` is an intrinsic
     for compiled code, taking the dispatcher's arguments as one tuple;
     ``accepts(*argtypes)`` says whether those numba types are one of the
     shared signatures (others must call the dispatcher itself), publishing
     it first.
     """
 
-    def __init__(self, dispatcher, signatures, prefix):
+    def __init__(self, dispatcher, signature_of, prefix, dtypes=(np.float32, np.float64)):
         self.dispatcher = dispatcher
         self.symbols = {}            # argument types -> symbol name, once published
         self.return_types = {}       # argument types -> the compiled return type
         self._names = {}             # argument types -> symbol name
         self._publishing = set()     # being compiled now
-        for argtypes in signatures.values():
-            argtypes = tuple(argtypes)
+        for dtype in dtypes:
+            argtypes = tuple(signature_of(dtype))
             # the name carries the signature, so a caller cached against
             # another argument list never calls this one with the wrong
             # arguments; its symbol is unresolved instead, and calling it
@@ -139,12 +140,14 @@ class SharedFunction:
         return call_shared
 
 
-def calls_by_symbol(shared, fallback):
+def calls_by_symbol(shared):
     """Decorator for a Python function ``stub`` standing for ``shared``'s
     dispatcher: in compiled code a call of ``stub`` calls the shared symbol
-    when its argument types are a shared signature, else ``fallback`` (the
-    dispatcher, linked in as numba does by default: the same source).
-    From Python, ``stub`` itself runs (it should call the dispatcher)."""
+    when its argument types are a shared signature, else the dispatcher
+    itself (linked in as numba does by default: the same source).  From
+    Python, ``stub`` itself runs (it should call the dispatcher)."""
+    fallback = shared.dispatcher
+
     def register(stub):
         params = ", ".join(inspect.signature(stub).parameters)
         # numba wants an overload with the stub's own parameter names, and

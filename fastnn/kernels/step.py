@@ -58,9 +58,6 @@ Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum
 """Optimizer state and settings (flat: numba's parallel loops cannot take a
 tuple nested in a bundle)."""
 
-DTYPES = (np.float32, np.float64)
-
-
 def bundle_types(dtype):
     """The numba types of the bundles (Net, Batch, Work, Update) for a
     network of ``dtype``, as trainer.make_workspace, the trainer and
@@ -356,12 +353,11 @@ def _weights_block_signature(dtype):
     return (net, work, update, types.int64, types.int64, types.int64)
 
 
-WEIGHTS_BLOCK = SharedFunction(weights_block_kernel,
-                               {dt: _weights_block_signature(dt) for dt in DTYPES},
+WEIGHTS_BLOCK = SharedFunction(weights_block_kernel, _weights_block_signature,
                                "fastnn.weights_block")
 
 
-@calls_by_symbol(WEIGHTS_BLOCK, weights_block_kernel)
+@calls_by_symbol(WEIGHTS_BLOCK)
 def weights_block(net, work, update, m, t, s):
     """weights_block_kernel (by its shared symbol in compiled code)."""
     weights_block_kernel(net, work, update, m, t, s)
@@ -412,12 +408,10 @@ def _shard_rows_signature(dtype):
 # The two bodies of the step's parallel loop, compiled once each and called
 # by symbol from the parfor (shared.py) rather than linked into its three
 # libraries and optimised again in each.
-SHARD_ROWS = SharedFunction(shard_rows_kernel,
-                            {dt: _shard_rows_signature(dt) for dt in DTYPES},
-                            "fastnn.shard_rows")
+SHARD_ROWS = SharedFunction(shard_rows_kernel, _shard_rows_signature, "fastnn.shard_rows")
 
 
-@calls_by_symbol(SHARD_ROWS, shard_rows_kernel)
+@calls_by_symbol(SHARD_ROWS)
 def shard_rows(net, batch, work, g0, g1, s):
     """shard_rows_kernel (by its shared symbol in compiled code)."""
     shard_rows_kernel(net, batch, work, g0, g1, s)
@@ -486,11 +480,10 @@ def _step_pass_signature(dtype):
 # and the cluster shard, instead of being linked into each with the parfor's
 # three libraries and optimised again there (about 2 s of a cold first run
 # for train_epoch and as much for train_epochs).
-STEP_PASS = SharedFunction(parallel_step_pass,
-                           {dt: _step_pass_signature(dt) for dt in DTYPES}, "fastnn.step_pass")
+STEP_PASS = SharedFunction(parallel_step_pass, _step_pass_signature, "fastnn.step_pass")
 
 
-@calls_by_symbol(STEP_PASS, parallel_step_pass)
+@calls_by_symbol(STEP_PASS)
 def step_pass(phase, net, batch, work, update, threads):
     """One parallel pass of a training step: ROWS returns (summed weighted
     loss, correct rows), WEIGHTS ((lambda/2) sum W^2 before the step, 0)
@@ -586,14 +579,14 @@ def _predict_block_signature(dtype):
 
 # A block of prediction, compiled once and called by symbol from the
 # parallel prediction's parfor (as the step's bodies are).
-PREDICT_BLOCK = SharedFunction(predict_block_kernel,
-                               {dt: _predict_block_signature(dt) for dt in DTYPES},
+PREDICT_BLOCK = SharedFunction(predict_block_kernel, _predict_block_signature,
                                "fastnn.predict_block")
 
 
-@calls_by_symbol(PREDICT_BLOCK, predict_block_kernel)
+@calls_by_symbol(PREDICT_BLOCK)
 def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
-    """predict_block_kernel (by its shared symbol in compiled code)."""
+    """predict_block_kernel (by its shared symbol in compiled code; Python
+    calls the kernel itself, one call fewer on a one-row prediction)."""
     predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack)
 
 
