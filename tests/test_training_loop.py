@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastnn
+from fastnn.optimizers import make_optimizer
 from fastnn.schedules import Adaptive, InvScaling, Plateau
 
 
@@ -119,6 +120,40 @@ def test_a_transaction_that_raises_restores_everything(rng):
              trainer.state2.tobytes(), trainer.steps, trainer.history.as_dict(),
              trainer.rng.bit_generator.state, trainer.batch_size, trainer.optimizer.lr)
     assert after == before
+
+
+def _trainer_state(trainer):
+    return (trainer.network.params.tobytes(), trainer.state1.tobytes(),
+            trainer.state2.tobytes(), trainer.steps, trainer.history.as_dict())
+
+
+@pytest.mark.parametrize("first", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("then", ["sgd", "momentum", "adam", "reset"])
+def test_a_transaction_restores_optimizer_buffers_its_first_rule_never_wrote(rng, first, then):
+    """A snapshot copies only the buffers the update rule at entry writes; a
+    rule switched to inside the block (or a reset) that writes more must not
+    leave them changed when the block raises."""
+    X, y = problem(rng)
+    trainer = fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0),
+                             make_optimizer(first, lr=0.01), batch_size=16, seed=0)
+    trainer.fit(X, y, epochs=1)
+    # buffers holding values no rule would give back: a restore must copy them
+    trainer.state1[:] = rng.standard_normal(trainer.state1.shape)
+    trainer.state2[:] = rng.random(trainer.state2.shape)
+    before = _trainer_state(trainer)
+
+    def fail(logs):
+        if logs["epoch"] == 2:
+            raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        with trainer.transaction():
+            if then == "reset":
+                trainer.reset_optimizer(fastnn.Adam(lr=0.01))
+            else:
+                trainer.optimizer = make_optimizer(then, lr=0.01)
+            trainer.fit(X, y, epochs=3, callbacks=[fail])
+    assert _trainer_state(trainer) == before
 
 
 def test_running_shuffle_state_round_trips_like_scikit_learns(rng):
