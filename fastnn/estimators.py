@@ -493,7 +493,7 @@ class _BaseMLP(BaseEstimator):
         """Map scikit-learn's parameters onto the Trainer and run its loop.
 
         A new fit builds a new network and trainer; warm_start and partial_fit
-        train the fitted ones in place, inside ``trainer.transaction()``, so a
+        train the fitted ones in place, inside ``trainer.transaction``, so a
         call that raises leaves them as they were (no copy of the model).
         ``source``: a fastnn.distributed.ClusterData standing in for X (its
         ``shape``), whose epochs run on the cluster (no early stopping or
@@ -540,8 +540,10 @@ class _BaseMLP(BaseEstimator):
             trainer, done_before, epochs, resumed_reason = self._resume_checkpoint(
                 checkpoint, owner, epochs)
             rng = trainer.order.rng if isinstance(trainer.order, RunningShuffle) else rng
-        with trainer.transaction(), (contextlib.nullcontext() if source is None
-                                     else source.plugged_into(trainer)):
+        # partial_fit's one local epoch keeps its rollback point in its first
+        # step (no copy of the model per call: Trainer.transaction's defer)
+        cluster = contextlib.nullcontext() if source is None else source.plugged_into(trainer)
+        with trainer.transaction(defer=incremental and source is None), cluster:
             trainer.batch_size = batch
             # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
             trainer.l2 = p["alpha"] / (batch * mean_w)

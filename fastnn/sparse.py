@@ -199,7 +199,8 @@ def _predict_work(network, rows):
         work = make_workspace(network, rows, 0, network.sizes[-1])
         sw = make_sparse_work(0, 1, network.dtype)
         p = network.params
-        update = Update(p, p, np.int64(0), dt(0), dt(0), dt(0), dt(0), dt(0), dt(0), False)
+        update = Update(p, p, np.int64(0), dt(0), dt(0), dt(0), dt(0), dt(0), dt(0), False,
+                        np.empty((0, 0), network.dtype), np.zeros(1, np.int64), False)
         cached = local.sparse = (rows, work, sw, update)
     return cached[1:]
 

@@ -165,6 +165,18 @@ _STATE_BUFFERS_WRITTEN = {optim_k.SGD: 0, optim_k.MOMENTUM: 1, optim_k.NESTEROV:
                           optim_k.ADAM: 2}
 
 
+# The Update bundle's ``keep`` arrays of steps that keep nothing: empty, made
+# once per dtype (no allocation per call); never written (keep_now is False).
+_NO_KEEP = {}
+_NO_KEEP_MARK = np.zeros(1, dtype=np.int64)
+
+
+def _no_keep_arrays(dt):
+    if dt not in _NO_KEEP:
+        _NO_KEEP[dt] = np.empty((0, 0), dtype=dt)
+    return _NO_KEEP[dt]
+
+
 class _Snapshot:
     """The trainer's state at one moment, to roll back to: parameters, the
     optimizer buffers its update rule writes (into buffers allocated once per
@@ -175,21 +187,36 @@ class _Snapshot:
     counts the buffers copied); before anything writes it -- a rule that does,
     switched to later (``Trainer._update_bundle``), or a reset -- the trainer
     calls :meth:`cover`, which copies it then: still as it was at ``take``,
-    since nothing has written it in between."""
+    since nothing has written it in between.
+
+    ``take(defer=True)`` copies no array: the first training step keeps the
+    values it overwrites, block by block (kernels.step.keep_range, through
+    Trainer.run_epoch), and the compiled step marks ``kept`` once it has.
+    Until then (``pending``) nothing has been written, so :meth:`settle`
+    copies the arrays in Python when something else is about to write them
+    or a restore needs them.  The mark is written by the same compiled call
+    that keeps the values, so a KeyboardInterrupt between two Python lines
+    never sees one without the other."""
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.params = np.empty_like(trainer.network.params)
-        self.state1 = np.empty_like(trainer.state1)
-        self.state2 = np.empty_like(trainer.state2)
+        # rows: params, state1, state2 (one array: the compiled step's ``keep``)
+        self.arrays = np.empty((3, trainer.network.n_params), dtype=trainer.network.dtype)
+        self.params, self.state1, self.state2 = self.arrays
+        self.kept = np.zeros(1, dtype=np.int64)
+        self.kept_kind = None   # the update rule of the step that kept them
+        self.pending = False
         self.saved = None    # buffers copied since the last take (None: never taken)
 
-    def take(self):
-        """Record the trainer's state now."""
+    def take(self, defer=False):
+        """Record the trainer's state now (the arrays by the first step, with ``defer``)."""
         t = self.trainer
-        np.copyto(self.params, t.network.params)
-        self.saved = 0
-        self.cover(t.optimizer.kind)
+        self.pending = bool(defer)
+        self.kept[0] = 0
+        if not defer:
+            np.copyto(self.params, t.network.params)
+            self.saved = 0
+            self.cover(t.optimizer.kind)
         self.counters = (t.steps, t.samples_seen, len(t.history), t.optimizer, t.optimizer.lr)
         self.order = (t.order, t.order.get_state())
         self.stopping = (t.stopping, None if t.stopping is None else t.stopping.get_state())
@@ -198,6 +225,7 @@ class _Snapshot:
     def cover(self, kind):
         """Copy, if not yet saved, the optimizer buffers that update rule
         ``kind`` (a kernels.optim code) writes; call it before they are written."""
+        self.settle()
         if self.saved is None:
             return
         t = self.trainer
@@ -208,8 +236,27 @@ class _Snapshot:
             np.copyto(self.state2, t.state2)
         self.saved = max(self.saved, need)
 
+    def settle(self):
+        """Make a deferred snapshot's arrays whole: kept by the first step, or
+        copied now (nothing has written them yet)."""
+        if not self.pending:
+            return
+        self.pending = False
+        if self.kept[0]:
+            self.saved = _STATE_BUFFERS_WRITTEN[self.kept_kind]
+        else:
+            np.copyto(self.params, self.trainer.network.params)
+            self.saved = 0
+            self.cover(self.trainer.optimizer.kind)
+
+    def keeps_now(self):
+        """True when the next step should keep this snapshot's arrays (it is
+        deferred and no step has kept them yet)."""
+        return self.pending and not self.kept[0]
+
     def restore(self):
         """Put the recorded state back."""
+        self.settle()
         t = self.trainer
         np.copyto(t.network.params, self.params)
         if self.saved >= 1:   # else unwritten since take: as it was
@@ -371,7 +418,10 @@ class Trainer:
         n = X.shape[0]
         if order is None:
             order = self.order.next(n)
-        batch, ws, update, serial = self._epoch_args(X, T)
+        entry = self._entry_snapshot
+        keep = entry if (entry is not None and entry.keeps_now()
+                         and not _sparse.is_sparse(X)) else None
+        batch, ws, update, serial = self._epoch_args(X, T, keep)
         order = np.ascontiguousarray(order, dtype=np.int64)
         with parallel_region(serial) as threads:
             if _sparse.is_sparse(X):   # the sparse first layer (fastnn.sparse)
@@ -386,21 +436,29 @@ class Trainer:
         accuracy = correct / n if net.output != "linear" else None
         return mean_loss, accuracy, bool(finite)
 
-    def _epoch_args(self, X, T):
+    def _epoch_args(self, X, T, keep=None):
         """(batch size, workspace, Update bundle, serial?) of an epoch over X."""
         net = self.network
         batch = min(self.batch_size, X.shape[0])
         ws = self._get_workspace(batch, _sparse.batch_matrix_columns(X), T.shape[1])
-        return batch, ws, self._update_bundle(), serial_step(net, batch)
+        return batch, ws, self._update_bundle(keep), serial_step(net, batch)
 
-    def _update_bundle(self):
+    def _update_bundle(self, keep=None):
         """The optimizer's state and settings as the compiled update takes
-        them (kernels.step.Update), in the network's dtype."""
+        them (kernels.step.Update), in the network's dtype.  ``keep``: a
+        deferred snapshot whose arrays the first step of the call is to keep."""
         dt = self.network.dtype.type
         momentum, beta1, beta2, eps = self.optimizer.hyper()
-        self._cover_snapshots(self.optimizer.kind)   # the update writes its buffers
-        return Update(self.state1, self.state2, np.int64(self.optimizer.kind), dt(self.l2),
-                      dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True)
+        kind = self.optimizer.kind
+        self._cover_snapshots(kind, keeping=keep)   # the update writes its buffers
+        if keep is None:
+            arrays, kept = _no_keep_arrays(dt), _NO_KEEP_MARK
+        else:
+            arrays, kept = keep.arrays, keep.kept
+            keep.kept_kind = kind
+        return Update(self.state1, self.state2, np.int64(kind), dt(self.l2),
+                      dt(self.optimizer.lr), dt(momentum), dt(beta1), dt(beta2), dt(eps), True,
+                      arrays, kept, keep is not None)
 
     def loss_and_gradient(self, X, y, sample_weight=None):
         """The training objective on all rows of (X, y) as one batch, and its
@@ -458,7 +516,7 @@ class Trainer:
         return loss, acc, acc
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self, defer=False):
         """Everything in the block or nothing: if it raises, the trainer (its
         network's parameters, optimizer state and settings, history, counters,
         epoch order and stopping rule) is put back as it was at entry.
@@ -466,12 +524,14 @@ class Trainer:
         The estimators train inside one, so a failed ``fit`` or ``partial_fit``
         leaves the model exactly as it was.  The snapshot taken at entry is
         also the rollback point of the block's first epoch, so a one-epoch
-        call copies the parameters once.
+        call copies the parameters once.  With ``defer`` it is not even
+        copied: the block's first training step keeps what it overwrites
+        (_Snapshot); any other writer of the arrays copies them first.
         """
         settings = (self.batch_size, self.l2, self.optimizer, dict(self.optimizer.__dict__),
                     self.schedule, self.stopping, self.order, self.epochs_run,
                     self.stop_reason, self.interrupted)
-        snapshot = self._snapshots()[0].take()
+        snapshot = self._snapshots()[0].take(defer=defer)
         self._entry_snapshot = snapshot
         try:
             yield self
@@ -485,12 +545,14 @@ class Trainer:
         finally:
             self._entry_snapshot = None
 
-    def _cover_snapshots(self, kind):
+    def _cover_snapshots(self, kind, keeping=None):
         """Before the optimizer buffers that rule ``kind`` writes are written:
-        let the snapshots taken copy those they have not (_Snapshot.cover)."""
+        let the snapshots taken copy those they have not (_Snapshot.cover),
+        but for ``keeping``, whose arrays the step about to run keeps."""
         if self._snapshot_buffers is not None:
             for snapshot in self._snapshot_buffers:
-                snapshot.cover(kind)
+                if snapshot is not keeping:
+                    snapshot.cover(kind)
 
     def _snapshots(self):
         """(entry snapshot, epoch snapshot) buffers, allocated once."""

@@ -764,6 +764,75 @@ def test_a_diverging_warm_start_fit_is_undone_whatever_the_loop(rng, callbacks):
             clf.loss_curve_) == before
 
 
+_PARTIAL_FIT_SOLVERS = [dict(solver="sgd", momentum=0.0), dict(solver="sgd", momentum=0.9),
+                        dict(solver="sgd", momentum=0.9, nesterovs_momentum=True),
+                        dict(solver="adam")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("solver", _PARTIAL_FIT_SOLVERS)
+def test_partial_fit_keeps_its_rollback_point_in_its_first_step(rng, dtype, solver):
+    """A partial_fit call copies nothing in Python: its first step keeps the
+    values it overwrites (kernels.step.keep_range).  The kept arrays are the
+    model before the call, bit for bit, over every block of every layer
+    (201 inputs: blocks of 96, 96 and 9 rows) and every bias."""
+    X = rng.standard_normal((40, 201)).astype(dtype)
+    y = rng.integers(0, 3, 40)
+    clf = MLPClassifier(hidden_layer_sizes=(9, 5), batch_size=16, random_state=0,
+                        learning_rate_init=0.01, dtype=np.dtype(dtype).name, **solver)
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    clf.partial_fit(X, y)   # nonzero optimizer state
+    trainer = clf._trainer
+    before = (clf._network.params.copy(), trainer.state1.copy(), trainer.state2.copy())
+    clf.partial_fit(X, y)
+    entry = trainer._snapshots()[0]
+    assert entry.pending and entry.kept[0] == 1, "the step did not keep the rollback point"
+    assert not np.array_equal(clf._network.params, before[0])
+    # the optimizer buffers the rule writes: none, the velocity, both moments
+    written = 2 if solver["solver"] == "adam" else int(solver["momentum"] > 0)
+    for row in range(1 + written):
+        assert entry.arrays[row].tobytes() == before[row].tobytes()
+
+
+# Adam's steps are bounded by its learning rate: its updates do not overflow
+_PARTIAL_FIT_FAILURES = [(solver, failure) for solver in _PARTIAL_FIT_SOLVERS
+                         for failure in ("overflow in the first step",
+                                         "overflow in the third step", "a callback raises")
+                         if solver["solver"] != "adam" or failure == "a callback raises"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("solver, failure", _PARTIAL_FIT_FAILURES)
+def test_a_failed_partial_fit_leaves_the_model_exactly_as_it_was(rng, dtype, solver, failure):
+    """Whether the call fails in its first step (its update overflowing after
+    the step kept the rollback point), in a later one or after its epoch,
+    the estimator is as before the call, bit for bit."""
+    X = rng.standard_normal((64, 6)).astype(dtype)
+    y = rng.integers(0, 3, 64)
+    clf = MLPClassifier(hidden_layer_sizes=(7,), batch_size=16, random_state=0,
+                        shuffle=False, learning_rate_init=0.01, dtype=np.dtype(dtype).name,
+                        **solver)
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    clf.partial_fit(X, y)
+    before = _state(clf)
+    if failure == "a callback raises":
+        def fail(logs):
+            raise RuntimeError("a callback failed")
+        clf.set_params(callbacks=[fail])
+        with pytest.raises(RuntimeError, match="callback failed"):
+            clf.partial_fit(X, y)
+        clf.set_params(callbacks=None)
+    else:   # huge inputs: gradients ~ 1e37, so lr * gradient overflows the weights
+        huge = X.copy()
+        start = 0 if failure.endswith("first step") else 32   # from batch 1 or batch 3 on
+        huge[start:] = X[start:] / np.abs(X[start:]).max() * (np.finfo(dtype).max / 10)
+        with pytest.raises(ValueError, match="non-finite"):
+            clf.partial_fit(huge, y[::-1].copy())
+    assert _state(clf) == before
+    clf.partial_fit(X, y)   # and it goes on from there
+    assert np.isfinite(clf._network.params).all()
+
+
 def test_hyperparameters_changed_between_calls_are_checked_again(rng):
     """_checked_params checks once per set of values: a value changed since
     (assigned, set_params, a list changed in place, 200 -> 200.0) is checked

@@ -239,3 +239,39 @@ def test_a_second_ctrl_c_raises_at_once():
     assert interrupts.requested
     with pytest.raises(KeyboardInterrupt):     # the second: now (the epoch is rolled back)
         interrupts._handle(None, None)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("how", ["epochs by epoch", "compiled chunks", "sparse", "at once",
+                                 "a reset"])
+def test_a_deferred_transaction_restores_everything(rng, opt, how):
+    """transaction(defer=True): the first step keeps the rollback point; a
+    later epoch must not keep it again, and every other writer (the compiled
+    chunks, the sparse step, a reset) copies it first.  A failure anywhere
+    restores the state at entry, bit for bit."""
+    X, y = problem(rng)
+    trainer = fastnn.Trainer(fastnn.Network([7, 9, 3], seed=0), make_optimizer(opt, lr=0.05),
+                             batch_size=16, seed=0)
+    trainer.fit(X, y, epochs=2)
+    before = _trainer_state(trainer)
+
+    def fail(logs):
+        if logs["epoch"] == 5:
+            raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        with trainer.transaction(defer=True):
+            if how == "epochs by epoch":
+                trainer.fit(X, y, epochs=4, callbacks=[fail])
+            elif how == "compiled chunks":   # no callback: whole chunks of epochs
+                trainer.fit(X, y, epochs=4)
+                raise RuntimeError("a callback failed")
+            elif how == "sparse":
+                scipy_sparse = pytest.importorskip("scipy.sparse")
+                trainer.fit(scipy_sparse.csr_matrix(X), y, epochs=4, callbacks=[fail])
+            elif how == "a reset":
+                trainer.reset_optimizer(fastnn.Adam(lr=0.01))
+                trainer.fit(X, y, epochs=4, callbacks=[fail])
+            else:
+                raise RuntimeError("a callback failed")
+    assert _trainer_state(trainer) == before

@@ -20,7 +20,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._jit import jit
-from .step import Update, train_epoch
+from .step import train_epoch, with_settings
 
 CONSTANT = 0
 INVSCALING = 1
@@ -69,8 +69,7 @@ def train_epochs(net, data, orders, batch_size, work, update, plan, state, threa
     steps = state.steps
     u = update
     for e in range(orders.shape[0]):
-        this = Update(u.state1, u.state2, u.kind, u.l2, dt(lr), u.momentum, u.beta1, u.beta2,
-                      u.eps, u.apply)
+        this = with_settings(u, dt(lr), u.keep_now and e == 0)
         loss, weight, correct, taken, finite = train_epoch(
             net, data.X, data.T, data.w, orders[e], batch_size, work, this, steps, threads)
         mean = loss / weight if weight > 0 else np.nan

@@ -35,7 +35,7 @@ from .activations import IDENTITY
 from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_elements,
                    pack_transpose, vector_lanes)
 from .losses import loss_grad, output_transform
-from .optim import ADAM, adam_step_size, update_range
+from .optim import ADAM, SGD, adam_step_size, update_range
 from .shared import SharedFunction, calls_by_symbol
 
 # The loss is summed over groups of this many rows, then over the groups in
@@ -54,9 +54,14 @@ Work = namedtuple("Work", ["WT", "act_ws", "act_off", "delta_ws", "grad", "scrat
 Batch = namedtuple("Batch", ["X", "T", "w", "order", "scale"])
 """One mini-batch: rows ``order`` of (X, T, w), and 1 / (sum of their weights)."""
 Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum", "beta1",
-                               "beta2", "eps", "apply"])
+                               "beta2", "eps", "apply", "keep", "kept", "keep_now"])
 """Optimizer state and settings (flat: numba's parallel loops cannot take a
-tuple nested in a bundle)."""
+tuple nested in a bundle).  ``keep`` (3 x n_params), ``kept`` (1 int64) and
+``keep_now``: with keep_now, the step's update first copies the parameters
+and the optimizer buffers it writes into the rows of ``keep``, block by block
+as it reaches them (while they are in cache), and train_epoch sets kept[0] = 1
+once a whole step has done so: a transaction's rollback point taken without a
+pass of its own (trainer.Trainer.transaction)."""
 
 def bundle_types(dtype):
     """The numba types of the bundles (Net, Batch, Work, Update) for a
@@ -69,8 +74,8 @@ def bundle_types(dtype):
     batch = types.NamedTuple([matrix, matrix, vector, ints, f], Batch)
     work = types.NamedTuple([vector, vector, ints, vector, vector, matrix, matrix, matrix, matrix,
                              vector, float64s, ints, float64s], Work)
-    update = types.NamedTuple([vector, vector, types.int64, f, f, f, f, f, f, types.boolean],
-                              Update)
+    update = types.NamedTuple([vector, vector, types.int64, f, f, f, f, f, f, types.boolean,
+                               matrix, ints, types.boolean], Update)
     return net, batch, work, update
 
 
@@ -169,7 +174,36 @@ def gradient_only(params, l2):
     """An Update bundle that computes gradients and applies nothing (apply
     False; L2 ``l2`` added to the gradient), of the training call's types."""
     zero = params.dtype.type(0)
-    return Update(params, params, np.int64(0), l2, zero, zero, zero, zero, zero, False)
+    return Update(params, params, np.int64(0), l2, zero, zero, zero, zero, zero, False,
+                  np.empty((0, 0), params.dtype), np.zeros(1, np.int64), False)
+
+
+@jit(inline="always")
+def with_settings(u, lr, keep_now):
+    """``u`` with the learning rate ``lr`` and the flag ``keep_now``."""
+    return Update(u.state1, u.state2, u.kind, u.l2, lr, u.momentum, u.beta1, u.beta2, u.eps,
+                  u.apply, u.keep, u.kept, keep_now)
+
+
+@jit(inline="always")
+def copy_range(dst, src, lo, hi):
+    """dst[lo:hi] = src[lo:hi] (views from 0: a loop LLVM vectorises)."""
+    d = dst[lo:hi]
+    v = src[lo:hi]
+    for i in range(hi - lo):
+        d[i] = v[i]
+
+
+@jit(inline="always")
+def keep_range(u, params, lo, hi):
+    """Copy params[lo:hi] and the optimizer buffers rule ``u.kind`` writes
+    (state1 unless plain SGD, state2 for Adam) into the rows of ``u.keep``,
+    before the update overwrites them."""
+    copy_range(u.keep[0], params, lo, hi)
+    if u.kind != SGD:
+        copy_range(u.keep[1], u.state1, lo, hi)
+    if u.kind == ADAM:
+        copy_range(u.keep[2], u.state2, lo, hi)
 
 
 @jit(inline="always")
@@ -313,6 +347,10 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     squares = sum_squares(params, lo, hi, 0.0) if l2 != 0 else 0.0
     if update.apply:
         u = update
+        if u.keep_now:   # a transaction's first step: its rollback point, block by block
+            keep_range(u, params, lo, hi)
+            if i0 == 0:
+                keep_range(u, params, net.offs[l] + k * n, net.offs[l] + k * n + n)
         probe = update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], FIRST,
                              hi - lo, u.kind, u.lr, u.momentum, u.beta1, u.beta2, u.eps, l2)
         if i0 == 0:  # the bias: no weight decay
@@ -518,8 +556,7 @@ def update_for_step(update, step):
     if u.kind == ADAM:
         lr = type(u.lr)(adam_step_size(np.float64(u.lr), np.float64(u.beta1),
                                        np.float64(u.beta2), step))
-    return Update(u.state1, u.state2, u.kind, u.l2, lr, u.momentum, u.beta1, u.beta2, u.eps,
-                  u.apply)
+    return with_settings(u, lr, u.keep_now)
 
 
 @jit
@@ -550,6 +587,9 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
             return loss_total, weight_total, correct_total, steps, False
         this_step = update_for_step(update, step + steps + 1)
         l2_loss, _ = step_pass(WEIGHTS, net, batch, work, this_step, threads)
+        if update.keep_now:   # every block of this first step kept its entry values
+            update.kept[0] = 1
+            update = with_settings(update, update.lr, False)
         steps += 1
         loss_total += batch_loss + l2_loss * weight
         weight_total += weight
