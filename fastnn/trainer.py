@@ -544,6 +544,7 @@ class Trainer:
             raise
         finally:
             self._entry_snapshot = None
+            snapshot.pending = False   # done with: nothing may settle it later
 
     def _cover_snapshots(self, kind, keeping=None):
         """Before the optimizer buffers that rule ``kind`` writes are written:
