@@ -187,7 +187,7 @@ def _predict_work(network, rows):
     """(Work, SparseWork, Update) for the PREDICT pass over up to ``rows`` rows,
     made once per network and Python thread (as Network._predict_workspace);
     the SparseWork and Update are placeholders of the training call's types."""
-    from .kernels.step import Update
+    from .kernels.step import Update, no_keep
     from .trainer import make_workspace
     local = network.__dict__.get("_predict_local")
     if local is None:
@@ -200,7 +200,7 @@ def _predict_work(network, rows):
         sw = make_sparse_work(0, 1, network.dtype)
         p = network.params
         update = Update(p, p, np.int64(0), dt(0), dt(0), dt(0), dt(0), dt(0), dt(0), False,
-                        np.empty((0, 0), network.dtype), np.zeros(1, np.int64), False)
+                        *no_keep(network.dtype), False)
         cached = local.sparse = (rows, work, sw, update)
     return cached[1:]
 

@@ -29,7 +29,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .epoch_order import InOrder, Shuffled
 from .io import ModelFileError
 from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient,
-                           pack_workspace_elements, train_epoch, weight_block_count)
+                           no_keep, pack_workspace_elements, train_epoch, weight_block_count)
 from .optimizers import SGD
 from .kernels import optim as optim_k
 from .kernels import run as run_kernels
@@ -156,27 +156,6 @@ def _net_bundle(network):
                network._output_code)
 
 
-# How many of the optimizer buffers (state1, then state2) each update rule
-# writes (kernels/optim.py): plain SGD none, momentum its velocity, Adam both
-# moments.  A snapshot copies only those: plain and momentum SGD then roll back
-# without copying buffers they never touch (on mnist shapes each is 0.8 MB,
-# 35-60 us a copy, taken at every partial_fit call).
-_STATE_BUFFERS_WRITTEN = {optim_k.SGD: 0, optim_k.MOMENTUM: 1, optim_k.NESTEROV: 1,
-                          optim_k.ADAM: 2}
-
-
-# The Update bundle's ``keep`` arrays of steps that keep nothing: empty, made
-# once per dtype (no allocation per call); never written (keep_now is False).
-_NO_KEEP = {}
-_NO_KEEP_MARK = np.zeros(1, dtype=np.int64)
-
-
-def _no_keep_arrays(dt):
-    if dt not in _NO_KEEP:
-        _NO_KEEP[dt] = np.empty((0, 0), dtype=dt)
-    return _NO_KEEP[dt]
-
-
 class _Snapshot:
     """The trainer's state at one moment, to roll back to: parameters, the
     optimizer buffers its update rule writes (into buffers allocated once per
@@ -229,7 +208,9 @@ class _Snapshot:
         if self.saved is None:
             return
         t = self.trainer
-        need = _STATE_BUFFERS_WRITTEN[kind]
+        # only those: plain and momentum SGD roll back without copying buffers
+        # they never touch (on mnist shapes 0.8 MB each, 35-60 us a copy)
+        need = optim_k.STATE_BUFFERS_WRITTEN[kind]
         if self.saved < 1 <= need:
             np.copyto(self.state1, t.state1)
         if self.saved < 2 <= need:
@@ -243,7 +224,7 @@ class _Snapshot:
             return
         self.pending = False
         if self.kept[0]:
-            self.saved = _STATE_BUFFERS_WRITTEN[self.kept_kind]
+            self.saved = optim_k.STATE_BUFFERS_WRITTEN[self.kept_kind]
         else:
             np.copyto(self.params, self.trainer.network.params)
             self.saved = 0
@@ -452,7 +433,7 @@ class Trainer:
         kind = self.optimizer.kind
         self._cover_snapshots(kind, keeping=keep)   # the update writes its buffers
         if keep is None:
-            arrays, kept = _no_keep_arrays(dt), _NO_KEEP_MARK
+            arrays, kept = no_keep(self.network.dtype)
         else:
             arrays, kept = keep.arrays, keep.kept
             keep.kept_kind = kind

@@ -25,6 +25,11 @@ ADAM = 3
 
 CODES = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
 
+# How many of the state buffers (state1, then state2) each rule writes: plain
+# SGD none, momentum its velocity, Adam both moments (kernels.step.keep_range
+# keeps the same ones; trainer._Snapshot copies only these)
+STATE_BUFFERS_WRITTEN = {SGD: 0, MOMENTUM: 1, NESTEROV: 1, ADAM: 2}
+
 
 @jit
 def adam_step_size(lr, beta1, beta2, t):

@@ -63,6 +63,19 @@ as it reaches them (while they are in cache), and train_epoch sets kept[0] = 1
 once a whole step has done so: a transaction's rollback point taken without a
 pass of its own (trainer.Trainer.transaction)."""
 
+_NO_KEEP = {}
+
+
+def no_keep(dtype):
+    """(keep, kept) of an Update bundle whose steps keep nothing (keep_now
+    False, so never written): an empty matrix of ``dtype`` and a mark, made
+    once per dtype, so building a bundle allocates nothing."""
+    dtype = np.dtype(dtype)
+    if dtype not in _NO_KEEP:
+        _NO_KEEP[dtype] = (np.empty((0, 0), dtype), np.zeros(1, np.int64))
+    return _NO_KEEP[dtype]
+
+
 def bundle_types(dtype):
     """The numba types of the bundles (Net, Batch, Work, Update) for a
     network of ``dtype``, as trainer.make_workspace, the trainer and
@@ -197,8 +210,8 @@ def copy_range(dst, src, lo, hi):
 @jit(inline="always")
 def keep_range(u, params, lo, hi):
     """Copy params[lo:hi] and the optimizer buffers rule ``u.kind`` writes
-    (state1 unless plain SGD, state2 for Adam) into the rows of ``u.keep``,
-    before the update overwrites them."""
+    (state1 unless plain SGD, state2 for Adam: optim.STATE_BUFFERS_WRITTEN)
+    into the rows of ``u.keep``, before the update overwrites them."""
     copy_range(u.keep[0], params, lo, hi)
     if u.kind != SGD:
         copy_range(u.keep[1], u.state1, lo, hi)
