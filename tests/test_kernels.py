@@ -254,9 +254,11 @@ def tile_edges(dtype):
     return sorted({1, vl - 1, vl, vl + 1, nr - 1, nr, nr + 1, 2 * nr + vl + 3})
 
 
+# (PACK_MIN_ROWS + 1 and + 2: B packed, so a last tile of 1 or 2 valid rows;
+# below PACK_MIN_ROWS such rows go through the one-row kernels)
 ROW_EDGES = sorted({1, 2, G.ROW_KERNEL_BELOW - 1, G.ROW_KERNEL_BELOW, G.MR - 1, G.MR, G.MR + 1,
-                    G.PACK_MIN_ROWS - 1, G.PACK_MIN_ROWS, G.MC - 1, G.MC + 1,
-                    2 * G.MC + G.MR + 2})
+                    G.PACK_MIN_ROWS - 1, G.PACK_MIN_ROWS, G.PACK_MIN_ROWS + 1,
+                    G.PACK_MIN_ROWS + 2, G.MC - 1, G.MC + 1, 2 * G.MC + G.MR + 2})
 K_EDGES = (1, 7, G.KC - 1, G.KC, G.KC + 1, 2 * G.KC + 7)
 
 
@@ -500,8 +502,10 @@ def test_gemm_rows_do_not_depend_on_the_other_rows(rng, dtype):
         row = np.empty((1, n), dtype)
         G.gemm(A[i:i + 1], B, row, 0, G.EPI_STORE, act.IDENTITY, row[0], row)
         np.testing.assert_array_equal(row[0], C[i])
-    # (PACK_MIN_ROWS rows: B's panels packed; one row fewer: B read in place)
-    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1, G.PACK_MIN_ROWS - 1, G.PACK_MIN_ROWS):
+    # (PACK_MIN_ROWS rows: B's panels packed; one row fewer: B read in place;
+    # one or two more: a last tile of 1 or 2 valid rows on packed panels)
+    for r in (2, 3, G.ROW_KERNEL_BELOW, G.MR + 1, G.PACK_MIN_ROWS - 1, G.PACK_MIN_ROWS,
+              G.PACK_MIN_ROWS + 1, G.PACK_MIN_ROWS + 2):
         part = np.empty((r, n), dtype)
         G.gemm(A[5:5 + r], B, part, 0, G.EPI_STORE, act.IDENTITY, part[0], part)
         np.testing.assert_array_equal(part, C[5:5 + r])

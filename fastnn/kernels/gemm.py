@@ -27,8 +27,8 @@ microkernel.py:
           for jr in jc block, step NR    a kc x NR panel of B (in L1)
             for ir in ic block, step MR  one MR x NR tile of C in registers:
               C[ir, jr] (+)= A[ir, pc] B[pc, jr]    (the micro-kernel)
-        for the last M % MR rows (when fewer than ROW_KERNEL_BELOW):
-          one-row kernels across the jc block, up to 4 NR wide
+        for the last M % MR rows (when fewer than ROW_KERNEL_BELOW, and B
+        is not packed): one-row kernels across the jc block, up to 4 NR wide
 
 The epilogue does, with the tile's last K block, the elementwise work that
 would otherwise be another pass over C:
@@ -187,9 +187,18 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
     # what is left for the row loops: sigmoid and tanh (identity' is nothing)
     rows_epilogue = epi == _EPI_NONE and (mode == EPI_BIAS_ACT or (mode == EPI_DERIV
                                                                    and code != IDENTITY))
-    # rows [0, m_tiles) go through MR-row tiles (a last partial tile keeps at
-    # least ROW_KERNEL_BELOW rows); the few rows after it through the one-row kernel
-    m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW else M - M % MR
+    # rows [0, m_tiles) go through MR-row tiles, the few rows after them
+    # through the one-row kernels: a last partial tile keeps at least
+    # ROW_KERNEL_BELOW rows, or any number once B's panels are packed (at
+    # least PACK_MIN_ROWS rows).  A one-row kernel reads B in place and runs
+    # one FMA chain per vector of C where a tile runs MR: on 128 x 784 x 256
+    # (a training batch or a prediction block: 21 tiles and 2 rows) each of
+    # the 2 rows cost as much as 6 tile rows, so a partial tile of 2 valid
+    # rows costs less than the two rows alone (znver3).
+    # B's full panels are packed (pack_panel) when enough tiles share each one:
+    # the K block's kc x (jc block) slab once per (jc, pc), panel after panel.
+    pack_b = M >= PACK_MIN_ROWS and N >= nr
+    m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW or pack_b else M - M % MR
     n_kblocks = (K + KC - 1) // KC
     kb = (K + n_kblocks - 1) // n_kblocks   # K in equal blocks: the same for every row
     # The micro-kernels are called right here, the choice of variant written
@@ -197,9 +206,6 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
     # increfs and decrefs every array argument at each call, ten atomic NRT
     # calls a tile, which cost about 80 ns a tile (two thirds of a 300 x 2 x 100
     # product; asm of gemm_strided, znver5).
-    # B's full panels are packed (pack_panel) when enough tiles share each one:
-    # the K block's kc x (jc block) slab once per (jc, pc), panel after panel.
-    pack_b = m_tiles >= PACK_MIN_ROWS and N >= nr
     # The right edge's panel (fewer than nr columns) is always packed, zero-
     # padded, for the tiles: they read B without masks (microkernel.py)
     edge_slot = min(N, NC) // nr if pack_b else 0
