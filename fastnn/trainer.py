@@ -28,8 +28,9 @@ from ._parallel import parallel_region
 from .checkpoint import read_checkpoint, save_checkpoint
 from .epoch_order import InOrder, Shuffled
 from .io import ModelFileError
-from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work, loss_gradient,
-                           no_keep, pack_workspace_elements, train_epoch, weight_block_count)
+from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work,
+                           delta_pack_layout, loss_gradient, no_keep, pack_workspace_elements,
+                           train_epoch, weight_block_count)
 from .optimizers import SGD
 from .kernels import optim as optim_k
 from .kernels import run as run_kernels
@@ -127,6 +128,7 @@ def make_workspace(network, batch_size, n_features, n_outputs):
     widths = network._dims[1:]
     act_ws = np.empty(batch_size * int(widths.sum()), dtype=dt)
     groups = -(-batch_size // LOSS_GROUP_ROWS)
+    dpack, dpack_off = delta_pack_layout(network._dims, batch_size, dt)
     return Work(
         # W^T of every layer but the first, for the backward product
         WT=np.empty(network.n_params, dtype=dt),
@@ -147,7 +149,9 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         wb=np.empty(batch_size, dtype=dt),
         group_loss=np.empty(groups, dtype=np.float64),
         group_correct=np.empty(groups, dtype=np.int64),
-        l2_parts=np.empty(weight_block_count(network._dims), dtype=np.float64))
+        l2_parts=np.empty(weight_block_count(network._dims), dtype=np.float64),
+        # the batch's deltas packed for the weights pass's products
+        dpack=dpack, dpack_off=dpack_off)
 
 
 def _net_bundle(network):

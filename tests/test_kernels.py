@@ -474,6 +474,36 @@ def test_gemm_writes_only_its_block(rng, dtype, m, wide, transposed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", (1, 2, G.MR + 1, G.PACK_MIN_ROWS - 1, G.MC + 1))
+@pytest.mark.parametrize("k", (1, 33, G.KC + 1))
+def test_gemm_with_b_packed_ahead_gives_the_same_bits(rng, dtype, m, k):
+    """B's panels packed ahead by pack_b_rows (in two row ranges, as two
+    shards of the rows pass pack their deltas) and passed as packed_b: the
+    same bits as the GEMM packing (or reading) B itself, at every column
+    edge, for A read in place and transposed, with and without accumulate."""
+    for n in tile_edges(dtype) + [packed_a_columns(dtype) + 3]:
+        A = rand(rng, (m, k), dtype)
+        B = rand(rng, (k, n), dtype)
+        P = np.full((G.packed_b_elements(k, n, np.dtype(dtype).itemsize) // G.panel_columns(B)
+                     + 1, G.panel_columns(B)), np.nan, dtype)[:-1]
+        cut = k // 2
+        G.pack_b_rows(B, 0, cut, P)
+        G.pack_b_rows(B, cut, k, P)
+        for a in (A, np.ascontiguousarray(A.T).T):
+            C = np.full((m, n), np.nan, dtype)
+            G.gemm(a, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C)
+            Cp = np.full((m, n), np.nan, dtype)
+            G.gemm(a, B, Cp, 0, G.EPI_STORE, act.IDENTITY, Cp[0], Cp, None, P)
+            np.testing.assert_array_equal(Cp, C)
+            assert_close(Cp, gemm_ref(A, B), dtype, scale=np.sqrt(k))
+            C0 = rand(rng, (m, n), dtype)
+            C, Cp = C0.copy(), C0.copy()
+            G.gemm(a, B, C, 1, G.EPI_STORE, act.IDENTITY, C[0], C)
+            G.gemm(a, B, Cp, 1, G.EPI_STORE, act.IDENTITY, Cp[0], Cp, None, P)
+            np.testing.assert_array_equal(Cp, C)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_rows_do_not_depend_on_the_other_rows(rng, dtype):
     """Every row goes through the same arithmetic wherever it sits: a full
     tile, the bottom edge, the one-row kernel, or alone (prediction's

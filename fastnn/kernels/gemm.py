@@ -123,7 +123,7 @@ def _epilogue(C, i0, i1, j0, j1, mode, code, bias, H):
 
 
 @jit(inline="always")
-def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None):
+def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None, packed_b=None):
     """C (=, or += when ``accumulate``) A B, then the epilogue, on the calling thread.
 
     A (M x K) any strides; B (K x N) and C (M x N) contiguous along rows.
@@ -136,9 +136,12 @@ def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None):
     strided views, so a matrix and a transposed one, or a block of B's
     columns, share one compiled core (each compiled copy of the core adds
     seconds to the first run), called through its shared symbol
-    (``_gemm_core``).
+    (``_gemm_core``).  ``packed_b``: B's panels already packed by
+    ``pack_b_rows`` (B is then not read); used by the training step, whose
+    weight-gradient blocks share one packed delta.
     """
-    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H, _pack_or_empty(pack, C))
+    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H, _pack_or_empty(pack, C),
+               _packed_or_empty(packed_b, C))
 
 
 def _pack_or_empty(pack, C):
@@ -150,6 +153,43 @@ def _pack_or_empty_overload(pack, C):
     if pack is None or isinstance(pack, (types.NoneType, types.Omitted)):
         return lambda pack, C: np.empty(0, C.dtype)
     return lambda pack, C: pack
+
+
+def _packed_or_empty(packed_b, C):
+    """``packed_b``, or an empty matrix (B not packed ahead) when the caller gave none."""
+
+
+@overload(_packed_or_empty, inline="always")
+def _packed_or_empty_overload(packed_b, C):
+    if packed_b is None or isinstance(packed_b, (types.NoneType, types.Omitted)):
+        return lambda packed_b, C: C[:0]
+    return lambda packed_b, C: packed_b
+
+
+def packed_b_elements(k, n, itemsize):
+    """Elements of a ``packed_b`` matrix for a B of k x n: every panel of NR
+    columns (the last one zero-padded), all k rows of each."""
+    nr = NV * (VECTOR_BYTES // itemsize)
+    return k * -(-n // nr) * nr
+
+
+@jit(inline="always")
+def panel_columns(C):
+    """NR, the columns of a panel of B (and of a register tile), for C's dtype."""
+    return NV * (VECTOR_BYTES // C.itemsize)
+
+
+@jit(inline="always")
+def pack_b_rows(B, r0, r1, P):
+    """Rows r0:r1 of B (K x N) packed into P as gemm's ``packed_b`` reads
+    them: panel q (columns q NR to q NR + NR, zero-padded at the right edge)
+    in rows q K to q K + K of P (P: at least (panels * K) x NR).  Disjoint
+    row ranges can be packed by different threads."""
+    K, N = B.shape
+    nr = P.shape[1]
+    for q in range((N + nr - 1) // nr):
+        j = q * nr
+        uk.pack_panel(r1 - r0, B, (r0, j), min(nr, N - j), P[q * K + r0:q * K + r1])
 
 
 def pack_elements(n_columns, itemsize):
@@ -164,15 +204,16 @@ def pack_elements(n_columns, itemsize):
     return KC * panels * nr + KC * MC + 2 * (64 // itemsize)
 
 
-def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack):
+def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     """gemm_strided; in compiled code through the shared core's symbol when
     the operands have its types (GEMM_CORE, below)."""
-    gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack)
+    gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b)
 
 
 @jit
-def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
-    """gemm for an A typed as a strided view (see gemm)."""
+def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
+    """gemm for an A typed as a strided view (see gemm); ``packed_b`` empty
+    unless B's panels were packed ahead (pack_b_rows)."""
     M, K = A.shape
     N = C.shape[1]
     if K == 0:  # an empty sum: C = 0 (or unchanged), then the epilogue
@@ -197,7 +238,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
     # rows costs less than the two rows alone (znver3).
     # B's full panels are packed (pack_panel) when enough tiles share each one:
     # the K block's kc x (jc block) slab once per (jc, pc), panel after panel.
-    pack_b = M >= PACK_MIN_ROWS and N >= nr
+    # B packed ahead (every panel, the edge one zero-padded): no copy here
+    prepacked = packed_b.shape[0] > 0
+    pack_b = prepacked or (M >= PACK_MIN_ROWS and N >= nr)
     m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW or pack_b else M - M % MR
     n_kblocks = (K + KC - 1) // KC
     kb = (K + n_kblocks - 1) // n_kblocks   # K in equal blocks: the same for every row
@@ -209,7 +252,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
     # The right edge's panel (fewer than nr columns) is always packed, zero-
     # padded, for the tiles: they read B without masks (microkernel.py)
     edge_slot = min(N, NC) // nr if pack_b else 0
-    slab_panels = edge_slot + (1 if m_tiles > 0 and N % nr != 0 else 0)
+    slab_panels = 0 if prepacked else edge_slot + (1 if m_tiles > 0 and N % nr != 0 else 0)
     # A's rows are packed too when A is read down its columns (a^T of the
     # weight gradient) and enough panels of B reuse each packed block
     pack_a = pack_b and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
@@ -237,11 +280,11 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
             add = accumulate != 0 or pc > 0
             last = pc + kc == K
             epi_now = epi if last else _EPI_NONE
-            if pack_b:
+            if pack_b and not prepacked:
                 for jr in range(jc, full_end, nr):
                     q = (jr - jc) // nr
                     uk.pack_panel(kc, B, (pc, jr), nr, slab[q * kb:q * kb + kc])
-            if m_tiles > 0 and full_end < jc_end:
+            if m_tiles > 0 and full_end < jc_end and not prepacked:
                 uk.pack_panel(kc, B, (pc, full_end), jc_end - full_end,
                               slab[edge_slot * kb:edge_slot * kb + kc])
             for ic in range(0, m_tiles, MC):
@@ -256,7 +299,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack):
                     n_valid = min(nr, jc_end - jr)
                     # the panel B[pc:pc+kc, jr:jr+nr]: packed (full panels) or in place
                     Bp, pb, jb = B, pc, jr
-                    if jr >= full_end:
+                    if prepacked:
+                        Bp, pb, jb = packed_b, jr // nr * K + pc, _ZERO
+                    elif jr >= full_end:
                         Bp, pb, jb = slab, edge_slot * kb, _ZERO
                     elif pack_b:
                         Bp, pb, jb = slab, (jr - jc) // nr * kb, _ZERO
@@ -429,7 +474,8 @@ def _core_signature(dtype):
     matrix = types.Array(f, 2, "C")
     view = types.Array(f, 2, "A")
     vector = types.Array(f, 1, "C")
-    return (view, view, matrix, types.int64, types.int64, types.int64, vector, matrix, vector)
+    return (view, view, matrix, types.int64, types.int64, types.int64, vector, matrix, vector,
+            matrix)
 
 
 # The GEMM core, compiled once per dtype (when a product of that dtype is

@@ -52,7 +52,7 @@ from .losses import loss_grad, output_transform
 from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS, backward,
                    batch_weight, bias_gradient, forward_from, gradient_only,
                    gradient_rows_buffer, layer_delta, layer_rows, layer_weights,
-                   pack_weights_t, update_for_step, update_rows, weight_block,
+                   pack_deltas, pack_weights_t, update_for_step, update_rows, weight_block,
                    weight_block_count, weights_block)
 
 SECOND = np.int64(1)   # layer index 1, typed (a literal compiles another forward_from)
@@ -148,6 +148,7 @@ def sparse_shard_rows(net, batch, work, g0, g1, phase, s):
             z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
     backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
              work.delta_ws, r0, r1, work.pack[s])
+    pack_deltas(net, work, m, r0, r1, SECOND)   # (layer 0's dW: the sparse transpose)
 
 
 @jit
