@@ -89,6 +89,8 @@ PACK_MIN_ROWS = 4 * MR
 # it serves.  A read along its rows (forward, backward) is left in place: its
 # MR rows stream from L2 (packing them measured no faster).
 PACK_A_MIN_PANELS = 8
+# Rows of B packed at a time across all its panels (_pack_panels)
+PACK_ROW_GROUP = 4
 
 
 @jit(inline="always")
@@ -187,9 +189,26 @@ def pack_b_rows(B, r0, r1, P):
     row ranges can be packed by different threads."""
     K, N = B.shape
     nr = P.shape[1]
-    for q in range((N + nr - 1) // nr):
-        j = q * nr
-        uk.pack_panel(r1 - r0, B, (r0, j), min(nr, N - j), P[q * K + r0:q * K + r1])
+    _pack_panels(B, r0, r1, _ZERO, (N + nr - 1) // nr * nr, N, P, K, r0)
+
+
+@jit(inline="always")
+def _pack_panels(B, p0, p1, j0, j1, n_end, P, panel_rows, row0):
+    """Rows p0:p1 of B's panels from column j0 to j1 (whole panels of NR
+    columns; columns from n_end on are written as zeros) into P: row p of
+    panel q (columns j0 + q NR..) goes to P[q * panel_rows + row0 + p - p0].
+
+    PACK_ROW_GROUP rows of every panel at a time, so B is read along its
+    rows: panel by panel, a panel's kc rows were kc cache lines a row of B
+    apart (4 kB for 1024 columns), and the copy ran at 0.34-0.38 ns an
+    element at 784 x 1024 and 1024 x 1024 float32 against 0.14-0.19 in
+    row groups (0.17 against 0.11, 784 x 256; znver3)."""
+    nr = P.shape[1]
+    for p in range(p0, p1, PACK_ROW_GROUP):
+        pe = min(p1, p + PACK_ROW_GROUP)
+        for j in range(j0, j1, nr):
+            at = (j - j0) // nr * panel_rows + row0 + p - p0
+            uk.pack_panel(pe - p, B, (p, j), min(nr, n_end - j), P[at:at + pe - p])
 
 
 def pack_elements(n_columns, itemsize):
@@ -281,9 +300,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
             last = pc + kc == K
             epi_now = epi if last else _EPI_NONE
             if pack_b and not prepacked:
-                for jr in range(jc, full_end, nr):
-                    q = (jr - jc) // nr
-                    uk.pack_panel(kc, B, (pc, jr), nr, slab[q * kb:q * kb + kc])
+                _pack_panels(B, pc, pc + kc, jc, full_end, full_end, slab, kb, _ZERO)
             if m_tiles > 0 and full_end < jc_end and not prepacked:
                 uk.pack_panel(kc, B, (pc, full_end), jc_end - full_end,
                               slab[edge_slot * kb:edge_slot * kb + kc])
