@@ -340,6 +340,14 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     update_symbol = optim.UPDATE_RANGE.symbols[optim._update_range_signature(dtype)]
     assert re.search(rf'call .*@"?{re.escape(update_symbol)}"?\(',
                      fresh_block.inspect_llvm(block_sig))
+    # a shard of rows packs its deltas for the weights pass by symbol
+    from fastnn.kernels import gemm as gemm_module
+    shard_sig = step._shard_rows_signature(dtype)
+    fresh_shard = numba.njit(**{**JIT_OPTIONS, "cache": False})(step.shard_rows_kernel.py_func)
+    fresh_shard.compile(shard_sig)
+    pack_symbol = gemm_module.PACK_B_ROWS.symbols[gemm_module._pack_b_rows_signature(dtype)]
+    assert re.search(rf'call .*@"?{re.escape(pack_symbol)}"?\(',
+                     fresh_shard.inspect_llvm(shard_sig))
     # the parallel prediction likewise calls its block by symbol
     from fastnn.kernels.step import predict_rows
     Network([5, 7, 3], dtype=dtype, seed=0).predict_proba(rand(rng, (3000, 5), dtype))

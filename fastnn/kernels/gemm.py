@@ -181,8 +181,8 @@ def panel_columns(C):
     return NV * (VECTOR_BYTES // C.itemsize)
 
 
-@jit(inline="always")
-def pack_b_rows(B, r0, r1, P):
+@jit
+def pack_b_rows_kernel(B, r0, r1, P):
     """Rows r0:r1 of B (K x N) packed into P as gemm's ``packed_b`` reads
     them: panel q (columns q NR to q NR + NR, zero-padded at the right edge)
     in rows q K to q K + K of P (P: at least (panels * K) x NR).  Disjoint
@@ -190,6 +190,24 @@ def pack_b_rows(B, r0, r1, P):
     K, N = B.shape
     nr = P.shape[1]
     _pack_panels(B, r0, r1, _ZERO, (N + nr - 1) // nr * nr, N, P, K, r0)
+
+
+def _pack_b_rows_signature(dtype):
+    f = numba.from_dtype(np.dtype(dtype))
+    matrix = types.Array(f, 2, "C")
+    return (matrix, types.int64, types.int64, matrix)
+
+
+# Called by symbol from the training step's shards (kernels.step.pack_deltas):
+# inlined there, its loops and intrinsics were typed and optimised again
+# inside the shard's kernel (about 2 s more of a cold first run)
+PACK_B_ROWS = SharedFunction(pack_b_rows_kernel, _pack_b_rows_signature, "fastnn.pack_b_rows")
+
+
+@calls_by_symbol(PACK_B_ROWS)
+def pack_b_rows(B, r0, r1, P):
+    """pack_b_rows_kernel (by its shared symbol in compiled code)."""
+    pack_b_rows_kernel(B, r0, r1, P)
 
 
 @jit(inline="always")
