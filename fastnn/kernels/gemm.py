@@ -273,9 +273,10 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     # (a training batch or a prediction block: 21 tiles and 2 rows) each of
     # the 2 rows cost as much as 6 tile rows, so a partial tile of 2 valid
     # rows costs less than the two rows alone (znver3).
-    # B's full panels are packed (pack_panel) when enough tiles share each one:
-    # the K block's kc x (jc block) slab once per (jc, pc), panel after panel.
-    # B packed ahead (every panel, the edge one zero-padded): no copy here
+    # B's full panels are packed when enough tiles share each one: the K
+    # block's kc x (jc block) slab once per (jc, pc), in row groups
+    # (_pack_panels); or B came packed ahead (packed_b: every panel, the
+    # edge one zero-padded), and nothing is copied here
     prepacked = packed_b.shape[0] > 0
     pack_b = prepacked or (M >= PACK_MIN_ROWS and N >= nr)
     m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW or pack_b else M - M % MR
