@@ -28,7 +28,10 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "1000"
 
+import hashlib  # noqa: E402
+
 import numba  # noqa: E402
+from numba.core import caching  # noqa: E402
 
 # fastmath without 'nnan'/'ninf': the reductions may be reassociated (that is
 # what lets LLVM vectorise dot products) and multiply-adds contracted to FMA,
@@ -44,6 +47,65 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 # reduction to vectorise.  A function keeps its flags when LLVM inlines it, but
 # not through numba's inline="always" (the caller's flags apply).
 STRICT_FASTMATH = frozenset({"nsz", "contract", "afn"})
+
+# numba keys a cached function by the source of its own file, but the cached
+# code holds what it calls from other files, inlined or by shared symbol
+# (kernels/shared.py).  A function whose file did not change was thus loaded
+# with another version's callees: stale code, or a call of a shared symbol
+# that version does not define (seen in CI: asv timing two commits in one
+# environment, "LLVM ERROR: Symbol not found: fastnn.pack_b_rows...", the
+# process aborted).  So every compiled function of fastnn is stamped with the
+# source of all of them: any change to one recompiles all, as it must.
+_COMPILED_SOURCES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels"),)
+_stamps = {}
+
+
+def sources_stamp(paths):
+    """sha256 over the bytes of the .py files in ``paths`` (files or folders,
+    in sorted order): the cache stamp of every compiled function of fastnn."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
+        else:
+            files.append(path)
+    digest = hashlib.sha256()
+    for name in files:
+        with open(name, "rb") as f:
+            digest.update(os.path.basename(name).encode() + b"\0" + f.read())
+    return digest.digest()
+
+
+def _package_stamp():
+    if "stamp" not in _stamps:   # once per process
+        _stamps["stamp"] = sources_stamp(_COMPILED_SOURCES + (os.path.abspath(__file__),))
+    return _stamps["stamp"]
+
+
+def _stamped(locator):
+    """``locator`` (a numba cache locator class) for fastnn's own functions,
+    with the stamp of all of fastnn's compiled sources."""
+    root = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    class PackageStamped(locator):
+        def get_source_stamp(self):
+            return _package_stamp()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not os.path.abspath(py_file).startswith(root):
+                return None
+            return super().from_function(py_func, py_file)
+
+    PackageStamped.__name__ = f"FastnnPackage{locator.__name__}"
+    return PackageStamped
+
+
+# before numba's own locators, in their order (NUMBA_CACHE_DIR, beside the
+# source, the user-wide cache for a read-only install)
+caching.CacheImpl._locator_classes[:0] = [
+    _stamped(c) for c in (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator,
+                          caching.UserWideCacheLocator)]
 
 JIT_OPTIONS = dict(
     nogil=True,

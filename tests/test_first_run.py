@@ -144,6 +144,61 @@ def test_a_cached_caller_of_a_core_not_yet_published_loads_and_runs(tmp_path):
     assert np.allclose(np.sum(first["out"], axis=1), 1.0)
 
 
+_COMPILED_IN_RUN = """
+import json
+from fastnn._compile_log import CompileLog
+with CompileLog() as log:
+    import numpy as np
+    import fastnn
+    fastnn.Network([5, 9, 3], seed=1, dtype="float64").predict_proba(np.ones((7, 5)))
+print(json.dumps(sorted({e["name"] for e in log.entries})))
+"""
+
+
+def test_a_change_to_one_compiled_file_recompiles_the_callers_in_the_others(tmp_path):
+    """numba keys a cached function by its own file's source, yet the cached
+    code holds its callees from other files (inlined, or called by a shared
+    symbol that another version may not define: "LLVM ERROR: Symbol not
+    found", the process aborted, seen when asv timed two commits in one
+    environment).  fastnn stamps its compiled functions with all of their
+    sources (_jit.py): after an edit of kernels/gemm.py alone, a copy of the
+    package recompiles the prediction of kernels/step.py rather than load it."""
+    import shutil
+    package = tmp_path / "src"
+    shutil.copytree(ROOT / "fastnn", package / "fastnn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"),
+               PYTHONPATH=str(package))
+
+    def compiled():
+        proc = subprocess.run([sys.executable, "-c", _COMPILED_IN_RUN], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    assert any("predict_block_kernel" in f for f in compiled())
+    assert not any("predict_block_kernel" in f for f in compiled())   # loaded from the cache
+    with open(package / "fastnn" / "kernels" / "gemm.py", "a") as f:
+        f.write("\n# an edit of the GEMM's file only\n")
+    assert any("predict_block_kernel" in f for f in compiled())
+
+
+def test_the_cache_stamp_covers_every_compiled_source(tmp_path):
+    """The stamp changes with any of the files it covers, and every compiled
+    function of fastnn carries it."""
+    from fastnn import _jit
+    from fastnn.kernels import gemm, run, sparse, step
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    before = _jit.sources_stamp([tmp_path])
+    (tmp_path / "b.py").write_text("y = 3\n")
+    assert _jit.sources_stamp([tmp_path]) != before
+    for dispatcher in (step.shard_rows_kernel, step.train_epoch, gemm.gemm_strided,
+                       gemm.pack_b_rows_kernel, run.train_epochs, sparse.sparse_step_pass):
+        locator = dispatcher._cache._impl._locator
+        assert locator.get_source_stamp() == _jit._package_stamp()
+
+
 def test_cold_start_check_compares_cpu_seconds_with_the_ceiling(tmp_path, monkeypatch, capsys):
     floors = tmp_path / "floors.json"
     floors.write_text(json.dumps({"cold_start": {"ceiling_cpu_s": 30.0}}))

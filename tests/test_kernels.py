@@ -332,22 +332,19 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     for shared, body_sig in ((step.SHARD_ROWS, step._shard_rows_signature(dtype)),
                              (step.WEIGHTS_BLOCK, step._weights_block_signature(dtype))):
         assert re.search(rf'call .*@"?{re.escape(shared.symbols[body_sig])}"?\(', ir)
-    # a block of the weights pass calls the optimizer update by symbol
-    from fastnn.kernels import optim
-    block_sig = step._weights_block_signature(dtype)
-    fresh_block = numba.njit(**{**JIT_OPTIONS, "cache": False})(step.weights_block_kernel.py_func)
-    fresh_block.compile(block_sig)
-    update_symbol = optim.UPDATE_RANGE.symbols[optim._update_range_signature(dtype)]
-    assert re.search(rf'call .*@"?{re.escape(update_symbol)}"?\(',
-                     fresh_block.inspect_llvm(block_sig))
-    # a shard of rows packs its deltas for the weights pass by symbol
+    # a block of the weights pass calls the optimizer update by symbol, and a
+    # shard of rows packs its deltas for the weights pass by symbol
     from fastnn.kernels import gemm as gemm_module
-    shard_sig = step._shard_rows_signature(dtype)
-    fresh_shard = numba.njit(**{**JIT_OPTIONS, "cache": False})(step.shard_rows_kernel.py_func)
-    fresh_shard.compile(shard_sig)
-    pack_symbol = gemm_module.PACK_B_ROWS.symbols[gemm_module._pack_b_rows_signature(dtype)]
-    assert re.search(rf'call .*@"?{re.escape(pack_symbol)}"?\(',
-                     fresh_shard.inspect_llvm(shard_sig))
+    from fastnn.kernels import optim
+    for caller, caller_sig, shared, shared_sig in (
+            (step.weights_block_kernel, step._weights_block_signature(dtype),
+             optim.UPDATE_RANGE, optim._update_range_signature(dtype)),
+            (step.shard_rows_kernel, step._shard_rows_signature(dtype),
+             gemm_module.PACK_B_ROWS, gemm_module._pack_b_rows_signature(dtype))):
+        fresh_caller = numba.njit(**{**JIT_OPTIONS, "cache": False})(caller.py_func)
+        fresh_caller.compile(caller_sig)
+        assert re.search(rf'call .*@"?{re.escape(shared.symbols[shared_sig])}"?\(',
+                         fresh_caller.inspect_llvm(caller_sig))
     # the parallel prediction likewise calls its block by symbol
     from fastnn.kernels.step import predict_rows
     Network([5, 7, 3], dtype=dtype, seed=0).predict_proba(rand(rng, (3000, 5), dtype))
