@@ -28,6 +28,7 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "1000"
 
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 
 import numba  # noqa: E402
@@ -57,7 +58,6 @@ STRICT_FASTMATH = frozenset({"nsz", "contract", "afn"})
 # process aborted).  So every compiled function of fastnn is stamped with the
 # source of all of them: any change to one recompiles all, as it must.
 _COMPILED_SOURCES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels"),)
-_stamps = {}
 
 
 def sources_stamp(paths):
@@ -76,10 +76,10 @@ def sources_stamp(paths):
     return digest.digest()
 
 
+@functools.lru_cache(maxsize=None)
 def _package_stamp():
-    if "stamp" not in _stamps:   # once per process
-        _stamps["stamp"] = sources_stamp(_COMPILED_SOURCES + (os.path.abspath(__file__),))
-    return _stamps["stamp"]
+    """sources_stamp of fastnn's compiled sources, once per process (0.4 ms)."""
+    return sources_stamp(_COMPILED_SOURCES + (os.path.abspath(__file__),))
 
 
 def _stamped(locator):

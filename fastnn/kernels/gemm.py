@@ -219,8 +219,8 @@ def _pack_panels(B, p0, p1, j0, j1, n_end, P, panel_rows, row0):
     PACK_ROW_GROUP rows of every panel at a time, so B is read along its
     rows: panel by panel, a panel's kc rows were kc cache lines a row of B
     apart (4 kB for 1024 columns), and the copy ran at 0.34-0.38 ns an
-    element at 784 x 1024 and 1024 x 1024 float32 against 0.14-0.19 in
-    row groups (0.17 against 0.11, 784 x 256; znver3)."""
+    element at 784 x 1024 and 1024 x 1024 float32 against 0.14-0.20 in
+    row groups (0.16-0.17 against 0.11-0.12, 784 x 256; znver3)."""
     nr = P.shape[1]
     for p in range(p0, p1, PACK_ROW_GROUP):
         pe = min(p1, p + PACK_ROW_GROUP)
