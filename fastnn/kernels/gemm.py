@@ -26,7 +26,8 @@ microkernel.py:
                                     is read down its columns (a^T)
           for jr in jc block, step NR    a kc x NR panel of B (in L1)
             for ir in ic block, step MR  one MR x NR tile of C in registers:
-              C[ir, jr] (+)= A[ir, pc] B[pc, jr]    (the micro-kernel)
+              C[ir, jr] (+)= A[ir, pc] B[pc, jr]    (the micro-kernel; this
+                                    loop runs inside it, one call per panel)
         for the last M % MR rows (when fewer than ROW_KERNEL_BELOW, and B
         is not packed): one-row kernels across the jc block, up to 4 NR wide
 
@@ -341,25 +342,26 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
                         Bp, pb, jb = slab, edge_slot * kb, _ZERO
                     elif pack_b:
                         Bp, pb, jb = slab, (jr - jc) // nr * kb, _ZERO
-                    for ir in range(ic, ic_end, MR):
-                        # one register tile: C[ir:, jr:] (+)= A[ir:, pc:pc+kc] B[pc:pc+kc, jr:]
-                        m_valid = min(MR, ic_end - ir)
-                        a_org = (ir, pc)
-                        if pack_a:
-                            a_org = (_ZERO, (ir - ic) // MR * kb)
-                        origin = ((ir, jr), a_org, (pb, jb))
-                        if n_valid == nr:
-                            uk.tile_full(kc, Ap, Bp, C, origin, m_valid, n_valid, add, epi_now,
-                                         bias, H)
-                        elif n_valid <= vl:
-                            uk.tile_edge1(kc, Ap, Bp, C, origin, m_valid, n_valid, add, epi_now,
-                                          bias, H)
-                        else:
-                            uk.tile_edge(kc, Ap, Bp, C, origin, m_valid, n_valid, add, epi_now,
-                                         bias, H)
-                        if last and rows_epilogue:
-                            _epilogue(C, ir, ir + m_valid, jr, jr + n_valid, mode, code,
-                                      bias, H)
+                    # the column of register tiles C[ic:ic_end, jr:jr+nr] (+)=
+                    # A[ic:ic_end, pc:pc+kc] B[pc:pc+kc, jr:], MR rows at a time
+                    # inside the micro-kernel; A's next tile MR rows on, or the
+                    # next packed micro-panel
+                    a_org, a_step = (ic, pc), (_MR, _ZERO)
+                    if pack_a:
+                        a_org, a_step = (_ZERO, _ZERO), (_ZERO, kb)
+                    origin = ((ic, jr), a_org, (pb, jb))
+                    m_rows = ic_end - ic
+                    if n_valid == nr:
+                        uk.tile_full(kc, Ap, Bp, C, origin, m_rows, n_valid, add, epi_now, bias,
+                                     H, a_step)
+                    elif n_valid <= vl:
+                        uk.tile_edge1(kc, Ap, Bp, C, origin, m_rows, n_valid, add, epi_now,
+                                      bias, H, a_step)
+                    else:
+                        uk.tile_edge(kc, Ap, Bp, C, origin, m_rows, n_valid, add, epi_now,
+                                     bias, H, a_step)
+                    if last and rows_epilogue:
+                        _epilogue(C, ic, ic_end, jr, jr + n_valid, mode, code, bias, H)
             for r in range(m_tiles, M):
                 # one row at a time, with the widest one-row kernel that fits
                 jr = jc
@@ -368,16 +370,20 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
                     origin = ((r, jr), (r, pc), (pc, jr))
                     if n_left >= wide:
                         done = wide
-                        uk.row_wide(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
+                        uk.row_wide(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H,
+                                    _ONE_ROW)
                     elif n_left >= nr:
                         done = nr
-                        uk.row_full(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
+                        uk.row_full(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H,
+                                    _ONE_ROW)
                     elif n_left <= vl:
                         done = n_left
-                        uk.row_edge1(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
+                        uk.row_edge1(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H,
+                                     _ONE_ROW)
                     else:
                         done = n_left
-                        uk.row_edge(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H)
+                        uk.row_edge(kc, A, B, C, origin, _ONE, done, add, epi_now, bias, H,
+                                    _ONE_ROW)
                     if last and rows_epilogue:
                         _epilogue(C, r, r + 1, jr, jr + done, mode, code, bias, H)
                     jr += done
@@ -466,6 +472,8 @@ def column_sums_acc(S, colsum):
 # Flags are typed int64 values, not literals (one compiled copy of the GEMM).
 _ZERO = np.int64(0)
 _ONE = np.int64(1)
+_MR = np.int64(MR)
+_ONE_ROW = (_ONE, _ZERO)   # a one-row kernel's a_step (one tile: never used)
 _STORE = np.int64(EPI_STORE)
 _EPI_NONE = np.int64(uk.EPI_NONE)
 _EPI_BIAS = np.int64(uk.EPI_BIAS)

@@ -84,6 +84,7 @@ VECTOR_BITS = _vector_bits()
 # the FMA latency.
 NV = 4 if VECTOR_BITS == 512 else 2
 MR = 6
+MASKED_STORES_FAST = VECTOR_BITS == 512
 
 
 def lanes(itemsize):
@@ -117,6 +118,50 @@ def _masked_load_and_store(builder, vecty):
     mstore = _vector_intrinsic(builder, f"llvm.masked.store.{name}", ir.FunctionType(
         ir.VoidType(), [vecty, vecptr, ir.IntType(32), mask_ty]))
     return mload, mstore
+
+
+# AVX2's masked store (vmaskmovps / vmaskmovpd to memory) is slow on AMD's
+# cores: at the spiral's right edge (100 columns: a panel of 4) one masked
+# store a row of a tile cost about 8 ns, as much as a whole tile of 2 k steps
+# (300 x 2 x 100 float32: 6.5 us against 4.1 us for 96 columns, znver3).
+# AVX-512's masked stores (a k register) are as fast as plain ones
+# (MASKED_STORES_FAST, set with the vector width below).
+
+
+def _store_first(builder, value, ptr, n_left, align):
+    """Store lanes [0, n_left) of ``value`` at ``ptr`` (all of them when
+    n_left >= the vector's lanes, none when n_left <= 0) without a masked
+    store: the whole vector when it fits, else pieces of halving width (4,
+    2, 1 lanes of 8), each stored when n_left has its bit, the lanes after a
+    stored piece moved down for the next: at most log2(lanes) plain stores,
+    branches that every row of a tile takes the same way."""
+    i64 = ir.IntType(64)
+    vecty = value.type
+    count = vecty.count
+    with builder.if_else(builder.icmp_signed(">=", n_left, i64(count)),
+                         likely=True) as (whole, part):
+        with whole:
+            builder.store(value, ptr, align=align)
+        with part:
+            rest = value
+            at = builder.bitcast(ptr, vecty.element.as_pointer())
+            width = count // 2
+            while width >= 1:
+                low = builder.shuffle_vector(rest, rest, ir.Constant(
+                    ir.VectorType(ir.IntType(32), width), list(range(width))))
+                high = builder.shuffle_vector(rest, rest, ir.Constant(
+                    ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width))))
+                take = builder.icmp_unsigned("!=", builder.and_(n_left, i64(width)), i64(0))
+                with builder.if_then(take):
+                    if width == 1:
+                        builder.store(builder.extract_element(low, ir.IntType(32)(0)), at,
+                                      align=align)
+                    else:
+                        builder.store(low, builder.bitcast(at, low.type.as_pointer()),
+                                      align=align)
+                rest = builder.select(take, high, low)
+                at = builder.select(take, builder.gep(at, [i64(width)]), at)
+                width //= 2
 
 
 def _splat(builder, scalar, vecty):
@@ -164,17 +209,24 @@ def _make_microkernel(rows, nv, mask):
     gemm_strided, znver3).  One-row kernels (the last rows, a one-row
     prediction) read B in place, masked.
 
-    Called as ``microkernel(kc, A, B, C, ((i, j), (ia, pa), (pb, jb)), m_valid,
-    n_valid, accumulate, epi, bias, H)``: the tile is rows i.. and columns j..
-    of C (and of H, columns j.. of ``bias``), its sum runs over kc terms, A's
-    element (ia, pa) and B's (pb, jb) begin it: (i, p) and (p, j) for operands
-    read in place at K offset p, a panel's place in the buffer for packed ones
-    (pack_panel, pack_a_panel).  The origin is applied to the
+    Called as ``microkernel(kc, A, B, C, ((i, j), (ia, pa), (pb, jb)), m_rows,
+    n_valid, accumulate, epi, bias, H, (da, dpa))``: the tiles of rows i to
+    i + m_rows (``rows`` at a time, the last one partial) and columns j.. of C
+    (and of H, columns j.. of ``bias``), one after another; each sum runs
+    over kc terms.  A's element (ia, pa) and B's (pb, jb) begin the first
+    tile: (i, p) and (p, j) for operands read in place at K offset p, a
+    panel's place in the buffer for packed ones
+    (pack_panel, pack_a_panel); each next tile's A begins da rows and dpa
+    columns on (MR rows of A read in place, or the next packed micro-panel).
+    The origin is applied to the
     whole matrices' pointers here, so the GEMM's loops build no array view
     per tile (with four views a tile, the 33 products of
     ``python -m fastnn.bench.products`` ran at a geometric mean of 0.71-0.74x
     np.dot in float32 on znver3, 0.79x without; the small ones, such as the
-    spiral's 300 x 2 x 100, gained most).  A may have any strides, B,
+    spiral's 300 x 2 x 100, gained most), and the loop over a panel's tiles
+    runs here too, so the operands, strides and masks are set up once per
+    panel (300 x 2 x 100 float32: 7.0 -> 5.5 us with the edge stores below;
+    96 x 16 x 128 as a^T delta: 6.3 -> 5.5 us; znver3).  A may have any strides, B,
     C and H must be contiguous along their rows.  ``bias`` is read only for
     EPI_BIAS*, H only for EPI_RELU_DERIV; their pointers are formed, never
     read, for the other epilogues (any placeholder array will do there).
@@ -183,13 +235,14 @@ def _make_microkernel(rows, nv, mask):
     b_padded = rows > 1
 
     @intrinsic
-    def microkernel(typingctx, kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias,
-                    H):
-        sig = types.void(kc, A, B, C, origin, m_valid, n_valid, accumulate, epi, bias, H)
+    def microkernel(typingctx, kc, A, B, C, origin, m_rows, n_valid, accumulate, epi, bias,
+                    H, a_step):
+        sig = types.void(kc, A, B, C, origin, m_rows, n_valid, accumulate, epi, bias, H,
+                         a_step)
 
         def codegen(context, builder, signature, args):
-            (kc_v, A_v, B_v, C_v, origin_v, m_valid_v, n_valid_v, acc_v, epi_v, bias_v,
-             H_v) = args
+            (kc_v, A_v, B_v, C_v, origin_v, m_rows_v, n_valid_v, acc_v, epi_v, bias_v,
+             H_v, a_step_v) = args
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             fty, itemsize, vl, vecty = _vector_type(A.dtype)
@@ -198,19 +251,24 @@ def _make_microkernel(rows, nv, mask):
             i0, j0 = cgutils.unpack_tuple(builder, c_org, 2)
             ia0, pa0 = cgutils.unpack_tuple(builder, a_org, 2)
             pb0, jb0 = cgutils.unpack_tuple(builder, b_org, 2)
+            da, dpa = cgutils.unpack_tuple(builder, a_step_v, 2)
             a_data, (rs_v, cs_v) = _data_and_strides(context, builder, A, A_v, itemsize)
             b_data, (ldb_v, _) = _data_and_strides(context, builder, B, B_v, itemsize)
             c_data, (ldc_v, _) = _data_and_strides(context, builder, C, C_v, itemsize)
             h_data, (ldh_v, _) = _data_and_strides(context, builder, H, H_v, itemsize)
             bias_data = context.make_array(bias)(context, builder, bias_v).data
-            # the tile's origin in each operand (plain GEPs: a placeholder H or
-            # bias gets a pointer that is never dereferenced)
+            # the first tile's origin in each operand (plain GEPs: a placeholder H
+            # or bias gets a pointer that is never dereferenced)
             a_data = builder.gep(a_data, [builder.add(builder.mul(ia0, rs_v),
                                                       builder.mul(pa0, cs_v))])
             b_data = builder.gep(b_data, [builder.add(builder.mul(pb0, ldb_v), jb0)])
             c_data = builder.gep(c_data, [builder.add(builder.mul(i0, ldc_v), j0)])
             h_data = builder.gep(h_data, [builder.add(builder.mul(i0, ldh_v), j0)])
             bias_data = builder.gep(bias_data, [j0])
+            # from one tile to the next: A's origin moves by a_step (rows, columns:
+            # MR rows of A read in place, or the next packed micro-panel), C's
+            # and H's by the tile's rows
+            a_next = builder.add(builder.mul(da, rs_v), builder.mul(dpa, cs_v))
             fmuladd = _vector_intrinsic(builder, f"llvm.fmuladd.v{vl}{_suffix(fty)}",
                                         ir.FunctionType(vecty, [vecty, vecty, vecty]))
             mload, mstore = _masked_load_and_store(builder, vecty)
@@ -229,94 +287,118 @@ def _make_microkernel(rows, nv, mask):
 
             def store_vec(value, ptr, v):
                 ptr = builder.bitcast(ptr, vecptr)
-                if masks[v] is not None:
+                if masks[v] is None:
+                    builder.store(value, ptr, align=align.constant)
+                elif MASKED_STORES_FAST:
                     builder.call(mstore, [value, ptr, align, masks[v]])
                 else:
-                    builder.store(value, ptr, align=align.constant)
+                    _store_first(builder, value, ptr, builder.sub(n_valid_v, i64(v * vl)),
+                                 align.constant)
 
             # accumulators: allocas in the entry block, promoted to registers by LLVM
             acc = [[cgutils.alloca_once_value(builder, zero_vec) for _ in range(nv)]
                    for _ in range(rows)]
-            # rows past m_valid re-read the last valid row (same arithmetic, never stored)
-            last_row = builder.sub(m_valid_v, i64(1))
-            a_rows = []
-            for r in range(rows):
-                rr = i64(r)
-                r_eff = builder.select(builder.icmp_signed("<", rr, last_row), rr, last_row)
-                a_rows.append(builder.mul(r_eff, rs_v))
-            # C's tile is fetched into cache while the k loop runs: with C
-            # bigger than L2 (512 x 1024 float32) the tile's old values came
-            # from L3 after the loop, its rows on as many pages, and the tile
-            # waited for them (products 0.59-0.67x np.dot without, 0.77-0.86
-            # with, znver3).  prefetchw: the lines are about to be written.
             prefetch = _vector_intrinsic(
                 builder, "llvm.prefetch.p0",
                 ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] + [i32] * 3))
-            for r in range(rows):
-                c_row = builder.mul(i64(r), ldc_v)
-                for v in range(0, nv * vl, 64 // itemsize):
-                    ptr = builder.bitcast(builder.gep(c_data, [builder.add(c_row, i64(v))]),
-                                          ir.IntType(8).as_pointer())
-                    builder.call(prefetch, [ptr, i32(1), i32(3), i32(1)])
-            # the k loop: C_tile += A[:, p] (outer product) B[p, :]
-            with _k_loop(builder, kc_v) as p:
-                b_row = builder.mul(p, ldb_v)
-                b_vecs = [load_vec(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]), v,
-                                   masked=not b_padded)
-                          for v in range(nv)]
-                a_col = builder.mul(p, cs_v)
-                for r in range(rows):
-                    a_val = builder.load(builder.gep(a_data, [builder.add(a_rows[r], a_col)]))
-                    a_vec = _splat(builder, a_val, vecty)
-                    for v in range(nv):
-                        cur = builder.load(acc[r][v])
-                        builder.store(builder.call(fmuladd, [a_vec, b_vecs[v], cur]), acc[r][v])
-            # store the valid rows: C = acc, or C += acc when accumulating, then
-            # the epilogue (bias, relu or relu') on the registers.  One branch
-            # per tile on epi, to a store sequence made for that epilogue.
             add_old = builder.icmp_signed("!=", acc_v, ir.Constant(acc_v.type, 0))
 
-            def store_tile(epi):
-                if epi in (EPI_BIAS, EPI_BIAS_RELU):   # the tile's bias, once for all rows
-                    bias_vecs = [load_vec(builder.gep(bias_data, [i64(v * vl)]), v)
-                                 for v in range(nv)]
+            def emit_tile(a_data, c_data, h_data, m_valid_v):
+                """One MR x NV tile: zeroed accumulators, the k loop, the store."""
+                for row in acc:
+                    for cell in row:
+                        builder.store(zero_vec, cell)
+                # rows past m_valid re-read the last valid row (same arithmetic,
+                # never stored)
+                last_row = builder.sub(m_valid_v, i64(1))
+                a_rows = []
                 for r in range(rows):
-                    in_range = builder.icmp_signed("<", i64(r), m_valid_v)
-                    with builder.if_then(in_range, likely=True):
-                        c_row = builder.mul(i64(r), ldc_v)
+                    rr = i64(r)
+                    r_eff = builder.select(builder.icmp_signed("<", rr, last_row), rr, last_row)
+                    a_rows.append(builder.mul(r_eff, rs_v))
+                # C's tile is fetched into cache while the k loop runs: with C
+                # bigger than L2 (512 x 1024 float32) the tile's old values came
+                # from L3 after the loop, its rows on as many pages, and the tile
+                # waited for them (products 0.59-0.67x np.dot without, 0.77-0.86
+                # with, znver3).  prefetchw: the lines are about to be written.
+                for r in range(rows):
+                    c_row = builder.mul(i64(r), ldc_v)
+                    for v in range(0, nv * vl, 64 // itemsize):
+                        ptr = builder.bitcast(builder.gep(c_data, [builder.add(c_row, i64(v))]),
+                                              ir.IntType(8).as_pointer())
+                        builder.call(prefetch, [ptr, i32(1), i32(3), i32(1)])
+                # the k loop: C_tile += A[:, p] (outer product) B[p, :]
+                with _count_loop(builder, i64(0), kc_v, i64(1)) as p:
+                    b_row = builder.mul(p, ldb_v)
+                    b_vecs = [load_vec(builder.gep(b_data, [builder.add(b_row, i64(v * vl))]),
+                                       v, masked=not b_padded)
+                              for v in range(nv)]
+                    a_col = builder.mul(p, cs_v)
+                    for r in range(rows):
+                        a_val = builder.load(builder.gep(a_data, [builder.add(a_rows[r], a_col)]))
+                        a_vec = _splat(builder, a_val, vecty)
                         for v in range(nv):
-                            ptr = builder.gep(c_data, [builder.add(c_row, i64(v * vl))])
-                            with builder.if_then(add_old):
-                                value = builder.load(acc[r][v])
-                                builder.store(builder.fadd(value, load_vec(ptr, v), flags=EXACT),
-                                              acc[r][v])
-                            value = builder.load(acc[r][v])
-                            if epi in (EPI_BIAS, EPI_BIAS_RELU):
-                                value = builder.fadd(value, bias_vecs[v], flags=EXACT)
-                            if epi == EPI_BIAS_RELU:
-                                # max(z, 0) as numba's max: z unless 0 > z (NaN stays)
-                                below = builder.fcmp_ordered("<", value, zero_vec)
-                                value = builder.select(below, zero_vec, value)
-                            if epi == EPI_RELU_DERIV:
-                                # relu' from the layer's output a = H: d if a > 0 else 0
-                                h_ptr = builder.gep(h_data, [builder.add(
-                                    builder.mul(i64(r), ldh_v), i64(v * vl))])
-                                positive = builder.fcmp_ordered(">", load_vec(h_ptr, v),
-                                                                zero_vec)
-                                value = builder.select(positive, value, zero_vec)
-                            store_vec(value, ptr, v)
+                            cur = builder.load(acc[r][v])
+                            builder.store(builder.call(fmuladd, [a_vec, b_vecs[v], cur]),
+                                          acc[r][v])
+                # store the valid rows: C = acc, or C += acc when accumulating,
+                # then the epilogue (bias, relu or relu') on the registers.  One
+                # branch per tile on epi, to a store sequence made for that epilogue.
 
-            done = builder.append_basic_block("tile_stored")
-            cases = [builder.append_basic_block(f"store_epi{e}") for e in range(4)]
-            switch = builder.switch(epi_v, cases[EPI_NONE])
-            for e in range(4):
-                if e != EPI_NONE:
-                    switch.add_case(ir.Constant(epi_v.type, e), cases[e])
-            for e in range(4):
-                builder.position_at_end(cases[e])
-                store_tile(e)
-                builder.branch(done)
-            builder.position_at_end(done)
+                def store_tile(epi):
+                    if epi in (EPI_BIAS, EPI_BIAS_RELU):   # the tile's bias, once for all rows
+                        bias_vecs = [load_vec(builder.gep(bias_data, [i64(v * vl)]), v)
+                                     for v in range(nv)]
+                    for r in range(rows):
+                        in_range = builder.icmp_signed("<", i64(r), m_valid_v)
+                        with builder.if_then(in_range, likely=True):
+                            c_row = builder.mul(i64(r), ldc_v)
+                            for v in range(nv):
+                                ptr = builder.gep(c_data, [builder.add(c_row, i64(v * vl))])
+                                with builder.if_then(add_old):
+                                    value = builder.load(acc[r][v])
+                                    builder.store(builder.fadd(value, load_vec(ptr, v),
+                                                               flags=EXACT), acc[r][v])
+                                value = builder.load(acc[r][v])
+                                if epi in (EPI_BIAS, EPI_BIAS_RELU):
+                                    value = builder.fadd(value, bias_vecs[v], flags=EXACT)
+                                if epi == EPI_BIAS_RELU:
+                                    # max(z, 0) as numba's max: z unless 0 > z (NaN stays)
+                                    below = builder.fcmp_ordered("<", value, zero_vec)
+                                    value = builder.select(below, zero_vec, value)
+                                if epi == EPI_RELU_DERIV:
+                                    # relu' from the layer's output a = H: d if a > 0 else 0
+                                    h_ptr = builder.gep(h_data, [builder.add(
+                                        builder.mul(i64(r), ldh_v), i64(v * vl))])
+                                    positive = builder.fcmp_ordered(">", load_vec(h_ptr, v),
+                                                                    zero_vec)
+                                    value = builder.select(positive, value, zero_vec)
+                                store_vec(value, ptr, v)
+
+                done = builder.append_basic_block("tile_stored")
+                cases = [builder.append_basic_block(f"store_epi{e}") for e in range(4)]
+                switch = builder.switch(epi_v, cases[EPI_NONE])
+                for e in range(4):
+                    if e != EPI_NONE:
+                        switch.add_case(ir.Constant(epi_v.type, e), cases[e])
+                for e in range(4):
+                    builder.position_at_end(cases[e])
+                    store_tile(e)
+                    builder.branch(done)
+                builder.position_at_end(done)
+
+            # The tiles of rows 0..m_rows, one after another, in one call: the
+            # set-up above (operands, strides, masks) is paid once per column of
+            # tiles, not once per tile (at the spiral's K = 2 or 3 it was about
+            # as much as the tile's own work)
+            with _count_loop(builder, i64(0), m_rows_v, i64(rows)) as t:
+                a_tile = builder.gep(a_data, [builder.mul(builder.udiv(t, i64(rows)), a_next)])
+                c_tile = builder.gep(c_data, [builder.mul(t, ldc_v)])
+                h_tile = builder.gep(h_data, [builder.mul(t, ldh_v)])
+                m_valid_v = builder.sub(m_rows_v, t)
+                m_valid_v = builder.select(builder.icmp_signed("<", m_valid_v, i64(rows)),
+                                           m_valid_v, i64(rows))
+                emit_tile(a_tile, c_tile, h_tile, m_valid_v)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -357,7 +439,7 @@ def pack_panel(typingctx, kc, B, origin, n_valid, P):
         def copy_rows(masked):
             masks = [_lane_mask(builder, builder.sub(n_valid_v, i64(v * vl)), vl)
                      for v in range(NV)] if masked else None
-            with _k_loop(builder, kc_v) as q:
+            with _count_loop(builder, i64(0), kc_v, i64(1)) as q:
                 b_row = builder.mul(q, ldb_v)
                 p_row = builder.mul(q, ldp_v)
                 for v in range(NV):
@@ -413,7 +495,7 @@ def pack_a_panel(typingctx, kc, A, origin, m_valid, P, row0):
         for r in range(MR):
             r_eff = builder.select(builder.icmp_signed("<", i64(r), last_row), i64(r), last_row)
             a_rows.append(builder.mul(r_eff, rs_v))
-        with _k_loop(builder, kc_v) as q:
+        with _count_loop(builder, i64(0), kc_v, i64(1)) as q:
             a_col = builder.mul(q, cs_v)
             p_row = builder.mul(q, ldp_v)
             for r in range(MR):
@@ -425,25 +507,25 @@ def pack_a_panel(typingctx, kc, A, origin, m_valid, P, row0):
 
 
 @contextmanager
-def _k_loop(builder, count):
-    """``for p in range(count)`` in IR, yielding p, with LLVM's unroller told to
-    leave the loop alone.  Unrolled, the 6-row AVX2 tile's loop ran out of
-    general registers (six A row pointers per copy): LLVM rotated them
-    through a dozen moves and stack slots per iteration, and the tile ran at
-    about half its FMA rate (asm of gemm_strided, znver3)."""
+def _count_loop(builder, start, stop, step):
+    """``for p in range(start, stop, step)`` in IR (step > 0), yielding p, with
+    LLVM's unroller told to leave the loop alone.  Unrolled, the 6-row AVX2
+    tile's k loop ran out of general registers (six A row pointers per copy):
+    LLVM rotated them through a dozen moves and stack slots per iteration,
+    and the tile ran at about half its FMA rate (asm of gemm_strided, znver3)."""
     i64 = ir.IntType(64)
     pre = builder.basic_block
-    cond = builder.append_basic_block("k.cond")
-    body = builder.append_basic_block("k.body")
-    end = builder.append_basic_block("k.end")
+    cond = builder.append_basic_block("loop.cond")
+    body = builder.append_basic_block("loop.body")
+    end = builder.append_basic_block("loop.end")
     builder.branch(cond)
     builder.position_at_end(cond)
     p = builder.phi(i64, name="p")
-    p.add_incoming(i64(0), pre)
-    builder.cbranch(builder.icmp_signed("<", p, count), body, end)
+    p.add_incoming(start, pre)
+    builder.cbranch(builder.icmp_signed("<", p, stop), body, end)
     builder.position_at_end(body)
     yield p
-    p.add_incoming(builder.add(p, i64(1)), builder.basic_block)
+    p.add_incoming(builder.add(p, step), builder.basic_block)
     latch = builder.branch(cond)
     latch.set_metadata("llvm.loop", _no_unroll(builder.module))
     builder.position_at_end(end)
