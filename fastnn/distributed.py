@@ -317,8 +317,8 @@ class _ShardActor:
     def _shard_gradients(self, step, scales):
         """[(chunk, summed loss, correct rows, gradient or None)] of step
         ``step`` for this actor's shards, and the seconds spent computing."""
-        from .trainer import _net_bundle, serial_step
-        net = _net_bundle(self.net)
+        from .trainer import serial_step
+        net = self.net._bundle()
         scale = self.net.dtype.type(scales[step])
         out = []
         t0 = time.perf_counter()
@@ -348,11 +348,10 @@ class _ShardActor:
 
         Returns ([StepRecord] per step taken, (params, state1, state2) from
         rank 0 and None from the others)."""
-        from .trainer import _net_bundle
         np.copyto(self.net.params, params)      # received buffers may be read-only
         state1, state2 = update.state1.copy(), update.state2.copy()
         update = update._replace(state1=state1, state2=state2)
-        bundle = _net_bundle(self.net)
+        bundle = self.net._bundle()
         others = self.n_shards - len(self.shards)
         records = []
         sends = []

@@ -15,7 +15,8 @@ from ._parallel import parallel_region
 from .kernels import activations as act_k
 from .kernels import losses as loss_k
 from .kernels.gemm import MR
-from .kernels.step import pack_workspace_elements, predict_block_kernel, predict_rows
+from .kernels.step import (Net, pack_workspace_elements, predict_block_kernel, predict_rows,
+                           weight_pack_layout)
 
 # Rows per block in parallel prediction, and workspace slots (one activation
 # workspace per thread, up to this many threads).  Up to
@@ -141,26 +142,32 @@ class Network:
             return _sparse.as_sparse_rows(X, name, self.dtype, n_features=self.sizes[0])
         return V.as_float_matrix(X, name, self.dtype, n_features=self.sizes[0])
 
+    def _bundle(self):
+        """The network as compiled code sees it (kernels.step.Net)."""
+        return Net(self.params, self._offs, self._dims, self._acts, self._output_code)
+
     def _forward_checked(self, X):
         if _sparse.is_sparse(X):
             return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        ws, act_off, pack = self._predict_workspace()
+        ws, act_off, pack, wp = self._predict_workspace(n > PREDICT_BLOCK)
         if n <= SERIAL_PREDICT_ROWS:
-            predict_block_kernel(self.params, self._offs, self._dims, self._acts,
-                                 self._output_code, X, out, ws[0], act_off, pack[0])
+            predict_block_kernel(self._bundle(), X, out, ws[0], act_off, pack[0], *wp)
             return out
         with parallel_region() as threads:
-            predict_rows(self.params, self._offs, self._dims, self._acts, self._output_code,
-                         X, out, ws, act_off, pack, PREDICT_BLOCK, threads)
+            predict_rows(self._bundle(), X, out, ws, act_off, pack, *wp, PREDICT_BLOCK,
+                         threads)
         return out
 
-    def _predict_workspace(self):
+    def _predict_workspace(self, packed_weights=False):
         """Workspaces for prediction, made once per network and Python thread
         (two threads predicting at once never share one): (activations, their
-        offsets, GEMM pack workspaces), one slot of each per thread numba may
-        run, up to PREDICT_SLOTS."""
+        offsets, GEMM pack workspaces, (wpack, wpack_off)), one slot of each
+        per thread numba may run, up to PREDICT_SLOTS; with
+        ``packed_weights``, wpack holds room for every W_l packed
+        (weight_pack_layout: a prediction of several blocks packs each W_l
+        once), made on the first call that needs it; else it is empty."""
         local = self.__dict__.get("_predict_local")
         if local is None:
             local = self.__dict__.setdefault("_predict_local", threading.local())
@@ -170,7 +177,10 @@ class Network:
             ws = np.empty((slots, PREDICT_BLOCK * int(self._dims[1:].sum())), dtype=self.dtype)
             pack = np.empty((slots, pack_workspace_elements(self._dims, self.dtype.itemsize)),
                             dtype=self.dtype)
-            cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK), pack)
+            no_weights = (np.empty(0, self.dtype), np.empty(0, np.int64))
+            cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK), pack, no_weights)
+        if packed_weights and cached[3][1].shape[0] == 0:
+            cached = local.ws = (*cached[:3], weight_pack_layout(self._dims, self.dtype))
         return cached
 
     def _activation_offsets(self, rows):

@@ -164,13 +164,12 @@ def forward(network, X):
     from ._parallel import parallel_region
     from .kernels.sparse import PREDICT, SparseBatch, sparse_step_pass
     from .network import SERIAL_PREDICT_ROWS
-    from .trainer import _net_bundle
     n = X.shape[0]
     n_out = network.sizes[-1]
     out = np.empty((n, n_out), dtype=network.dtype)
     work, sw, update = _predict_work(network, min(n, PREDICT_CHUNK))
     rows = np.arange(n, dtype=np.int64)
-    net = _net_bundle(network)
+    net = network._bundle()
     last = work.act_off[-1]
     one = network.dtype.type(1)
     with parallel_region(serial=n <= SERIAL_PREDICT_ROWS) as threads:
@@ -221,20 +220,18 @@ def train_epoch(trainer, X, T, w, order, batch, ws, update, threads):
     """One epoch of the sparse step (kernels.sparse.sparse_train_epoch) for
     Trainer.run_epoch; returns what kernels.step.train_epoch returns."""
     from .kernels.sparse import sparse_train_epoch
-    from .trainer import _net_bundle
     sw = _work(trainer, X, batch)
-    return sparse_train_epoch(_net_bundle(trainer.network), X.bundle(), T, w, order,
+    return sparse_train_epoch(trainer.network._bundle(), X.bundle(), T, w, order,
                               np.int64(batch), ws, sw, update, np.int64(trainer.steps), threads)
 
 
 def loss_gradient(objective, threads):
     """kernels.sparse.sparse_loss_gradient for a FullBatchObjective over SparseRows."""
     from .kernels.sparse import sparse_loss_gradient
-    from .trainer import _net_bundle
     X = objective.X
     sw = _work(objective, X, X.shape[0])
     order = getattr(objective, "_sparse_order", None)
     if order is None or order.shape[0] != X.shape[0]:
         order = objective._sparse_order = np.arange(X.shape[0], dtype=np.int64)
-    return sparse_loss_gradient(_net_bundle(objective.network), X.bundle(), objective.T,
+    return sparse_loss_gradient(objective.network._bundle(), X.bundle(), objective.T,
                                 objective.w, order, objective.work, sw, objective.l2, threads)

@@ -28,7 +28,7 @@ from ._parallel import parallel_region
 from .checkpoint import read_checkpoint, save_checkpoint
 from .epoch_order import InOrder, Shuffled
 from .io import ModelFileError
-from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Net, Update, Work,
+from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Update, Work,
                            delta_pack_layout, loss_gradient, no_keep, pack_workspace_elements,
                            train_epoch, weight_block_count)
 from .optimizers import SGD
@@ -152,12 +152,6 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         l2_parts=np.empty(weight_block_count(network._dims), dtype=np.float64),
         # the batch's deltas packed for the weights pass's products
         dpack=dpack, dpack_off=dpack_off)
-
-
-def _net_bundle(network):
-    """The network as the compiled step sees it (kernels.step.Net)."""
-    return Net(network.params, network._offs, network._dims, network._acts,
-               network._output_code)
 
 
 class _Snapshot:
@@ -312,7 +306,7 @@ class FullBatchObjective:
         with parallel_region(self.serial) as threads:
             if _sparse.is_sparse(self.X):
                 return float(_sparse.loss_gradient(self, np.int64(threads))), self.work.grad
-            loss = loss_gradient(_net_bundle(self.network), self.X, self.T, self.w,
+            loss = loss_gradient(self.network._bundle(), self.X, self.T, self.w,
                                  self.work, self.l2, np.int64(threads))
         return float(loss), self.work.grad
 
@@ -414,7 +408,7 @@ class Trainer:
                     self, X, T, w, order, batch, ws, update, np.int64(threads))
             else:
                 loss, weight, correct, steps, finite = train_epoch(
-                    _net_bundle(net), X, T, w, order, batch, ws, update, np.int64(self.steps),
+                    net._bundle(), X, T, w, order, batch, ws, update, np.int64(self.steps),
                     np.int64(threads))
         self.steps += int(steps)
         mean_loss = loss / weight if weight > 0 else float("nan")
@@ -790,7 +784,7 @@ class Trainer:
                                   np.int64(self.steps))
         with parallel_region(serial) as threads:
             done, state, reason = run_kernels.train_epochs(
-                _net_bundle(net), run_kernels.Data(X, T, w), orders, batch, ws, update, plan,
+                net._bundle(), run_kernels.Data(X, T, w), orders, batch, ws, update, plan,
                 state, np.int64(threads), results)
         losses, accuracies = results[0], results[1]
         if reason == run_kernels.DIVERGED:

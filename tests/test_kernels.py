@@ -348,7 +348,7 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     # the parallel prediction likewise calls its block by symbol
     from fastnn.kernels.step import predict_rows
     Network([5, 7, 3], dtype=dtype, seed=0).predict_proba(rand(rng, (3000, 5), dtype))
-    rows_sig = next(s for s in predict_rows.signatures if s[0].dtype == numba.from_dtype(dtype))
+    rows_sig = next(s for s in predict_rows.signatures if s[1].dtype == numba.from_dtype(dtype))
     fresh_rows = numba.njit(**{**JIT_OPTIONS, "cache": False, "parallel": True})(
         predict_rows.py_func)
     fresh_rows.compile(rows_sig)

@@ -268,6 +268,38 @@ def test_prediction_does_not_depend_on_the_other_rows(rng, dtype):
     np.testing.assert_array_equal(net.predict_proba(small), P[3:3 + SERIAL_PREDICT_ROWS])
 
 
+def _numpy_forward(net, X):
+    """The network's outputs in float64 NumPy: X W + b, the activations, softmax."""
+    acts = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh,
+            "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "identity": lambda z: z}
+    a = X.astype(np.float64)
+    for l in range(net.n_layers):
+        W, b = net._view(l)
+        a = a @ W.astype(np.float64) + b.astype(np.float64)
+        if l < net.n_layers - 1:
+            a = acts[net.activations[l]](a)
+    a = np.exp(a - a.max(1, keepdims=True))
+    return a / a.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes", [[37, 70, 33, 5], [7, 129], [1, 17, 16, 1]])
+def test_prediction_of_many_blocks_packs_the_current_weights(rng, dtype, sizes):
+    """A prediction of several blocks packs every W_l once for all of them
+    (kernels.step.pack_weights): it matches the NumPy float64 forward pass,
+    and after the parameters change in place the next call uses the new
+    ones (the packed copy is made per call, never kept)."""
+    from fastnn.network import PREDICT_BLOCK
+    net = fastnn.Network(sizes, activation="tanh", dtype=dtype, seed=2)
+    X = rng.standard_normal((3 * PREDICT_BLOCK + 5, sizes[0]))
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(net.predict_proba(X), _numpy_forward(net, X), **tol)
+    net.params[:] = rng.standard_normal(net.params.shape[0]).astype(dtype) * 0.3
+    P = net.predict_proba(X)
+    np.testing.assert_allclose(P, _numpy_forward(net, X), **tol)
+    np.testing.assert_array_equal(net.predict_proba(X[-PREDICT_BLOCK:]), P[-PREDICT_BLOCK:])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, threads):

@@ -52,7 +52,7 @@ from .losses import loss_grad, output_transform
 from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS, backward,
                    batch_weight, bias_gradient, forward_from, gradient_only,
                    gradient_rows_buffer, layer_delta, layer_rows, layer_weights,
-                   pack_deltas, pack_weights_t, update_for_step, update_rows, weight_block,
+                   no_panels, pack_deltas, pack_weights_t, update_for_step, update_rows, weight_block,
                    weight_block_count, weights_block)
 
 SECOND = np.int64(1)   # layer index 1, typed (a literal compiles another forward_from)
@@ -97,17 +97,17 @@ def sparse_rows_forward(W, b, code, X, rows, Z):
 
 
 @jit
-def sparse_forward(params, offs, dims, acts, X, rows, m, act_ws, act_off, r0, r1, pack):
+def sparse_forward(net, X, rows, m, act_ws, act_off, r0, r1, pack):
     """The whole forward pass of rows r0:r1 of a batch of m rows, batch row i
     being X[rows[i]]; returns those rows of the logits z_L."""
-    n_layers = dims.shape[0] - 1
-    W, b = layer_weights(params, offs, dims, 0)
-    code = acts[0] if n_layers > 1 else NO_ACTIVATION
-    Z0 = layer_rows(act_ws, act_off[0], m, dims[1])
+    n_layers = net.dims.shape[0] - 1
+    W, b = layer_weights(net.params, net.offs, net.dims, 0)
+    code = net.acts[0] if n_layers > 1 else NO_ACTIVATION
+    Z0 = layer_rows(act_ws, act_off[0], m, net.dims[1])
     sparse_rows_forward(W, b, code, X, rows[r0:r1], Z0[r0:r1])
     # layers 1.. as the dense step does them, from a_0 in act_ws
-    return forward_from(params, offs, dims, acts, SECOND, Z0[r0:r1], m, act_ws, act_off,
-                        r0, r1, pack)
+    return forward_from(net, SECOND, Z0[r0:r1], m, act_ws, act_off, r0, r1, pack,
+                        no_panels(net))
 
 
 @jit
@@ -134,13 +134,13 @@ def sparse_shard_rows(net, batch, work, g0, g1, phase, s):
         return
     X = CSR(batch.data, batch.indices, batch.indptr)
     if phase == PREDICT:
-        z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
-                           work.act_ws, work.act_off, r0, r1, work.pack[s])
+        z = sparse_forward(net, X, batch.order, m, work.act_ws, work.act_off, r0, r1,
+                           work.pack[s])
         output_transform(z, net.output)
         return
     gather_targets(batch, work, r0, r1)
-    z = sparse_forward(net.params, net.offs, net.dims, net.acts, X, batch.order, m,
-                       work.act_ws, work.act_off, r0, r1, work.pack[s])
+    z = sparse_forward(net, X, batch.order, m, work.act_ws, work.act_off, r0, r1,
+                       work.pack[s])
     for g in range(g0, g1):
         q0 = g * LOSS_GROUP_ROWS
         q1 = min(m, q0 + LOSS_GROUP_ROWS)

@@ -106,6 +106,27 @@ def pack_workspace_elements(dims, itemsize):
     return pack_elements(max(int(np.max(dims[1:])), GRAD_BLOCK_ROWS), itemsize)
 
 
+def _packed_regions(shapes, dtype):
+    """A buffer holding, for each layer, a matrix of shape ``shapes[l]``
+    (k, n) packed as gemm's packed_b (panels of NR columns, k rows each), or
+    nothing where ``shapes[l]`` is None; returns (buffer, offsets), offset -1
+    for a layer with nothing.  Regions start on 64-byte boundaries (whole
+    vectors per cache line)."""
+    dtype = np.dtype(dtype)
+    offsets = np.full(len(shapes), -1, dtype=np.int64)
+    total = 0
+    for l, shape in enumerate(shapes):
+        if shape is not None:
+            offsets[l] = total
+            total += packed_b_elements(shape[0], shape[1], dtype.itemsize)
+            total += -total % (64 // dtype.itemsize)
+    slack = 64 // dtype.itemsize
+    buffer = np.empty(total + slack, dtype=dtype)
+    shift = (-buffer.ctypes.data % 64) // dtype.itemsize
+    offsets[offsets >= 0] += shift
+    return buffer, offsets
+
+
 def delta_pack_layout(dims, batch_size, dtype):
     """(dpack, dpack_off) of a Work bundle: a buffer for the deltas of a batch
     of up to ``batch_size`` rows packed as B's panels of the weight gradient
@@ -116,22 +137,21 @@ def delta_pack_layout(dims, batch_size, dtype):
     in blocks: 1.10-1.13x the time of one product, znver3); so the rows pass
     packs each delta_l once, each shard its own rows (pack_deltas), for the
     layers with more than one block that compute a^T delta as such (not
-    transposed: weight_gradient_rows).  Layer regions start on 64-byte
-    boundaries (whole vectors per cache line)."""
-    dtype = np.dtype(dtype)
-    dims = np.asarray(dims, dtype=np.int64)
-    offsets = np.full(dims.shape[0] - 1, -1, dtype=np.int64)
-    total = 0
-    for l in range(dims.shape[0] - 1):
-        k, n = int(dims[l]), int(dims[l + 1])
-        if n >= lanes(dtype.itemsize) and k > GRAD_BLOCK_ROWS:
-            offsets[l] = total
-            total += packed_b_elements(batch_size, n, dtype.itemsize)
-    slack = 64 // dtype.itemsize
-    dpack = np.empty(total + slack, dtype=dtype)
-    shift = (-dpack.ctypes.data % 64) // dtype.itemsize
-    offsets[offsets >= 0] += shift
-    return dpack, offsets
+    transposed: weight_gradient_rows)."""
+    dims = [int(d) for d in dims]
+    lanes_ = lanes(np.dtype(dtype).itemsize)
+    return _packed_regions([(batch_size, n) if n >= lanes_ and k > GRAD_BLOCK_ROWS else None
+                            for k, n in zip(dims[:-1], dims[1:])], dtype)
+
+
+def weight_pack_layout(dims, dtype):
+    """(wpack, wpack_off): a buffer for every W_l packed as B's panels of the
+    forward product a W_l (gemm's packed_b), and where layer l's starts.
+    A prediction of several blocks of rows packs each W_l into it once
+    (pack_weights), where each block's products would pack it again (about
+    35 us for 784 x 256 float32, 5 % of a 132-row block's product, znver3)."""
+    dims = [int(d) for d in dims]
+    return _packed_regions(list(zip(dims[:-1], dims[1:])), dtype)
 
 
 # Flags passed to gemm as typed int64 values rather than literal constants:
@@ -163,33 +183,71 @@ def layer_rows(ws, off, m, n):
 
 
 @jit(inline="always")
-def forward(params, offs, dims, acts, X, act_ws, act_off, r0, r1, pack):
+def _panels(buf, off, k, n):
+    """The k x n matrix packed at buf[off:] as gemm's packed_b (panel q in
+    rows q k..), or an empty one (nothing packed: gemm reads B itself) for
+    off < 0."""
+    nr = panel_columns(buf)
+    if off < 0:
+        return buf[:0].reshape((0, nr))
+    rows = k * ((n + nr - 1) // nr)
+    return buf[off:off + rows * nr].reshape((rows, nr))
+
+
+@jit(inline="always")
+def weight_panels(net, wp, l):
+    """W_l as packed into ``wp`` = (wpack, wpack_off) by pack_weights, or an
+    empty matrix when wp holds no layout (no_panels: gemm packs W_l itself)."""
+    wpack, wpack_off = wp
+    off = wpack_off[l] if l < wpack_off.shape[0] else -1
+    return _panels(wpack, off, net.dims[l], net.dims[l + 1])
+
+
+@jit(inline="always")
+def no_panels(net):
+    """A ``wp`` argument of forward with no packed weights."""
+    return net.params[:0], net.offs[:0]
+
+
+@jit(inline="always")
+def pack_weights(net, wp):
+    """Every W_l packed into ``wp`` (weight_pack_layout), for products that
+    read them as packed_b."""
+    for l in range(net.dims.shape[0] - 1):
+        W, _ = layer_weights(net.params, net.offs, net.dims, l)
+        pack_b_rows(W, FIRST, net.dims[l], weight_panels(net, wp, l))
+
+
+@jit(inline="always")
+def forward(net, X, act_ws, act_off, r0, r1, pack, wp):
     """Forward pass of rows r0:r1 of X; returns those rows of the logits z_L.
-    ``pack``: the calling thread's GEMM pack workspace.
+    ``pack``: the calling thread's GEMM pack workspace; ``wp``: the weights
+    packed ahead (pack_weights), or no_panels.
 
     Training and prediction share this function; a row's result does not
     depend on the other rows.
     """
-    return forward_from(params, offs, dims, acts, FIRST, X[r0:r1], X.shape[0], act_ws,
-                        act_off, r0, r1, pack)
+    return forward_from(net, FIRST, X[r0:r1], X.shape[0], act_ws, act_off, r0, r1, pack, wp)
 
 
 @jit(inline="always")
-def forward_from(params, offs, dims, acts, first, a, m, act_ws, act_off, r0, r1, pack):
+def forward_from(net, first, a, m, act_ws, act_off, r0, r1, pack, wp):
     """Layers first.. of the forward pass of rows r0:r1 of a batch of m rows,
     from ``a``, those rows of the layers' input (X, or a_{first-1}); returns
     those rows of the logits z_L.
 
-    z_l = h(a_{l-1} W_l + b_l): W_l is read in place, bias and activation are
-    the product's epilogue, and a_l stays in act_ws for the backward pass.
-    (The sparse step computes layer 0 itself and starts here at layer 1.)
+    z_l = h(a_{l-1} W_l + b_l): W_l is read in place (or packed ahead, from
+    ``wp``: the same bits), bias and activation are the product's epilogue,
+    and a_l stays in act_ws for the backward pass.  (The sparse step
+    computes layer 0 itself and starts here at layer 1.)
     """
+    dims = net.dims
     n_layers = dims.shape[0] - 1
     for l in range(first, n_layers):
-        W, b = layer_weights(params, offs, dims, l)
+        W, b = layer_weights(net.params, net.offs, dims, l)
         Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
-        code = acts[l] if l < n_layers - 1 else NO_ACTIVATION
-        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z, pack)
+        code = net.acts[l] if l < n_layers - 1 else NO_ACTIVATION
+        gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z, pack, weight_panels(net, wp, l))
         a = Z
     return a
 
@@ -325,12 +383,7 @@ def delta_panels(net, work, m, l):
     """delta_l of the batch's m rows as packed for the weights pass (gemm's
     packed_b: panel q at rows q m..), or an empty matrix for a layer whose
     blocks read delta_l in place (delta_pack_layout)."""
-    nr = panel_columns(work.dpack)
-    off = work.dpack_off[l]
-    if off < 0:
-        return work.dpack[:0].reshape((0, nr))
-    rows = m * ((net.dims[l + 1] + nr - 1) // nr)
-    return work.dpack[off:off + rows * nr].reshape((rows, nr))
+    return _panels(work.dpack, work.dpack_off[l], m, net.dims[l + 1])
 
 
 @jit(inline="always")
@@ -496,8 +549,8 @@ def shard_rows_kernel(net, batch, work, g0, g1, s):
     if r1 <= r0:
         return
     gather_rows(batch, work, r0, r1)
-    z = forward(net.params, net.offs, net.dims, net.acts, work.Xb[:m], work.act_ws,
-                work.act_off, r0, r1, work.pack[s])
+    z = forward(net, work.Xb[:m], work.act_ws, work.act_off, r0, r1, work.pack[s],
+                no_panels(net))
     for g in range(g0, g1):
         q0 = g * LOSS_GROUP_ROWS
         q1 = min(m, q0 + LOSS_GROUP_ROWS)
@@ -667,11 +720,12 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
 
 
 @jit
-def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
+def predict_block_kernel(net, X, out, act_ws, act_off, pack, wpack, wpack_off):
     """Network outputs for the rows of X into ``out`` (on the calling thread,
-    with its activation and GEMM pack workspaces)."""
-    z = forward(params, offs, dims, acts, X, act_ws, act_off, FIRST, X.shape[0], pack)
-    output_transform(z, output)
+    with its activation and GEMM pack workspaces; the weights packed ahead
+    in (wpack, wpack_off), or an empty wpack_off: each product packs W_l)."""
+    z = forward(net, X, act_ws, act_off, FIRST, X.shape[0], pack, (wpack, wpack_off))
+    output_transform(z, net.output)
     # explicit loops and a typed FIRST: the slice assignment pulled in numba's
     # shape-error machinery (5.5 s of first-run compile time) and the literal 0
     # a second compiled copy of forward (1.6 s)
@@ -681,10 +735,11 @@ def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_o
 
 
 def _predict_block_signature(dtype):
+    net = bundle_types(dtype)[0]
     f = numba.from_dtype(np.dtype(dtype))
     vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
     ints = types.Array(types.int64, 1, "C")
-    return (vector, ints, ints, ints, types.int64, matrix, matrix, vector, ints, vector)
+    return (net, matrix, matrix, vector, ints, vector, vector, ints)
 
 
 # A block of prediction, compiled once and called by symbol from the
@@ -694,27 +749,33 @@ PREDICT_BLOCK = SharedFunction(predict_block_kernel, _predict_block_signature,
 
 
 @calls_by_symbol(PREDICT_BLOCK)
-def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pack):
+def predict_block(net, X, out, act_ws, act_off, pack, wpack, wpack_off):
     """predict_block_kernel (by its shared symbol in compiled code; Python
     calls the kernel itself, one call fewer on a one-row prediction)."""
-    predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack)
+    predict_block_kernel(net, X, out, act_ws, act_off, pack, wpack, wpack_off)
 
 
 @pjit
-def predict_rows(params, offs, dims, acts, output, X, out, act_ws, act_off, pack, block,
-                 threads):
+def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, threads):
     """Predictions for every row of X into ``out``, in blocks of ``block`` rows.
 
-    One parallel region: worker s (at most one per workspace slot of act_ws
-    and pack) takes blocks s, s + workers, ...  A row's result does not
-    depend on the block it falls in, nor on the number of threads.
+    With more than one block, every W_l is first packed into (wpack,
+    wpack_off) (weight_pack_layout; empty wpack_off: not), once for all
+    blocks and threads; one block packs its own.  One parallel region: worker s (at most one per
+    workspace slot of act_ws and pack) takes blocks s, s + workers, ...  A
+    row's result does not depend on the block it falls in, nor on the number
+    of threads.
     """
     n = X.shape[0]
     n_blocks = (n + block - 1) // block
     workers = max(1, min(threads, act_ws.shape[0], pack.shape[0], n_blocks))
+    ahead = n_blocks > 1 and wpack_off.shape[0] > 0
+    panels_off = wpack_off if ahead else wpack_off[:0]
+    if ahead:
+        pack_weights(net, (wpack, wpack_off))
     for s in prange(workers):
         for bi in range(s, n_blocks, workers):
             r0 = bi * block
             r1 = min(n, r0 + block)
-            predict_block(params, offs, dims, acts, output, X[r0:r1], out[r0:r1],
-                          act_ws[s], act_off, pack[s])
+            predict_block(net, X[r0:r1], out[r0:r1], act_ws[s], act_off, pack[s], wpack,
+                          panels_off)
