@@ -153,7 +153,8 @@ class Network:
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         ws, act_off, pack, wp = self._predict_workspace(n > PREDICT_BLOCK)
         if n <= SERIAL_PREDICT_ROWS:
-            predict_block_kernel(self._bundle(), X, out, ws[0], act_off, pack[0], *wp)
+            predict_block_kernel(self.params, self._offs, self._dims, self._acts,
+                                 self._output_code, X, out, ws[0], act_off, pack[0], *wp)
             return out
         with parallel_region() as threads:
             predict_rows(self._bundle(), X, out, ws, act_off, pack, *wp, PREDICT_BLOCK,

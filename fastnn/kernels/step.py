@@ -720,10 +720,17 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
 
 
 @jit
-def predict_block_kernel(net, X, out, act_ws, act_off, pack, wpack, wpack_off):
+def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
+                         wpack, wpack_off):
     """Network outputs for the rows of X into ``out`` (on the calling thread,
     with its activation and GEMM pack workspaces; the weights packed ahead
-    in (wpack, wpack_off), or an empty wpack_off: each product packs W_l)."""
+    in (wpack, wpack_off), or an empty wpack_off: each product packs W_l).
+
+    The network comes as its arrays, not as a Net bundle: Python calls this
+    function itself for a few rows, and numba's dispatcher takes about 2 us
+    more to type a namedtuple argument than its five fields (a tenth of a
+    one-row prediction on a fast core)."""
+    net = Net(params, offs, dims, acts, output)
     z = forward(net, X, act_ws, act_off, FIRST, X.shape[0], pack, (wpack, wpack_off))
     output_transform(z, net.output)
     # explicit loops and a typed FIRST: the slice assignment pulled in numba's
@@ -735,11 +742,11 @@ def predict_block_kernel(net, X, out, act_ws, act_off, pack, wpack, wpack_off):
 
 
 def _predict_block_signature(dtype):
-    net = bundle_types(dtype)[0]
     f = numba.from_dtype(np.dtype(dtype))
     vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
     ints = types.Array(types.int64, 1, "C")
-    return (net, matrix, matrix, vector, ints, vector, vector, ints)
+    return (vector, ints, ints, ints, types.int64, matrix, matrix, vector, ints, vector, vector,
+            ints)
 
 
 # A block of prediction, compiled once and called by symbol from the
@@ -749,10 +756,12 @@ PREDICT_BLOCK = SharedFunction(predict_block_kernel, _predict_block_signature,
 
 
 @calls_by_symbol(PREDICT_BLOCK)
-def predict_block(net, X, out, act_ws, act_off, pack, wpack, wpack_off):
+def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pack, wpack,
+                  wpack_off):
     """predict_block_kernel (by its shared symbol in compiled code; Python
     calls the kernel itself, one call fewer on a one-row prediction)."""
-    predict_block_kernel(net, X, out, act_ws, act_off, pack, wpack, wpack_off)
+    predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
+                         wpack, wpack_off)
 
 
 @pjit
@@ -777,5 +786,5 @@ def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, th
         for bi in range(s, n_blocks, workers):
             r0 = bi * block
             r1 = min(n, r0 + block)
-            predict_block(net, X[r0:r1], out[r0:r1], act_ws[s], act_off, pack[s], wpack,
-                          panels_off)
+            predict_block(net.params, net.offs, net.dims, net.acts, net.output, X[r0:r1],
+                          out[r0:r1], act_ws[s], act_off, pack[s], wpack, panels_off)
