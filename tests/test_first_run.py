@@ -203,10 +203,14 @@ def test_cold_start_check_compares_cpu_seconds_with_the_ceiling(tmp_path, monkey
     floors = tmp_path / "floors.json"
     floors.write_text(json.dumps({"cold_start": {"ceiling_cpu_s": 30.0}}))
     args = type("Args", (), {"floors": str(floors)})
-    for cpu, status in ((29.9, 0), (30.1, 1)):
-        monkeypatch.setattr(startup, "run_cold", lambda cpu=cpu: (cpu, cpu, ""))
+    # the CPU seconds of successive cold runs: a slow first run is run again
+    for runs, status, n_runs in (([29.9], 0, 1), ([30.1, 29.0], 0, 2), ([30.1, 31.0], 1, 2)):
+        seconds = iter(runs)
+        monkeypatch.setattr(startup, "run_cold", lambda: (next(seconds),) * 2 + ("",))
         assert startup.check(args) == status
-    assert "ABOVE CEILING" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert out.count("cold-start check (run") == n_runs
+        assert ("ABOVE CEILING" in out) == (runs[0] > 30.0)
 
 
 def test_cold_start_ceiling_measured_on_this_kind_of_cpu_comes_first():

@@ -88,16 +88,23 @@ def ceiling_for(spec, cpu=None):
 
 
 def check(args):
-    """One cold run against the ceiling in floors.json; exit status 1 if above."""
+    """A cold run against the ceiling in floors.json, and a second one if the
+    first is above it; exit status 1 if both are.  (The same commit's first
+    run took 37.5-50.6 s CPU on one znver3 within an hour, the code before it
+    39.4-44.8 s: one slow run is the machine, two in a row a regression.)"""
     with open(args.floors) as f:
         spec = json.load(f)["cold_start"]
     key, ceiling = ceiling_for(spec)
-    cpu, wall, _ = run_cold()
-    ok = cpu <= ceiling
-    print(f"cold-start check: import fastnn + first spiral and 784-64-10 MLPClassifier fits, "
-          f"empty numba cache: {cpu:.1f} s CPU ({wall:.1f} s wall), ceiling {ceiling:.1f} s "
-          f"CPU ({key})  {'ok' if ok else 'ABOVE CEILING'}")
-    return 0 if ok else 1
+    for attempt in (1, 2):
+        cpu, wall, _ = run_cold()
+        ok = cpu <= ceiling
+        print(f"cold-start check (run {attempt}): import fastnn + first spiral and 784-64-10 "
+              f"MLPClassifier fits, empty numba cache: {cpu:.1f} s CPU ({wall:.1f} s wall), "
+              f"ceiling {ceiling:.1f} s CPU ({key})  {'ok' if ok else 'ABOVE CEILING'}",
+              flush=True)
+        if ok:
+            return 0
+    return 1
 
 
 def measure(args):
