@@ -51,8 +51,8 @@ from .activations import bias_activate_row
 from .losses import loss_grad, output_transform
 from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS, backward,
                    batch_weight, bias_gradient, forward_from, gradient_only,
-                   gradient_rows_buffer, layer_delta, layer_rows, layer_weights,
-                   no_panels, pack_deltas, pack_weights_t, update_for_step, update_rows, weight_block,
+                   gradient_rows_buffer, layer_delta, layer_rows, layer_weights, no_panels,
+                   pack_deltas, pack_weights_t, update_for_step, update_rows, weight_block,
                    weight_block_count, weights_block)
 
 SECOND = np.int64(1)   # layer index 1, typed (a literal compiles another forward_from)

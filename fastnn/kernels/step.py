@@ -211,11 +211,13 @@ def no_panels(net):
 
 @jit(inline="always")
 def pack_weights(net, wp):
-    """Every W_l packed into ``wp`` (weight_pack_layout), for products that
-    read them as packed_b."""
+    """Every W_l that ``wp`` has room for packed into it (weight_pack_layout),
+    for the forward products to read as packed_b."""
     for l in range(net.dims.shape[0] - 1):
-        W, _ = layer_weights(net.params, net.offs, net.dims, l)
-        pack_b_rows(W, FIRST, net.dims[l], weight_panels(net, wp, l))
+        panels = weight_panels(net, wp, l)
+        if panels.shape[0] > 0:
+            W, _ = layer_weights(net.params, net.offs, net.dims, l)
+            pack_b_rows(W, FIRST, net.dims[l], panels)
 
 
 @jit(inline="always")
@@ -609,8 +611,9 @@ def parallel_step_pass(phase, net, batch, work, update, threads):
     workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
     per_worker = (n_groups + workers - 1) // workers
     if workers == 1:
-        # the same calls on this thread, without the parallel region (about
-        # 3 us each to launch even on one thread: 2 of a spiral step's ~75)
+        # the same calls on this thread, without the parallel region: each
+        # launch costs about 3 us even on one thread, two a step (a spiral
+        # step is about 75 us)
         if phase == ROWS:
             shard_rows(net, batch, work, FIRST, n_groups, FIRST)
         else:
@@ -779,10 +782,10 @@ def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, th
 
     With more than one block, every W_l is first packed into (wpack,
     wpack_off) (weight_pack_layout; empty wpack_off: not), once for all
-    blocks and threads; one block packs its own.  One parallel region: worker s (at most one per
-    workspace slot of act_ws and pack) takes blocks s, s + workers, ...  A
-    row's result does not depend on the block it falls in, nor on the number
-    of threads.
+    blocks and threads; one block packs its own.  One parallel region:
+    worker s (at most one per workspace slot of act_ws and pack) takes
+    blocks s, s + workers, ...  A row's result does not depend on the block
+    it falls in, nor on the number of threads.
     """
     n = X.shape[0]
     n_blocks = (n + block - 1) // block
