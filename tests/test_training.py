@@ -283,7 +283,7 @@ def _numpy_forward(net, X):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("sizes", [[37, 70, 33, 5], [7, 129], [1, 17, 16, 1]])
+@pytest.mark.parametrize("sizes", [[37, 70, 33, 5], [7, 129], [1, 17, 16, 2]])
 def test_prediction_of_many_blocks_packs_the_current_weights(rng, dtype, sizes):
     """A prediction of several blocks packs every W_l once for all of them
     (kernels.step.pack_weights): it matches the NumPy float64 forward pass,

@@ -790,9 +790,9 @@ def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, th
     n = X.shape[0]
     n_blocks = (n + block - 1) // block
     workers = max(1, min(threads, act_ws.shape[0], pack.shape[0], n_blocks))
-    ahead = n_blocks > 1 and wpack_off.shape[0] > 0
-    panels_off = wpack_off if ahead else wpack_off[:0]
-    if ahead:
+    # (pack_weights skips the layers an empty layout has no room for)
+    panels_off = wpack_off if n_blocks > 1 else wpack_off[:0]
+    if n_blocks > 1:
         pack_weights(net, (wpack, wpack_off))
     for s in prange(workers):
         for bi in range(s, n_blocks, workers):
