@@ -25,9 +25,13 @@ CODES = {"softmax": SOFTMAX, "linear": LINEAR, "sigmoid": SIGMOID}
 NAMES = {SOFTMAX: "softmax", LINEAR: "linear", SIGMOID: "sigmoid"}
 
 
-@jit
+@jit(fastmath=set(STRICT_FASTMATH))
 def softmax_rows(Z):
-    """Z = softmax(Z) row by row, in place; the row max is subtracted first."""
+    """Z = softmax(Z) row by row, in place; the row max is subtracted first.
+
+    Compiled without 'reassoc' (STRICT_FASTMATH), as softmax_xent_grad is:
+    the sum of a row's exponentials in column order in every compiled copy.
+    """
     m, n = Z.shape
     for i in range(m):
         row = Z[i]
@@ -92,12 +96,22 @@ def softmax_delta_row(Z, T, i, ws, total):
         Z[i, j] = (ws * Z[i, j]) * inv - ws * T[i, j]
 
 
-@jit
+@jit(fastmath=set(STRICT_FASTMATH))
 def softmax_xent_grad(Z, T, w, scale):
     """Cross-entropy of softmax(Z) against targets T; Z becomes delta in place.
 
     Returns (sum_i w_i L_i, number of rows whose argmax matches the target's).
     delta_i = w_i * scale * (softmax(z_i) - t_i), scale being 1 / sum of weights.
+
+    Compiled without 'reassoc' (STRICT_FASTMATH): each row's sums (of the
+    exponentials, and the float64 t.z and sum of t) run in column order.  With
+    'reassoc', LLVM vectorised the sum of exponentials (with at least as many
+    classes as a vector holds) differently in this function's own code and in
+    the copy linked into train_epoch, so on an AVX-512 Xeon (rocketlake,
+    2026-12-07) a first, freshly compiled run of a 17-class network trained
+    to other bits than the runs that load train_epoch from numba's cache
+    (float32 and float64; tests/test_training.py, the determinism test).
+    A handful of classes gains nothing from vectorising these sums.
     Rows are indexed as Z[i, j], never taken as views Z[i]: each view costs
     numba an atomic reference-count increment and decrement (four NRT calls
     a row for Z[i] and T[i]; 300 x 3 logits took 13.9 us with them).
