@@ -57,12 +57,20 @@ def check_samples_shape(shape, name, n_features=None):
                          f"{n_features}")
 
 
-def as_float_matrix(X, name, dtype, n_features=None):
+def non_finite_error(name, dtype):
+    """The ValueError for input ``name`` holding NaN or infinity."""
+    return ValueError(f"{name} contains NaN or infinity (or values too large for "
+                      f"{np.dtype(dtype).name})")
+
+
+def as_float_matrix(X, name, dtype, n_features=None, finite=True):
     """X as a C-contiguous 2-D float array of ``dtype``; refuse what cannot be data.
 
     Lists, int arrays, Fortran-ordered or strided arrays and pandas frames are
     converted; NaN/inf, object or string arrays, empty input and a wrong
     number of dimensions or features raise with the argument's name.
+    ``finite=False`` leaves NaN and inf to the caller (prediction checks
+    each block of rows in its kernel, Network._forward_checked).
     """
     try:
         arr = np.asarray(X)
@@ -89,6 +97,6 @@ def as_float_matrix(X, name, dtype, n_features=None):
         # numba types read-only arrays (e.g. memory-mapped files) separately and
         # the kernels' workspaces are writable: hand them a private copy.
         out = out.copy()
-    if not np.isfinite(out).all():
-        raise ValueError(f"{name} contains NaN or infinity (or values too large for {dtype.name})")
+    if finite and not np.isfinite(out).all():
+        raise non_finite_error(name, dtype)
     return out

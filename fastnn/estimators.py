@@ -161,9 +161,10 @@ def _feature_names(X):
     return None
 
 
-def _as_2d_float(X, name, dtype):
+def _as_2d_float(X, name, dtype, finite=True):
     """X as a C-contiguous 2-D float array, with scikit-learn's error wording
-    where its estimator checks look for it."""
+    where its estimator checks look for it (``finite=False``: NaN and inf
+    left to the caller, as V.as_float_matrix)."""
     if X is None:
         raise ValueError(f"{name} is None; expected a 2-D array-like of numbers")
     if _sparse.is_sparse_input(X):
@@ -198,9 +199,8 @@ def _as_2d_float(X, name, dtype):
         # numba compiles a separate (and here failing) specialisation for
         # read-only arrays, e.g. memory-mapped data: hand it a private copy.
         out = out.copy()
-    if not np.isfinite(out).all():
-        raise ValueError(f"Input {name} contains NaN or infinity (or values too large "
-                         f"for {np.dtype(dtype).name}).")
+    if finite and not np.isfinite(out).all():
+        raise V.non_finite_error(f"Input {name}", dtype)
     return out
 
 
@@ -388,18 +388,19 @@ class _BaseMLP(BaseEstimator):
         elif fitted is not None and not np.array_equal(names, fitted):
             raise ValueError("The feature names should match those that were passed "
                              "during fit.")
-        X = _as_2d_float(X, "X", self._network.dtype)
+        # NaN and inf are found by the prediction kernels (_forward)
+        X = _as_2d_float(X, "X", self._network.dtype, finite=False)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
                              f"expecting {self.n_features_in_} features as input.")
         return X
 
     def _forward(self, X):
-        X = self._check_X_predict(X)   # C-contiguous, finite, the network's dtype
+        X = self._check_X_predict(X)   # C-contiguous, the network's dtype
         if X.shape[0] <= SERIAL_PREDICT_ROWS:  # predicted on this thread alone
-            return self._network._forward_checked(X)
+            return self._network._forward_checked(X, "Input X")
         with num_threads(self.n_threads):
-            return self._network._forward_checked(X)
+            return self._network._forward_checked(X, "Input X")
 
     # -------------------------------------------------------------- fit
     def fit(self, X, y, sample_weight=None):

@@ -137,28 +137,36 @@ class Network:
         return state
 
     # -------------------------------------------------------------- inference
-    def _check_X(self, X, name="X"):
+    def _check_X(self, X, name="X", finite=True):
+        """X as the kernels take it (see V.as_float_matrix; ``finite=False``
+        for X that goes straight to _forward_checked, which checks it)."""
         if _sparse.is_sparse_input(X):
             return _sparse.as_sparse_rows(X, name, self.dtype, n_features=self.sizes[0])
-        return V.as_float_matrix(X, name, self.dtype, n_features=self.sizes[0])
+        return V.as_float_matrix(X, name, self.dtype, n_features=self.sizes[0], finite=finite)
 
     def _bundle(self):
         """The network as compiled code sees it (kernels.step.Net)."""
         return Net(self.params, self._offs, self._dims, self._acts, self._output_code)
 
-    def _forward_checked(self, X):
+    def _forward_checked(self, X, name="X"):
+        """Outputs for X from _check_X (any ``finite``): dense X is checked
+        for NaN and infinity by the prediction kernels, block by block, and
+        raises V.non_finite_error(name, ...) with no other effect."""
         if _sparse.is_sparse(X):
             return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
         ws, act_off, pack, wp = self._predict_workspace(n > PREDICT_BLOCK)
         if n <= SERIAL_PREDICT_ROWS:
-            predict_block_kernel(self.params, self._offs, self._dims, self._acts,
-                                 self._output_code, X, out, ws[0], act_off, pack[0], *wp)
-            return out
-        with parallel_region() as threads:
-            predict_rows(self._bundle(), X, out, ws, act_off, pack, *wp, PREDICT_BLOCK,
-                         threads)
+            finite = predict_block_kernel(self.params, self._offs, self._dims, self._acts,
+                                          self._output_code, X, out, ws[0], act_off, pack[0],
+                                          *wp)
+        else:
+            with parallel_region() as threads:
+                finite = predict_rows(self._bundle(), X, out, ws, act_off, pack, *wp,
+                                      PREDICT_BLOCK, threads)
+        if not finite:
+            raise V.non_finite_error(name, self.dtype)
         return out
 
     def _predict_workspace(self, packed_weights=False):
@@ -192,7 +200,7 @@ class Network:
     def forward(self, X):
         """Network output for X: class probabilities (softmax), label
         probabilities (sigmoid) or the regression values (linear)."""
-        return self._forward_checked(self._check_X(X))
+        return self._forward_checked(self._check_X(X, finite=False))
 
     def predict_proba(self, X):
         """Class (or label) probabilities, shape (n_samples, n_outputs)."""

@@ -140,3 +140,59 @@ def test_read_only_input_is_accepted(tmp_path):
         net = fastnn.Network([3, 5, 2], dtype=dtype, seed=0)
         fastnn.train(net, X, GOOD_Y, epochs=1, batch_size=2)
         assert net.predict_proba(X).shape == (4, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_prediction_refuses_nan_and_inf_in_any_row(dtype, bad):
+    """Prediction checks X for NaN and infinity in its kernels, block by
+    block (network.PREDICT_BLOCK rows, in parallel beyond
+    SERIAL_PREDICT_ROWS): a bad value in any row of any block, first or
+    last, is found, and the call raises with the argument's name."""
+    from fastnn.network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    net = fastnn.Network([7, 5, 3], dtype=dtype, seed=0)
+    rng = np.random.default_rng()
+    before = net.params.copy()
+    for n in (1, 7, SERIAL_PREDICT_ROWS, SERIAL_PREDICT_ROWS + 1, PREDICT_BLOCK + 1,
+              3 * PREDICT_BLOCK + 5):
+        X = rng.standard_normal((n, 7))
+        good = net.predict_proba(X)
+        rows = sorted({0, n // 2, n - 1} | ({PREDICT_BLOCK, n - 1} if n > PREDICT_BLOCK else set()))
+        for row in rows:
+            for col in (0, 6):
+                Xb = X.copy()
+                Xb[row, col] = bad
+                with pytest.raises(ValueError, match="X contains NaN or infinity"):
+                    net.predict_proba(Xb)
+                with pytest.raises(ValueError, match="X contains NaN or infinity"):
+                    net.predict(Xb)
+        # a value finite in float64 but too large for float32 is infinite there
+        if dtype == "float32":
+            Xb = X.copy()
+            Xb[n - 1, 3] = 1e39
+            with pytest.raises(ValueError, match="too large for float32"):
+                net.predict_proba(Xb)
+        np.testing.assert_array_equal(net.predict_proba(X), good)   # nothing changed
+    assert net.params.tobytes() == before.tobytes()
+
+
+def test_estimator_prediction_refuses_nan_with_scikit_learn_wording():
+    """MLPClassifier.predict / predict_proba on X with NaN: scikit-learn's
+    wording ('Input X contains NaN'), for one row and for a batch of many
+    parallel blocks; the fitted model is unchanged."""
+    from fastnn import MLPClassifier
+    from fastnn.network import PREDICT_BLOCK
+    rng = np.random.default_rng()
+    X = rng.standard_normal((3 * PREDICT_BLOCK + 1, 4))
+    y = np.arange(X.shape[0]) % 3
+    clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0)
+    with pytest.warns(Warning):
+        clf.fit(X, y)
+    before = clf.predict_proba(X)
+    for n in (1, X.shape[0]):
+        Xb = X[:n].copy()
+        Xb[n - 1, 2] = np.nan
+        for method in (clf.predict, clf.predict_proba):
+            with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+                method(Xb)
+    np.testing.assert_array_equal(clf.predict_proba(X), before)

@@ -731,17 +731,39 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
     return loss_total, weight_total, correct_total, steps, True
 
 
+@jit(inline="always")
+def all_finite(X):
+    """True when every element of X is a finite number.
+
+    The input check of a prediction, made here on each block of rows just
+    before the block is predicted (its rows then come from cache): a check
+    in NumPy (np.isfinite(X).all()) is a pass of its own over X with a
+    temporary of X's size, 5.5 ms of a 20000 x 784 float32 prediction that
+    takes about 38 ms at 2 threads, and 1.2 us of a one-row one.  An
+    and-reduction without early exit, so LLVM vectorises it; isfinite keeps
+    its meaning because the package's fastmath has no 'nnan'/'ninf'.
+    """
+    finite = True
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            finite &= np.isfinite(X[i, j])
+    return finite
+
+
 @jit
 def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
                          wpack, wpack_off):
     """Network outputs for the rows of X into ``out`` (on the calling thread,
     with its activation and GEMM pack workspaces; the weights packed ahead
     in (wpack, wpack_off), or an empty wpack_off: each product packs W_l).
+    Returns False, and predicts nothing, when X holds NaN or infinity.
 
     The network comes as its arrays, not as a Net bundle: Python calls this
     function itself for a few rows, and numba's dispatcher takes about 2 us
     more to type a namedtuple argument than its five fields (a tenth of a
     one-row prediction on a fast core)."""
+    if not all_finite(X):
+        return False
     net = Net(params, offs, dims, acts, output)
     z = forward(net, X, act_ws, act_off, FIRST, X.shape[0], pack, (wpack, wpack_off))
     output_transform(z, net.output)
@@ -751,6 +773,7 @@ def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_o
     for i in range(z.shape[0]):
         for j in range(z.shape[1]):
             out[i, j] = z[i, j]
+    return True
 
 
 def _predict_block_signature(dtype):
@@ -772,7 +795,7 @@ def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pac
                   wpack_off):
     """predict_block_kernel (by its shared symbol in compiled code; Python
     calls the kernel itself, one call fewer on a one-row prediction)."""
-    predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
+    return predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
                          wpack, wpack_off)
 
 
@@ -785,7 +808,9 @@ def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, th
     blocks and threads; one block packs its own.  One parallel region:
     worker s (at most one per workspace slot of act_ws and pack) takes
     blocks s, s + workers, ...  A row's result does not depend on the block
-    it falls in, nor on the number of threads.
+    it falls in, nor on the number of threads.  Returns False when X holds
+    NaN or infinity (each block checks its rows; ``out`` is then not all
+    written).
     """
     n = X.shape[0]
     n_blocks = (n + block - 1) // block
@@ -794,9 +819,13 @@ def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, th
     panels_off = wpack_off if n_blocks > 1 else wpack_off[:0]
     if n_blocks > 1:
         pack_weights(net, (wpack, wpack_off))
+    non_finite_blocks = 0
     for s in prange(workers):
         for bi in range(s, n_blocks, workers):
             r0 = bi * block
             r1 = min(n, r0 + block)
-            predict_block(net.params, net.offs, net.dims, net.acts, net.output, X[r0:r1],
-                          out[r0:r1], act_ws[s], act_off, pack[s], wpack, panels_off)
+            if not predict_block(net.params, net.offs, net.dims, net.acts, net.output,
+                                 X[r0:r1], out[r0:r1], act_ws[s], act_off, pack[s], wpack,
+                                 panels_off):
+                non_finite_blocks += 1
+    return non_finite_blocks == 0
