@@ -44,7 +44,7 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 # callee again inside each caller it is linked into, a freshly compiled process
 # calls the callee's own code and a process loading the caller from the cache
 # the caller's copy, and with 'reassoc' LLVM may associate the two copies'
-# arithmetic differently (losses.softmax_delta_row).  For loops without a
+# arithmetic differently (losses.softmax_xent_grad).  For loops without a
 # reduction to vectorise.  A function keeps its flags when LLVM inlines it, but
 # not through numba's inline="always" (the caller's flags apply).
 STRICT_FASTMATH = frozenset({"nsz", "contract", "afn"})

@@ -75,27 +75,6 @@ def _argmax(M, i):
     return best
 
 
-@jit(fastmath=set(STRICT_FASTMATH))  # never inline="always": it would drop these flags
-def softmax_delta_row(Z, T, i, ws, total):
-    """Z[i, j] = ws * (Z[i, j] / total - T[i, j]) for row i of exp(z - max z),
-    in the one association (ws Z[i, j]) (1 / total) - ws T[i, j], fused on
-    FMA hardware to fma(ws Z[i, j], 1 / total, -(ws T[i, j])), in every lane.
-
-    Compiled without 'reassoc' and 'arcp' (STRICT_FASTMATH).  With them (as
-    part of softmax_xent_grad), LLVM chose this association when it compiled
-    softmax_xent_grad, but when it optimised the copy linked into a caller
-    (train_epoch) a second time it regrouped the product in the vectorised
-    loop as Z[i, j] (ws / total): other bits in the columns the vector loop
-    covers (with at least as many classes as a vector holds: 4 float64 or 8
-    float32 in AVX2's 256 bits).  A freshly compiled process runs the
-    function's own code, a process that loads train_epoch from numba's cache
-    the copy (README, Reproducibility), so the first run trained to other bits.
-    """
-    inv = Z.dtype.type(1) / total
-    for j in range(Z.shape[1]):
-        Z[i, j] = (ws * Z[i, j]) * inv - ws * T[i, j]
-
-
 @jit(fastmath=set(STRICT_FASTMATH))
 def softmax_xent_grad(Z, T, w, scale):
     """Cross-entropy of softmax(Z) against targets T; Z becomes delta in place.
@@ -103,15 +82,25 @@ def softmax_xent_grad(Z, T, w, scale):
     Returns (sum_i w_i L_i, number of rows whose argmax matches the target's).
     delta_i = w_i * scale * (softmax(z_i) - t_i), scale being 1 / sum of weights.
 
-    Compiled without 'reassoc' (STRICT_FASTMATH): each row's sums (of the
-    exponentials, and the float64 t.z and sum of t) run in column order.  With
-    'reassoc', LLVM vectorised the sum of exponentials (with at least as many
-    classes as a vector holds) differently in this function's own code and in
-    the copy linked into train_epoch, so on an AVX-512 Xeon (rocketlake,
-    2026-12-07) a first, freshly compiled run of a 17-class network trained
-    to other bits than the runs that load train_epoch from numba's cache
-    (float32 and float64; tests/test_training.py, the determinism test).
-    A handful of classes gains nothing from vectorising these sums.
+    Compiled without 'reassoc' and 'arcp' (STRICT_FASTMATH), so that every
+    compiled copy of it rounds alike: a freshly compiled process runs this
+    function's own code, a process that loads train_epoch from numba's cache
+    the copy linked and optimised again there (README, Reproducibility).
+    With those flags LLVM associated two things differently in the two
+    copies, and the first run trained to other bits than every later one:
+
+    * the delta, (ws z) (1 / total) - ws t here but z (ws / total) - ws t in
+      the copy's vectorised loop (AVX2, znver3, 2026-12-01);
+    * the sum of a row's exponentials, vectorised in different orders
+      (AVX-512, rocketlake, 2026-12-07: a 17-class network, float32 and
+      float64; tests/test_training.py, the determinism test).
+
+    Without them each row's sums (of the exponentials, and the float64 t.z
+    and sum of t) run in column order, and the delta is the one association
+    (ws Z[i, j]) (1 / total) - ws T[i, j], fused on FMA hardware to
+    fma(ws Z[i, j], 1 / total, -(ws T[i, j])), in every copy and lane.  A
+    handful of classes gains nothing from vectorising these loops.
+
     Rows are indexed as Z[i, j], never taken as views Z[i]: each view costs
     numba an atomic reference-count increment and decrement (four NRT calls
     a row for Z[i] and T[i]; 300 x 3 logits took 13.9 us with them).
@@ -135,7 +124,10 @@ def softmax_xent_grad(Z, T, w, scale):
             total += Z[i, j]
         # L_i = sum_j t_j (lse - z_j) with lse - mx = log(total)
         loss += np.float64(w[i]) * (t_sum * np.log(np.float64(total)) - t_dot_z)
-        softmax_delta_row(Z, T, i, w[i] * scale, total)
+        ws = w[i] * scale
+        inv = Z.dtype.type(1) / total
+        for j in range(n):
+            Z[i, j] = (ws * Z[i, j]) * inv - ws * T[i, j]
     return loss, correct
 
 
