@@ -188,9 +188,17 @@ class Network:
                             dtype=self.dtype)
             no_weights = (np.empty(0, self.dtype), np.empty(0, np.int64))
             cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK), pack, no_weights)
-        if packed_weights and cached[3][1].shape[0] == 0:
-            cached = local.ws = (*cached[:3], weight_pack_layout(self._dims, self.dtype))
-        return cached
+        if not packed_weights:
+            # not the packed layout: its panels hold W as the last call of
+            # several blocks packed it, and the parameters may have changed
+            # since (a prediction of up to SERIAL_PREDICT_ROWS rows, after a
+            # big one and a partial_fit, read those stale panels until
+            # 2026-12-07)
+            return cached
+        layout = getattr(local, "weights", None)
+        if layout is None:
+            layout = local.weights = weight_pack_layout(self._dims, self.dtype)
+        return (*cached[:3], layout)
 
     def _activation_offsets(self, rows):
         """Where layer l's outputs for ``rows`` rows start in a flat workspace

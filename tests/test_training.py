@@ -300,6 +300,36 @@ def test_prediction_of_many_blocks_packs_the_current_weights(rng, dtype, sizes):
     np.testing.assert_array_equal(net.predict_proba(X[-PREDICT_BLOCK:]), P[-PREDICT_BLOCK:])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_few_rows_after_a_big_prediction_use_the_current_weights(rng, dtype):
+    """After a prediction of several blocks (which packs W into the
+    prediction workspace) the parameters change: every later prediction,
+    of any number of rows (the serial path up to SERIAL_PREDICT_ROWS, one
+    parallel block, several), uses the new weights, through Network and
+    through a partial_fit of the estimator (a one-row prediction used to
+    read the stale packed panels: 0.26 off in a probability)."""
+    from fastnn.network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    sizes = [37, 70, 5]
+    net = fastnn.Network(sizes, dtype=dtype, seed=2)
+    X = rng.standard_normal((2 * PREDICT_BLOCK + 7, sizes[0]))
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    for _ in range(2):
+        net.predict_proba(X)               # packs every W_l for its blocks
+        net.params[:] = rng.standard_normal(net.params.shape[0]).astype(dtype) * 0.3
+        for n in (1, 7, SERIAL_PREDICT_ROWS, SERIAL_PREDICT_ROWS + 1, PREDICT_BLOCK,
+                  PREDICT_BLOCK + 1):
+            np.testing.assert_allclose(net.predict_proba(X[:n]), _numpy_forward(net, X[:n]),
+                                       **tol)
+    from fastnn import MLPClassifier
+    y = np.arange(X.shape[0]) % 3
+    clf = MLPClassifier(hidden_layer_sizes=(70,), dtype=dtype, random_state=0,
+                        learning_rate_init=0.1)
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    clf.predict_proba(X)
+    clf.partial_fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X[:1]), clf.predict_proba(X)[:1], **tol)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, threads):
