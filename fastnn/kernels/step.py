@@ -795,8 +795,8 @@ def predict_block(params, offs, dims, acts, output, X, out, act_ws, act_off, pac
                   wpack_off):
     """predict_block_kernel (by its shared symbol in compiled code; Python
     calls the kernel itself, one call fewer on a one-row prediction)."""
-    return predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
-                         wpack, wpack_off)
+    return predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off,
+                                pack, wpack, wpack_off)
 
 
 @pjit
