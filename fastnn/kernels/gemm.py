@@ -67,10 +67,14 @@ EPI_DERIV = 2
 MR = uk.MR          # rows of the register tile
 NV = uk.NV          # vectors per tile row
 VECTOR_BYTES = uk.VECTOR_BITS // 8
-# K block, at most KC, K split into equal blocks (784 = 4 x 196).  The KC x NR
-# panel of B streams from L2 for each tile; B is read in place, so with 4 kB
-# between its rows (n = 1024 float32) longer panels overflow L2's 16 ways.
-KC = 256
+# K block, at most KC, K split into equal blocks (784 = 4 x 196, or 7 x 112).
+# The kc x NR panel of B streams from L2 for each tile; B is read in place, so
+# with 4 kB between its rows (n = 1024 float32) longer panels overflow L2's 16
+# ways.  With AVX-512's 64-column panels, 128 rows keep a packed panel (32 kB
+# in float32 or float64) in a 48 kB L1: 20000 x 784 -> 256 -> 10 predicted
+# 3-6 % faster per np.dot GFLOP/s than with 256 (3 runs alternated, 1 thread,
+# rocketlake).  AVX2's 16-column panels fit at 256.
+KC = 128 if uk.VECTOR_BITS >= 512 else 256
 MC = 16 * MR        # rows of A per block (96 x 256 float32 = 96 kB, in L2)
 NC = 2048           # columns per block
 # Fewer rows than this at the bottom edge go through the one-row kernel, once
