@@ -72,7 +72,7 @@ VECTOR_BYTES = uk.VECTOR_BITS // 8
 # with 4 kB between its rows (n = 1024 float32) longer panels overflow L2's 16
 # ways.  With AVX-512's 64-column panels, 128 rows keep a packed panel (32 kB
 # in float32 or float64) in a 48 kB L1: 20000 x 784 -> 256 -> 10 predicted
-# 3-6 % faster per np.dot GFLOP/s than with 256 (3 runs alternated, 1 thread,
+# 3-8 % faster per np.dot GFLOP/s than with 256 (3 runs alternated, 1 thread,
 # rocketlake).  AVX2's 16-column panels fit at 256.
 KC = 128 if uk.VECTOR_BITS >= 512 else 256
 MC = 16 * MR        # rows of A per block (96 x 256 float32 = 96 kB, in L2)
