@@ -189,11 +189,10 @@ class Network:
             no_weights = (np.empty(0, self.dtype), np.empty(0, np.int64))
             cached = local.ws = (ws, self._activation_offsets(PREDICT_BLOCK), pack, no_weights)
         if not packed_weights:
-            # not the packed layout: its panels hold W as the last call of
-            # several blocks packed it, and the parameters may have changed
-            # since (a prediction of up to SERIAL_PREDICT_ROWS rows, after a
-            # big one and a partial_fit, read those stale panels until
-            # 2026-12-07)
+            # never the packed layout to a call that does not pack: its
+            # panels hold W as the last call of several blocks packed it, and
+            # the parameters may have changed since (a few rows predicted
+            # after a big prediction and a partial_fit read the old weights)
             return cached
         layout = getattr(local, "weights", None)
         if layout is None:

@@ -75,7 +75,7 @@ VECTOR_BYTES = uk.VECTOR_BITS // 8
 # 3-8 % faster per np.dot GFLOP/s than with 256 (3 runs alternated, 1 thread,
 # rocketlake).  AVX2's 16-column panels fit at 256.
 KC = 128 if uk.VECTOR_BITS >= 512 else 256
-MC = 16 * MR        # rows of A per block (96 x 256 float32 = 96 kB, in L2)
+MC = 16 * MR        # rows of A per block (96 x KC float32: 48-96 kB, in L2)
 NC = 2048           # columns per block
 # Fewer rows than this at the bottom edge go through the one-row kernel, once
 # per row (a full-height tile would compute MR rows to keep a few).  Either
