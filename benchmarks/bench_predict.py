@@ -1,10 +1,11 @@
-"""Prediction benchmarks: class probabilities for a 20000-row batch and for
-one row, through ``Network.predict_proba`` and ``MLPClassifier.predict_proba``
+"""Prediction benchmarks: class probabilities for a 20000-row batch, a
+64-row batch (one block of rows: a server's micro-batch) and one row, through ``Network.predict_proba`` and ``MLPClassifier.predict_proba``
 (784-256-10, relu, float32), and the GEMM core's speed on a block that stays
 in cache.
 
-Each timed call does a fixed amount of work (the batch once, or ONE_ROW_CALLS
-single-row calls), so two commits time the same thing.  Compilation and the
+Each timed call does a fixed amount of work (the batch once, SMALL_BATCH_CALLS
+64-row calls, or ONE_ROW_CALLS single-row calls), so two commits time the
+same thing.  Compilation and the
 estimator's fit happen in setup.
 """
 import time
@@ -17,6 +18,8 @@ from . import _kernels as K
 SIZES = (784, 256, 10)
 BATCH_ROWS = 20000
 ONE_ROW_CALLS = 200   # single-row calls per timed call: well over 1 ms
+SMALL_BATCH_ROWS = 64
+SMALL_BATCH_CALLS = 20   # 64-row calls per timed call: about 4 ms
 
 
 def _network():
@@ -37,9 +40,11 @@ def _estimator():
 
 
 class Predict:
-    """predict_proba through the network or the estimator, batch or one row."""
+    """predict_proba through the network or the estimator: a big batch, a
+    small one (more rows than the one-thread path takes, fewer than two
+    blocks) or one row."""
 
-    params = (["network", "estimator"], ["batch", "one_row"])
+    params = (["network", "estimator"], ["batch", "small_batch", "one_row"])
     param_names = ["api", "rows"]
     timeout = 300
 
@@ -48,19 +53,23 @@ class Predict:
         rng = np.random.default_rng(2)
         self.X = rng.standard_normal((BATCH_ROWS, SIZES[0]), dtype=np.float32)
         self.row = self.X[:1].copy()
+        self.small = self.X[:SMALL_BATCH_ROWS].copy()
         self.model.predict_proba(self.X[:300])   # compile / load from cache
+        self.model.predict_proba(self.small)
         self.model.predict_proba(self.row)
 
+    def _work(self, rows):
+        """(calls, input) of one timed call."""
+        return {"batch": (1, self.X), "small_batch": (SMALL_BATCH_CALLS, self.small),
+                "one_row": (ONE_ROW_CALLS, self.row)}[rows]
+
     def time_predict_proba(self, api, rows):
-        if rows == "batch":
-            self.model.predict_proba(self.X)
-        else:
-            for _ in range(ONE_ROW_CALLS):
-                self.model.predict_proba(self.row)
+        calls, data = self._work(rows)
+        for _ in range(calls):
+            self.model.predict_proba(data)
 
     def track_predict_rows_per_s(self, api, rows):
-        calls = 1 if rows == "batch" else ONE_ROW_CALLS
-        data = self.X if rows == "batch" else self.row
+        calls, data = self._work(rows)
         best = float("inf")
         for _ in range(3):
             t = time.perf_counter()

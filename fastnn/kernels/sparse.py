@@ -235,14 +235,25 @@ def sparse_step_pass(phase, net, batch, work, sw, update, threads):
     n_tasks = weight_block_count(net.dims) if phase == WEIGHTS else n_groups
     workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
     per_worker = (n_groups + workers - 1) // workers
-    for s in prange(workers):
+    if workers == 1:
+        # the same calls on this thread, without a parallel region (which
+        # wakes numba's whole pool even for one iteration): what lets a
+        # serial call run with threads=1 and numba's thread count untouched
+        # (_parallel.parallel_region)
         if phase != WEIGHTS:
-            g0 = min(n_groups, s * per_worker)
-            sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker), phase,
-                              np.int64(s))
+            sparse_shard_rows(net, batch, work, FIRST, n_groups, phase, FIRST)
         else:
-            for t in range(s, n_tasks, workers):
-                sparse_weights_block(net, work, sw, update, m, t, np.int64(s))
+            for t in range(n_tasks):
+                sparse_weights_block(net, work, sw, update, m, np.int64(t), FIRST)
+    else:
+        for s in prange(workers):
+            if phase != WEIGHTS:
+                g0 = min(n_groups, s * per_worker)
+                sparse_shard_rows(net, batch, work, g0, min(n_groups, g0 + per_worker),
+                                  phase, np.int64(s))
+            else:
+                for t in range(s, n_tasks, workers):
+                    sparse_weights_block(net, work, sw, update, m, t, np.int64(s))
     total = 0.0
     correct = 0
     if phase == ROWS:

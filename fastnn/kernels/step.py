@@ -820,12 +820,24 @@ def predict_rows(net, X, out, act_ws, act_off, pack, wpack, wpack_off, block, th
     if n_blocks > 1:
         pack_weights(net, (wpack, wpack_off))
     non_finite_blocks = 0
-    for s in prange(workers):
-        for bi in range(s, n_blocks, workers):
+    if workers == 1:
+        # on this thread, without a parallel region (which wakes numba's
+        # whole pool even for one iteration): a serial call runs with
+        # threads=1 and numba's thread count untouched (_parallel.py)
+        for bi in range(n_blocks):
             r0 = bi * block
             r1 = min(n, r0 + block)
             if not predict_block(net.params, net.offs, net.dims, net.acts, net.output,
-                                 X[r0:r1], out[r0:r1], act_ws[s], act_off, pack[s], wpack,
+                                 X[r0:r1], out[r0:r1], act_ws[0], act_off, pack[0], wpack,
                                  panels_off):
                 non_finite_blocks += 1
+    else:
+        for s in prange(workers):
+            for bi in range(s, n_blocks, workers):
+                r0 = bi * block
+                r1 = min(n, r0 + block)
+                if not predict_block(net.params, net.offs, net.dims, net.acts, net.output,
+                                     X[r0:r1], out[r0:r1], act_ws[s], act_off, pack[s],
+                                     wpack, panels_off):
+                    non_finite_blocks += 1
     return non_finite_blocks == 0
