@@ -1,12 +1,12 @@
 """Prediction benchmarks: class probabilities for a 20000-row batch, a
-64-row batch (one block of rows: a server's micro-batch) and one row, through ``Network.predict_proba`` and ``MLPClassifier.predict_proba``
+64-row batch (one block of rows: a server's micro-batch) and one row,
+through ``Network.predict_proba`` and ``MLPClassifier.predict_proba``
 (784-256-10, relu, float32), and the GEMM core's speed on a block that stays
 in cache.
 
 Each timed call does a fixed amount of work (the batch once, SMALL_BATCH_CALLS
 64-row calls, or ONE_ROW_CALLS single-row calls), so two commits time the
-same thing.  Compilation and the
-estimator's fit happen in setup.
+same thing.  Compilation and the estimator's fit happen in setup.
 """
 import time
 import warnings
