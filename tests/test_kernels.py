@@ -287,6 +287,77 @@ def test_gemm_tile_edges(rng, dtype, m, k):
         assert_close(C, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
 
 
+def dot_columns(dtype):
+    """The widest C that gemm computes as dot products along K (_dot_product)."""
+    return lanes(dtype) // G.DOT_LANES
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", (1, 2, G.MR + 1, 33))
+def test_gemm_few_columns_as_dot_products(rng, dtype, m):
+    """A C of at most VL / DOT_LANES columns with K >= VL is computed as dot
+    products along K (microkernel.dot_rows): against float64 NumPy at every
+    K edge of its vectors (the masked last piece) and for every number of
+    columns up to one past the widest, C = A B and C += A B, with A a block
+    of rows of a wider matrix; every row has the bits it has alone."""
+    vl = lanes(dtype)
+    for k in sorted({vl - 1, vl, vl + 1, 2 * vl - 1, 2 * vl + 1, 33, 129, G.KC + 9}):
+        for n in range(1, dot_columns(dtype) + 2):
+            wide = rand(rng, (m, k + 5), dtype)
+            A = wide[:, 2:2 + k]               # rows k + 5 apart
+            B = rand(rng, (k, n), dtype)
+            ref = gemm_ref(A, B)
+            C = np.full((m, n), np.nan, dtype)
+            G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C)
+            assert_close(C, ref, dtype, scale=np.sqrt(k))
+            C0 = rand(rng, (m, n), dtype)
+            Cacc = C0.copy()
+            G.gemm(A, B, Cacc, 1, G.EPI_STORE, act.IDENTITY, Cacc[0], Cacc)
+            assert_close(Cacc, C0.astype(np.float64) + ref, dtype, scale=np.sqrt(k))
+            if n <= dot_columns(dtype) and k >= vl:
+                # the dot products add the old C to the rounded sum (K in one block)
+                np.testing.assert_array_equal(Cacc, C0 + C)
+            for i in {0, m - 1}:
+                row = np.empty((1, n), dtype)
+                G.gemm(np.ascontiguousarray(A[i:i + 1]), B, row, 0, G.EPI_STORE, act.IDENTITY,
+                       row[0], row)
+                np.testing.assert_array_equal(row[0], C[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["identity", "relu", "sigmoid", "tanh"])
+def test_gemm_dot_products_epilogues_and_nan(rng, dtype, name):
+    """The forward epilogue after the dot products (a classifier's last layer:
+    bias, activation) has the bits of the plain product and the row loops;
+    the backward one (times h'(H)) too; a NaN in a row stays in that row."""
+    code = act.CODES[name]
+    m, k = 37, 3 * lanes(dtype) + 5
+    for n in range(1, dot_columns(dtype) + 1):
+        a = rand(rng, (m, k), dtype)
+        a[5, k - 1] = np.nan                 # in the masked last piece
+        W = rand(rng, (k, n), dtype)
+        b = rand(rng, n, dtype)
+        fused = np.full((m, n), np.nan, dtype)
+        G.gemm(a, W, fused, 0, G.EPI_BIAS_ACT, code, b, fused)
+        plain = np.full((m, n), np.nan, dtype)
+        G.gemm(a, W, plain, 0, G.EPI_STORE, act.IDENTITY, plain[0], plain)
+        act.add_bias_activate(plain, b, code)
+        np.testing.assert_array_equal(fused.view(np.uint8), plain.view(np.uint8))
+        assert np.isnan(fused[5]).all() and not np.isnan(np.delete(fused, 5, 0)).any()
+        ok = np.arange(m) != 5
+        assert_close(fused[ok], reference_activation(
+            name, a[ok].astype(np.float64) @ W.astype(np.float64) + b), dtype, scale=np.sqrt(k))
+        # backward through a layer of n units: delta (m x k) W^T (k x n) * h'(H)
+        d = rand(rng, (m, k), dtype)
+        H = reference_activation(name, rand(rng, (m, n), np.float64)).astype(dtype)
+        dA = np.empty((m, n), dtype)
+        G.gemm(d, W, dA, 0, G.EPI_DERIV, code, b, H)
+        plain = np.empty((m, n), dtype)
+        G.gemm(d, W, plain, 0, G.EPI_STORE, act.IDENTITY, plain[0], plain)
+        act.scale_by_derivative(plain, H, code)
+        np.testing.assert_array_equal(dA.view(np.uint8), plain.view(np.uint8))
+
+
 # a vector multiply or multiply-add in x86 machine code (FMA or not)
 _MULTIPLY = re.compile(r"\bv?(fmadd|fnmadd|mul)[0-9]*p[sd]\b")
 

@@ -506,6 +506,145 @@ def pack_a_panel(typingctx, kc, A, origin, m_valid, P, row0):
     return sig, codegen
 
 
+# Products with at most this many columns of C (and at most a quarter of a
+# vector's lanes: gemm.py decides) are computed as dot products along K
+# instead of register tiles, whose vectors would hold mostly unused lanes.
+DOT_COLUMNS = 4
+DOT_ROWS = 4    # rows computed together by dot_rows
+
+
+def _horizontal_sum(builder, value):
+    """The lanes of ``value`` added as a fixed tree (halves, then quarters...,
+    down to one lane), every addition with the EXACT flags: the same order in
+    every compiled copy, whatever fast-math flags the caller has."""
+    width = value.type.count
+    while width > 1:
+        half = width // 2
+        low = builder.shuffle_vector(value, value, ir.Constant(
+            ir.VectorType(ir.IntType(32), half), list(range(half))))
+        high = builder.shuffle_vector(value, value, ir.Constant(
+            ir.VectorType(ir.IntType(32), half), list(range(half, width))))
+        value = builder.fadd(low, high, flags=EXACT)
+        width = half
+    return builder.extract_element(value, ir.IntType(32)(0))
+
+
+@intrinsic
+def dot_rows(typingctx, A, BT, C, m, n, k, accumulate, epi, bias):
+    """C[r, j] (=, or += when ``accumulate``) sum_{p < k} A[r, p] * BT[j, p]
+    for r < m, j < n (1 <= n <= DOT_COLUMNS), plus bias[j] when ``epi`` is
+    EPI_BIAS (else EPI_NONE), added as the tiles add it: each element a dot
+    product of a row of A and a row of BT, both contiguous along p.
+
+    For products with a few columns of C, such as a classifier's last layer
+    (3 classes: 3 of 16 float32 lanes of an AVX-512 register tile) or a
+    regression's single output: lane l of one accumulator per column sums
+    the terms p = l, l + VL, ... in order (one ``llvm.fmuladd`` each), then
+    the lanes are added as a fixed tree (_horizontal_sum).  BT's rows are
+    zero-padded to a multiple of VL; A's last piece is read with a masked
+    load (zeros past k).  Every row has the same arithmetic, wherever it
+    sits in the matrix.  A's rows may have any stride, its columns must be
+    adjacent.
+    """
+    sig = types.void(A, BT, C, m, n, k, accumulate, epi, bias)
+
+    def codegen(context, builder, signature, args):
+        A_v, BT_v, C_v, m_v, n_v, k_v, acc_v, epi_v, bias_v = args
+        i64 = ir.IntType(64)
+        fty, itemsize, vl, vecty = _vector_type(A.dtype)
+        vecptr = vecty.as_pointer()
+        a_data, (rs_v, _) = _data_and_strides(context, builder, A, A_v, itemsize)
+        bt_data, (ldbt_v, _) = _data_and_strides(context, builder, BT, BT_v, itemsize)
+        c_data, (ldc_v, _) = _data_and_strides(context, builder, C, C_v, itemsize)
+        bias_data = context.make_array(bias)(context, builder, bias_v).data
+        fmuladd = _vector_intrinsic(builder, f"llvm.fmuladd.v{vl}{_suffix(fty)}",
+                                    ir.FunctionType(vecty, [vecty, vecty, vecty]))
+        mload, _ = _masked_load_and_store(builder, vecty)
+        align = ir.Constant(ir.IntType(32), itemsize)
+        zero_vec = ir.Constant(vecty, None)
+        value = cgutils.alloca_once(builder, fty)
+        k_full = builder.sub(k_v, builder.srem(k_v, i64(vl)))
+        has_tail = builder.icmp_signed("<", k_full, k_v)
+        tail_mask = _lane_mask(builder, builder.sub(k_v, k_full), vl)
+        add_old = builder.icmp_signed("!=", acc_v, ir.Constant(acc_v.type, 0))
+        acc = [[cgutils.alloca_once_value(builder, zero_vec) for _ in range(DOT_COLUMNS)]
+               for _ in range(DOT_ROWS)]
+
+        last_row = builder.sub(m_v, i64(1))
+
+        def rows_at(r0, rows, columns, epi):
+            """Rows r0 .. r0 + rows - 1, together: ``rows`` x ``columns``
+            independent sums share each vector of BT (one FMA chain alone
+            waits on its own latency).  Rows past the last re-read it and are
+            not stored, so every row has the same arithmetic."""
+            row_at = [builder.add(r0, i64(i)) for i in range(rows)]
+            row_at = [builder.select(builder.icmp_signed("<", r, last_row), r, last_row)
+                      for r in row_at]
+            a_rows = [builder.gep(a_data, [builder.mul(r, rs_v)]) for r in row_at]
+            for i in range(rows):
+                for j in range(columns):
+                    builder.store(zero_vec, acc[i][j])
+
+            def step(p, load_a):
+                b_vecs = [builder.load(builder.bitcast(builder.gep(bt_data, [builder.add(
+                    builder.mul(i64(j), ldbt_v), p)]), vecptr), align=itemsize)
+                    for j in range(columns)]
+                for i in range(rows):
+                    a_vec = load_a(builder.bitcast(builder.gep(a_rows[i], [p]), vecptr))
+                    for j in range(columns):
+                        builder.store(builder.call(fmuladd, [a_vec, b_vecs[j],
+                                                             builder.load(acc[i][j])]), acc[i][j])
+
+            with _count_loop(builder, i64(0), k_full, i64(vl)) as p:
+                step(p, lambda ptr: builder.load(ptr, align=itemsize))
+            with builder.if_then(has_tail):
+                step(k_full, lambda ptr: builder.call(mload, [ptr, align, tail_mask, zero_vec]))
+            for i in range(rows):
+                r = builder.add(r0, i64(i))
+                with builder.if_then(builder.icmp_signed("<", r, m_v), likely=True):
+                    store_row(acc[i], r, columns, epi)
+
+        def store_row(sums, r, columns, epi):
+            """Row r of C from its accumulators: each sum, + old C, + bias."""
+            c_row = builder.gep(c_data, [builder.mul(r, ldc_v)])
+            for j in range(columns):
+                # the sum, + old C, then the epilogue: the tiles' operations
+                # in their order (store_tile in _make_microkernel)
+                builder.store(_horizontal_sum(builder, builder.load(sums[j])), value)
+                c_ptr = builder.gep(c_row, [i64(j)])
+                with builder.if_then(add_old):
+                    builder.store(builder.fadd(builder.load(value), builder.load(c_ptr),
+                                               flags=EXACT), value)
+                if epi == EPI_BIAS:
+                    b_j = builder.load(builder.gep(bias_data, [i64(j)]))
+                    builder.store(builder.fadd(builder.load(value), b_j, flags=EXACT), value)
+                builder.store(builder.load(value), c_ptr)
+
+        def rows_of(columns, epi):
+            """Every row, DOT_ROWS at a time."""
+            with _count_loop(builder, i64(0), m_v, i64(DOT_ROWS)) as r0:
+                rows_at(r0, DOT_ROWS, columns, epi)
+
+        # one loop per (columns, epilogue): a switch on both, once per call
+        # (only the bias in registers: a classifier's or a regression's last
+        # layer; relu and relu' on so few columns are left to gemm's row loops)
+        done = builder.append_basic_block("dot_rows_done")
+        which = builder.add(builder.mul(n_v, ir.Constant(n_v.type, 4)),
+                            builder.sext(epi_v, n_v.type) if epi_v.type != n_v.type else epi_v)
+        switch = builder.switch(which, done)
+        for columns in range(1, DOT_COLUMNS + 1):
+            for epi in (EPI_NONE, EPI_BIAS):
+                case = builder.append_basic_block(f"dot_rows_{columns}_epi{epi}")
+                switch.add_case(ir.Constant(n_v.type, 4 * columns + epi), case)
+                builder.position_at_end(case)
+                rows_of(columns, epi)
+                builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @contextmanager
 def _count_loop(builder, start, stop, step):
     """``for p in range(start, stop, step)`` in IR (step > 0), yielding p, with
