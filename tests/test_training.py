@@ -365,3 +365,34 @@ def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, t
         assert one_step == five_steps
         assert allocations(lambda: net.forward(X[:300])) == allocations(lambda: net.forward(X))
         assert allocations(lambda: net.forward(X[:7])) == allocations(lambda: net.forward(X[:29]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_few_units_after_many_inputs_allocate_nothing(rng, dtype):
+    """A layer of 2 units after 20000 inputs is computed as dot products
+    (gemm._dot_product) whose B^T, 2 x 20000, is bigger than the pack buffer
+    the tiles need: the workspace is sized for it too, so neither an epoch
+    nor a prediction allocates per step or per block."""
+    from numba.core.runtime import _nrt_python, rtsys
+    net = fastnn.Network([20000, 2, 3], dtype=dtype, seed=0)
+    X = rng.standard_normal((160, 20000)).astype(dtype)
+    y = rng.integers(0, 3, 160)
+    T = np.eye(3, dtype=dtype)[y]
+    w = np.ones(160, dtype)
+    trainer = fastnn.Trainer(net, batch_size=32, seed=0)
+
+    def allocations(call):
+        call()
+        _nrt_python.memsys_enable_stats()
+        try:
+            before = rtsys.get_allocation_stats().alloc
+            call()
+            return rtsys.get_allocation_stats().alloc - before
+        finally:
+            _nrt_python.memsys_disable_stats()
+
+    assert allocations(lambda: trainer.run_epoch(X, T, w, np.arange(32))) == \
+        allocations(lambda: trainer.run_epoch(X, T, w, np.arange(160)))
+    assert allocations(lambda: net.forward(X[:1])) == allocations(lambda: net.forward(X[:29]))
+    np.testing.assert_allclose(net.forward(X[:5]), _numpy_forward(net, X[:5]), rtol=1e-4,
+                               atol=1e-5)

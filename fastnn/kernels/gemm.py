@@ -250,6 +250,15 @@ def pack_elements(n_columns, itemsize):
     return KC * panels * nr + KC * MC + 2 * (64 // itemsize)
 
 
+def dot_product_elements(k, n, itemsize):
+    """Elements of ``pack`` that a product of K = k, N = n columns computed as
+    dot products (_dot_product) needs for B^T, or 0 when it is not one."""
+    lanes = VECTOR_BYTES // itemsize
+    if n * DOT_LANES > lanes or k < lanes:
+        return 0
+    return n * -(-k // lanes) * lanes + 64 // itemsize
+
+
 def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     """gemm_strided; in compiled code through the shared core's symbol when
     the operands have its types (GEMM_CORE, below)."""
@@ -422,7 +431,7 @@ def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
     N = C.shape[1]
     vl = VECTOR_BYTES // C.itemsize
     kp = (K + vl - 1) // vl * vl
-    need = N * kp + 64 // C.itemsize
+    need = N * kp + 64 // C.itemsize    # dot_product_elements(K, N, itemsize)
     buf = pack if pack.shape[0] >= need else np.empty(need, C.dtype)
     BT = _aligned_block(buf, 0, N, kp)
     for j in range(N):

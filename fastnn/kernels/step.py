@@ -32,9 +32,9 @@ from numba import prange, types
 
 from .._jit import jit, pjit
 from .activations import IDENTITY
-from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, gemm, pack_b_rows,
-                   pack_elements, pack_transpose, packed_b_elements, panel_columns,
-                   vector_lanes)
+from .gemm import (EPI_BIAS_ACT, EPI_DERIV, EPI_STORE, column_sums_acc, dot_product_elements,
+                   gemm, pack_b_rows, pack_elements, pack_transpose, packed_b_elements,
+                   panel_columns, vector_lanes)
 from .microkernel import lanes
 from .losses import loss_grad, output_transform
 from .optim import ADAM, SGD, adam_step_size, update_range
@@ -102,8 +102,15 @@ def pack_workspace_elements(dims, itemsize):
     and prediction, whose C has at most max(widest layer after the input,
     GRAD_BLOCK_ROWS) columns (forward: a layer's outputs; backward: a hidden
     layer's width; weight gradient: a layer's outputs, or a block's rows when
-    computed transposed)."""
-    return pack_elements(max(int(np.max(dims[1:])), GRAD_BLOCK_ROWS), itemsize)
+    computed transposed), and for B^T of the products gemm computes as dot
+    products (a C of a few columns: any K, so a layer of thousands of inputs
+    before a single output still allocates nothing per step)."""
+    dims = [int(d) for d in dims]
+    tiles = pack_elements(max(max(dims[1:]), GRAD_BLOCK_ROWS), itemsize)
+    # forward (K = a layer's inputs, N = its outputs) and backward (K = its
+    # outputs, N = its inputs), both ways for every layer
+    pairs = list(zip(dims[:-1], dims[1:])) + list(zip(dims[1:], dims[:-1]))
+    return max([tiles] + [dot_product_elements(k, n, itemsize) for k, n in pairs])
 
 
 def _packed_regions(shapes, dtype):
