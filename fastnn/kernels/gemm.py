@@ -423,10 +423,11 @@ def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
     epilogue (the same bits as in registers).
 
     A register tile there holds N useful lanes of VL (a 2-100-3 network's
-    last layer: 3 of 16 float32 lanes on AVX-512, 300 x 100 x 3 in 9.2 us
-    against np.dot's 4.7; a single output 1 of 16).  The sums are added in
-    another order than the tiles' (lanes, then a tree), the same for every
-    row: the choice depends on N and K only, never on the rows."""
+    last layer: 3 of 16 float32 lanes on AVX-512; a single output 1 of 16):
+    300 x 100 x 3 float32 took 7.7 us as tiles, 3.3-3.7 us as dot products,
+    np.dot 3.9-4.7 (rocketlake).  The sums are added in another order than
+    the tiles' (lanes, then a tree), the same for every row: the choice
+    depends on N, K and A's layout, never on the rows."""
     M, K = A.shape
     N = C.shape[1]
     vl = VECTOR_BYTES // C.itemsize
