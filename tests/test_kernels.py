@@ -289,7 +289,7 @@ def test_gemm_tile_edges(rng, dtype, m, k):
 
 def dot_columns(dtype):
     """The widest C that gemm computes as dot products along K (_dot_product)."""
-    return lanes(dtype) // G.DOT_LANES
+    return min(lanes(dtype) // G.DOT_LANES, UK.DOT_COLUMNS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

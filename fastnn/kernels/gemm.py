@@ -77,10 +77,10 @@ VECTOR_BYTES = uk.VECTOR_BITS // 8
 KC = 128 if uk.VECTOR_BITS >= 512 else 256
 MC = 16 * MR        # rows of A per block (96 x KC float32: 48-96 kB, in L2)
 NC = 2048           # columns per block
-# A product whose C has at most VL / DOT_LANES columns (and K of at least VL)
-# is computed as dot products along K (_dot_product) instead of register tiles
-# (microkernel.DOT_COLUMNS covers the widest: 16 / 4 = 4).
-DOT_LANES = 4
+# A product whose C has at most VL / DOT_LANES columns, and at most
+# microkernel.DOT_COLUMNS (and K of at least VL), is computed as dot products
+# along K (_dot_product) instead of register tiles.
+DOT_LANES = 2
 # Fewer rows than this at the bottom edge go through the one-row kernel, once
 # per row (a full-height tile would compute MR rows to keep a few).  Either
 # way each row gets the same arithmetic.
@@ -254,7 +254,7 @@ def dot_product_elements(k, n, itemsize):
     """Elements of ``pack`` that a product of K = k, N = n columns computed as
     dot products (_dot_product) needs for B^T, or 0 when it is not one."""
     lanes = VECTOR_BYTES // itemsize
-    if n * DOT_LANES > lanes or k < lanes:
+    if n * DOT_LANES > lanes or n > uk.DOT_COLUMNS or k < lanes:
         return 0
     return n * -(-k // lanes) * lanes + 64 // itemsize
 
@@ -279,8 +279,8 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     vl = VECTOR_BYTES // C.itemsize    # lanes per vector (a division: once per call)
     # (A laid out as rows: not a transposed view, even a one-column one, so
     # that a^T delta and (delta^T a)^T keep the same bits: weight_gradient_rows)
-    if (N * DOT_LANES <= vl and K >= vl and A.strides[1] == A.itemsize
-            and A.strides[0] >= K * A.itemsize):
+    if (N * DOT_LANES <= vl and N <= uk.DOT_COLUMNS and K >= vl
+            and A.strides[1] == A.itemsize and A.strides[0] >= K * A.itemsize):
         _dot_product(A, B, C, accumulate, mode, code, bias, H, pack)
         return
     nr = NV * vl
@@ -414,13 +414,13 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
 
 @jit(inline="always")
 def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
-    """gemm for a C of at most a quarter of a vector's lanes in columns (N *
-    DOT_LANES <= VL) and A read along its rows: each element a dot product
-    along K (microkernel.dot_rows) of a row of A and a row of B^T, packed
-    into ``pack`` zero-padded to whole vectors; the bias of a linear layer
-    (a classifier's or a regression's last) added to each sum before it is
-    stored, as the tiles add it, any activation by the row loops of the
-    epilogue (the same bits as in registers).
+    """gemm for a C of at most half a vector's lanes in columns (N *
+    DOT_LANES <= VL, and N <= DOT_COLUMNS) and A read along its rows: each
+    element a dot product along K (microkernel.dot_rows) of a row of A and a
+    row of B^T, packed into ``pack`` zero-padded to whole vectors; the bias
+    of a linear layer (a classifier's or a regression's last) added to each
+    sum before it is stored, as the tiles add it, any activation by the row
+    loops of the epilogue (the same bits as in registers).
 
     A register tile there holds N useful lanes of VL (a 2-100-3 network's
     last layer: 3 of 16 float32 lanes on AVX-512; a single output 1 of 16):

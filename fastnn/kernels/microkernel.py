@@ -506,8 +506,8 @@ def pack_a_panel(typingctx, kc, A, origin, m_valid, P, row0):
     return sig, codegen
 
 
-# Products with at most this many columns of C (and at most a quarter of a
-# vector's lanes: gemm.py decides) are computed as dot products along K
+# Products with at most this many columns of C (and at most half a vector's
+# lanes: gemm.py decides) are computed as dot products along K
 # instead of register tiles, whose vectors would hold mostly unused lanes.
 DOT_COLUMNS = 4
 DOT_ROWS = 4    # rows computed together by dot_rows
@@ -537,8 +537,8 @@ def dot_rows(typingctx, A, BT, C, m, n, k, accumulate, epi, bias):
     product of a row of A and a row of BT, both contiguous along p.
 
     For products with a few columns of C, such as a classifier's last layer
-    (3 classes: 3 of 16 float32 lanes of an AVX-512 register tile) or a
-    regression's single output: lane l of one accumulator per column sums
+    (3 classes: 3 of 16 float32 lanes of an AVX-512 register tile, 3 of 8
+    float64) or a regression's single output: lane l of one accumulator per column sums
     the terms p = l, l + VL, ... in order (one ``llvm.fmuladd`` each), then
     the lanes are added as a fixed tree (_horizontal_sum).  BT's rows are
     zero-padded to a multiple of VL; A's last piece is read with a masked
