@@ -330,6 +330,20 @@ def test_a_few_rows_after_a_big_prediction_use_the_current_weights(rng, dtype):
     np.testing.assert_allclose(clf.predict_proba(X[:1]), clf.predict_proba(X)[:1], **tol)
 
 
+def _allocations(call):
+    """How many arrays numba's runtime allocates during ``call()``, after a
+    first call (which compiles or loads from the cache)."""
+    from numba.core.runtime import _nrt_python, rtsys
+    call()
+    _nrt_python.memsys_enable_stats()
+    try:
+        before = rtsys.get_allocation_stats().alloc
+        call()
+        return rtsys.get_allocation_stats().alloc - before
+    finally:
+        _nrt_python.memsys_disable_stats()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, threads):
@@ -340,7 +354,6 @@ def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, t
     that make the GEMM pack B's panels, A's rows and an edge panel.  (A
     product that allocated its pack buffers cost about 15 % of a step where
     glibc's mmap threshold is fixed, as in a Dask worker.)"""
-    from numba.core.runtime import _nrt_python, rtsys
     from fastnn._parallel import num_threads
     net = fastnn.Network([33, 600, 129, 3], dtype=dtype, seed=0)
     X = rng.standard_normal((3000, 33)).astype(dtype)
@@ -349,22 +362,12 @@ def test_training_and_prediction_allocate_nothing_in_compiled_code(rng, dtype, t
     w = np.ones(3000, dtype)
     trainer = fastnn.Trainer(net, batch_size=129, seed=0)
 
-    def allocations(call):
-        call()    # compiled (or loaded) first
-        _nrt_python.memsys_enable_stats()
-        try:
-            before = rtsys.get_allocation_stats().alloc
-            call()
-            return rtsys.get_allocation_stats().alloc - before
-        finally:
-            _nrt_python.memsys_disable_stats()
-
     with num_threads(threads):
-        one_step = allocations(lambda: trainer.run_epoch(X, T, w, np.arange(129)))
-        five_steps = allocations(lambda: trainer.run_epoch(X, T, w, np.arange(5 * 129)))
+        one_step = _allocations(lambda: trainer.run_epoch(X, T, w, np.arange(129)))
+        five_steps = _allocations(lambda: trainer.run_epoch(X, T, w, np.arange(5 * 129)))
         assert one_step == five_steps
-        assert allocations(lambda: net.forward(X[:300])) == allocations(lambda: net.forward(X))
-        assert allocations(lambda: net.forward(X[:7])) == allocations(lambda: net.forward(X[:29]))
+        assert _allocations(lambda: net.forward(X[:300])) == _allocations(lambda: net.forward(X))
+        assert _allocations(lambda: net.forward(X[:7])) == _allocations(lambda: net.forward(X[:29]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -373,7 +376,6 @@ def test_a_few_units_after_many_inputs_allocate_nothing(rng, dtype):
     (gemm._dot_product) whose B^T, 2 x 20000, is bigger than the pack buffer
     the tiles need: the workspace is sized for it too, so neither an epoch
     nor a prediction allocates per step or per block."""
-    from numba.core.runtime import _nrt_python, rtsys
     net = fastnn.Network([20000, 2, 3], dtype=dtype, seed=0)
     X = rng.standard_normal((160, 20000)).astype(dtype)
     y = rng.integers(0, 3, 160)
@@ -381,18 +383,8 @@ def test_a_few_units_after_many_inputs_allocate_nothing(rng, dtype):
     w = np.ones(160, dtype)
     trainer = fastnn.Trainer(net, batch_size=32, seed=0)
 
-    def allocations(call):
-        call()
-        _nrt_python.memsys_enable_stats()
-        try:
-            before = rtsys.get_allocation_stats().alloc
-            call()
-            return rtsys.get_allocation_stats().alloc - before
-        finally:
-            _nrt_python.memsys_disable_stats()
-
-    assert allocations(lambda: trainer.run_epoch(X, T, w, np.arange(32))) == \
-        allocations(lambda: trainer.run_epoch(X, T, w, np.arange(160)))
-    assert allocations(lambda: net.forward(X[:1])) == allocations(lambda: net.forward(X[:29]))
+    assert _allocations(lambda: trainer.run_epoch(X, T, w, np.arange(32))) == \
+        _allocations(lambda: trainer.run_epoch(X, T, w, np.arange(160)))
+    assert _allocations(lambda: net.forward(X[:1])) == _allocations(lambda: net.forward(X[:29]))
     np.testing.assert_allclose(net.forward(X[:5]), _numpy_forward(net, X[:5]), rtol=1e-4,
                                atol=1e-5)
