@@ -16,7 +16,10 @@ from ._ref import CASES
 
 # (m, k, n) = (batch, fan_in, fan_out) of every layer of every case, deduplicated
 SHAPES = sorted({(c.batch, a, b) for c in CASES.values()
-                 for a, b in zip(c.sizes[:-1], c.sizes[1:])})
+                 for a, b in zip(c.sizes[:-1], c.sizes[1:])}
+                # and a single output (binary classifier, regression): the
+                # dot-product path of gemm, as the spiral's 3 classes
+                | {(200, 64, 1)})
 SHAPE_NAMES = [f"{m}x{k}x{n}" for m, k, n in SHAPES]
 PRODUCTS = ["nn", "tn", "nt"]
 # FLOPs per timed call: at 200 GFLOP/s (about this machine's sgemm) still 1 ms

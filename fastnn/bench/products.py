@@ -35,9 +35,11 @@ def _median_seconds(fn, reps):
 
 
 def shapes():
-    """(m, k, n) = (batch, fan_in, fan_out) of every layer of every case, deduplicated."""
+    """(m, k, n) = (batch, fan_in, fan_out) of every layer of every case,
+    deduplicated, and a single-output layer (a binary classifier's or a
+    regression's: gemm's dot-product path, as the spiral's 3 classes)."""
     return sorted({(c.batch, a, b) for c in CASES.values()
-                   for a, b in zip(c.sizes[:-1], c.sizes[1:])})
+                   for a, b in zip(c.sizes[:-1], c.sizes[1:])} | {(200, 64, 1)})
 
 
 def main(argv=None):

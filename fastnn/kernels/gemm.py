@@ -53,7 +53,7 @@ BLAS is called.
 import numba
 import numpy as np
 from numba import types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from .._jit import jit
 from .activations import IDENTITY, RELU, bias_activate_row, derivative_row
@@ -250,11 +250,19 @@ def pack_elements(n_columns, itemsize):
     return KC * panels * nr + KC * MC + 2 * (64 // itemsize)
 
 
+@register_jitable
+def dot_product_shape(k, n, lanes):
+    """Whether gemm computes a product of K = k and N = n columns (A read along
+    its rows) as dot products (_dot_product) with ``lanes`` per vector: the
+    rule, for compiled code and for sizing workspaces in Python."""
+    return n * DOT_LANES <= lanes and n <= uk.DOT_COLUMNS and k >= lanes
+
+
 def dot_product_elements(k, n, itemsize):
     """Elements of ``pack`` that a product of K = k, N = n columns computed as
     dot products (_dot_product) needs for B^T, or 0 when it is not one."""
     lanes = VECTOR_BYTES // itemsize
-    if n * DOT_LANES > lanes or n > uk.DOT_COLUMNS or k < lanes:
+    if not dot_product_shape(k, n, lanes):
         return 0
     return n * -(-k // lanes) * lanes + 64 // itemsize
 
@@ -279,8 +287,8 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     vl = VECTOR_BYTES // C.itemsize    # lanes per vector (a division: once per call)
     # (A laid out as rows: not a transposed view, even a one-column one, so
     # that a^T delta and (delta^T a)^T keep the same bits: weight_gradient_rows)
-    if (N * DOT_LANES <= vl and N <= uk.DOT_COLUMNS and K >= vl
-            and A.strides[1] == A.itemsize and A.strides[0] >= K * A.itemsize):
+    if (dot_product_shape(K, N, vl) and A.strides[1] == A.itemsize
+            and A.strides[0] >= K * A.itemsize):
         _dot_product(A, B, C, accumulate, mode, code, bias, H, pack)
         return
     nr = NV * vl
@@ -432,7 +440,7 @@ def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
     N = C.shape[1]
     vl = VECTOR_BYTES // C.itemsize
     kp = (K + vl - 1) // vl * vl
-    need = N * kp + 64 // C.itemsize    # dot_product_elements(K, N, itemsize)
+    need = N * kp + 64 // C.itemsize    # as dot_product_elements(K, N, itemsize)
     buf = pack if pack.shape[0] >= need else np.empty(need, C.dtype)
     BT = _aligned_block(buf, 0, N, kp)
     for j in range(N):

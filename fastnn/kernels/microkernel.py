@@ -572,16 +572,16 @@ def dot_rows(typingctx, A, BT, C, m, n, k, accumulate, epi, bias):
 
         last_row = builder.sub(m_v, i64(1))
 
-        def rows_at(r0, rows, columns, epi):
-            """Rows r0 .. r0 + rows - 1, together: ``rows`` x ``columns``
+        def rows_at(r0, columns, epi):
+            """Rows r0 .. r0 + DOT_ROWS - 1, together: DOT_ROWS x ``columns``
             independent sums share each vector of BT (one FMA chain alone
             waits on its own latency).  Rows past the last re-read it and are
             not stored, so every row has the same arithmetic."""
-            row_at = [builder.add(r0, i64(i)) for i in range(rows)]
+            row_at = [builder.add(r0, i64(i)) for i in range(DOT_ROWS)]
             row_at = [builder.select(builder.icmp_signed("<", r, last_row), r, last_row)
                       for r in row_at]
             a_rows = [builder.gep(a_data, [builder.mul(r, rs_v)]) for r in row_at]
-            for i in range(rows):
+            for i in range(DOT_ROWS):
                 for j in range(columns):
                     builder.store(zero_vec, acc[i][j])
 
@@ -589,7 +589,7 @@ def dot_rows(typingctx, A, BT, C, m, n, k, accumulate, epi, bias):
                 b_vecs = [builder.load(builder.bitcast(builder.gep(bt_data, [builder.add(
                     builder.mul(i64(j), ldbt_v), p)]), vecptr), align=itemsize)
                     for j in range(columns)]
-                for i in range(rows):
+                for i in range(DOT_ROWS):
                     a_vec = load_a(builder.bitcast(builder.gep(a_rows[i], [p]), vecptr))
                     for j in range(columns):
                         builder.store(builder.call(fmuladd, [a_vec, b_vecs[j],
@@ -599,7 +599,7 @@ def dot_rows(typingctx, A, BT, C, m, n, k, accumulate, epi, bias):
                 step(p, lambda ptr: builder.load(ptr, align=itemsize))
             with builder.if_then(has_tail):
                 step(k_full, lambda ptr: builder.call(mload, [ptr, align, tail_mask, zero_vec]))
-            for i in range(rows):
+            for i in range(DOT_ROWS):
                 r = builder.add(r0, i64(i))
                 with builder.if_then(builder.icmp_signed("<", r, m_v), likely=True):
                     store_row(acc[i], r, columns, epi)
@@ -623,19 +623,19 @@ def dot_rows(typingctx, A, BT, C, m, n, k, accumulate, epi, bias):
         def rows_of(columns, epi):
             """Every row, DOT_ROWS at a time."""
             with _count_loop(builder, i64(0), m_v, i64(DOT_ROWS)) as r0:
-                rows_at(r0, DOT_ROWS, columns, epi)
+                rows_at(r0, columns, epi)
 
         # one loop per (columns, epilogue): a switch on both, once per call
         # (only the bias in registers: a classifier's or a regression's last
         # layer; relu and relu' on so few columns are left to gemm's row loops)
         done = builder.append_basic_block("dot_rows_done")
-        which = builder.add(builder.mul(n_v, ir.Constant(n_v.type, 4)),
-                            builder.sext(epi_v, n_v.type) if epi_v.type != n_v.type else epi_v)
+        epilogues = (EPI_NONE, EPI_BIAS)   # codes 0 and 1
+        which = builder.add(builder.mul(n_v, i64(len(epilogues))), epi_v)
         switch = builder.switch(which, done)
         for columns in range(1, DOT_COLUMNS + 1):
-            for epi in (EPI_NONE, EPI_BIAS):
+            for epi in epilogues:
                 case = builder.append_basic_block(f"dot_rows_{columns}_epi{epi}")
-                switch.add_case(ir.Constant(n_v.type, 4 * columns + epi), case)
+                switch.add_case(i64(len(epilogues) * columns + epi), case)
                 builder.position_at_end(case)
                 rows_of(columns, epi)
                 builder.branch(done)
