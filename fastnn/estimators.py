@@ -204,6 +204,13 @@ def _as_2d_float(X, name, dtype, finite=True):
     return out
 
 
+def _check_finite(X):
+    """The ValueError _as_2d_float raises for a dense X holding NaN or
+    infinity (sparse X is checked when it is read)."""
+    if not _sparse.is_sparse(X) and not np.isfinite(X).all():
+        raise V.non_finite_error("Input X", X.dtype)
+
+
 def _as_sample_weight(sample_weight, n):
     if sample_weight is None:
         return None
@@ -428,7 +435,9 @@ class _BaseMLP(BaseEstimator):
             from . import distributed
             return distributed.fit(self, X, y, sample_weight, p, incremental, classes)
         names = _feature_names(X)
-        X = _as_2d_float(X, "X", p["dtype"])
+        # NaN and inf: found by the training kernels as each row is gathered
+        # (kernels.step.gather_rows; _train names X), not by a pass over X here
+        X = _as_2d_float(X, "X", p["dtype"], finite=self.solver == "lbfgs")
         reuse = hasattr(self, "_network") and (incremental or bool(self.warm_start))
         if reuse:
             if X.shape[1] != self.n_features_in_:
@@ -513,6 +522,7 @@ class _BaseMLP(BaseEstimator):
                               shuffle=False)
         val = None
         if early_stopping:   # the split (stratified for single-label classification)
+            _check_finite(X)   # the validation rows are not gathered by a training step
             tr, va = _stratified_split(X.shape[0], target.get("indices"),
                                        self.validation_fraction, rng)
             if len(va) < 2:
@@ -560,6 +570,8 @@ class _BaseMLP(BaseEstimator):
                     trainer.epochs_run, trainer.stop_reason = 0, resumed_reason
                 trainer.epochs_run += done_before
             except FloatingPointError:
+                if source is None:   # a NaN or inf in X stopped the epoch before its update
+                    _check_finite(X)
                 raise ValueError("Solver produced non-finite parameter weights. The input "
                                  "data may contain large values and need to be preprocessed "
                                  "(or lower learning_rate_init).") from None

@@ -388,3 +388,34 @@ def test_a_few_units_after_many_inputs_allocate_nothing(rng, dtype):
     assert _allocations(lambda: net.forward(X[:1])) == _allocations(lambda: net.forward(X[:29]))
     np.testing.assert_allclose(net.forward(X[:5]), _numpy_forward(net, X[:5]), rtol=1e-4,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_an_input_nan_stops_the_epoch_before_its_batch_updates(rng, dtype, bad):
+    """The training step checks each gathered row of X (kernels.step.gather_rows):
+    a batch holding NaN or infinity makes the epoch stop before that batch's
+    update, so the parameters are those after the batches before it, at 1
+    and 2 threads.  The bad column's weights are positive, so -inf makes
+    every pre-activation -inf, which ReLU turns into 0: the batch's loss
+    is finite and only the check stops it (its update would write NaN)."""
+    X = rng.standard_normal((30, 4)).astype(dtype)
+    y = rng.integers(0, 3, 30)
+    bad_row = 14 + rng.integers(0, 6)   # in the second batch of 10
+    for threads in (1, 2):
+        runs = []
+        for data in (X[:10], X):
+            net = fastnn.Network([4, 9, 3], dtype=dtype, seed=0)
+            net.weights[0][2] = np.abs(net.weights[0][2])
+            trainer = fastnn.Trainer(net, fastnn.SGD(lr=0.1, momentum=0.9), batch_size=10)
+            Xd = data.copy()
+            if len(Xd) > bad_row:
+                Xd[bad_row, 2] = bad
+            T = fastnn.trainer.make_targets(net, y[:len(Xd)])
+            w = np.ones(len(Xd), dtype=dtype)
+            with fastnn._parallel.num_threads(threads):
+                loss, _, finite = trainer.run_epoch(Xd, T, w, np.arange(len(Xd)))
+            runs.append((net.params.copy(), trainer.steps, finite))
+        (one_batch, steps1, finite1), (stopped, steps, finite) = runs
+        assert finite1 and not finite and steps1 == steps == 1
+        assert stopped.tobytes() == one_batch.tobytes()

@@ -196,3 +196,48 @@ def test_estimator_prediction_refuses_nan_with_scikit_learn_wording():
             with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
                 method(Xb)
     np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
+def _estimator_state(est):
+    tr = est._trainer
+    return (est._network.params.tobytes(), tr.state1.tobytes(), tr.state2.tobytes(), tr.steps,
+            est.t_, est.n_iter_, list(est.loss_curve_), str(est._rng.get_state()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_estimator_fit_finds_nan_and_inf_in_any_row_and_changes_nothing(dtype, solver):
+    """The estimators' fit and partial_fit check X for NaN and infinity in the
+    training step, as each batch is gathered (kernels.step.gather_rows), not
+    in a pass before training: a bad value in the first, a middle or the
+    last row, of the first or a later batch, gives scikit-learn's wording,
+    and the fitted model (parameters, optimizer state, counters, curve,
+    generator) is as it was, for the compiled multi-epoch run, the
+    epoch-by-epoch one (a callback), early stopping and partial_fit."""
+    from fastnn import MLPClassifier, MLPRegressor
+    rng = np.random.default_rng()
+    X = rng.standard_normal((67, 5))
+    y = (X[:, 0] > 0).astype(int)
+    calls = {
+        "fit": dict(),
+        "fit with a callback": dict(callbacks=[lambda logs: False]),
+        "fit with early stopping": dict(early_stopping=True),
+    }
+    for cls, target in ((MLPClassifier, y), (MLPRegressor, X[:, 1])):
+        for name, extra in [*calls.items(), ("partial_fit", {})]:
+            est = cls(hidden_layer_sizes=(7,), solver=solver, batch_size=10, max_iter=4,
+                      dtype=dtype, random_state=0)
+            with pytest.warns(Warning):
+                est.fit(X, target)
+            est.set_params(warm_start=True, **extra)
+            before = _estimator_state(est)
+            for row in (0, 33, 66):
+                for bad in (np.nan, np.inf, -np.inf) + ((1e39,) if dtype == "float32" else ()):
+                    Xb = X.copy()
+                    Xb[row, 4] = bad
+                    with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+                        if name == "partial_fit":
+                            est.partial_fit(Xb, target)
+                        else:
+                            est.fit(Xb, target)
+                    assert _estimator_state(est) == before, (cls.__name__, name, row, bad)

@@ -533,18 +533,29 @@ def weights_block(net, work, update, m, t, s):
 
 @jit(inline="always")
 def gather_rows(batch, work, r0, r1):
-    """Rows r0:r1 of the batch: Xb[i] = X[order[i]] (and T, w likewise)."""
+    """Rows r0:r1 of the batch: Xb[i] = X[order[i]] (and T, w likewise).
+
+    Returns True when every gathered input is a finite number: the
+    estimators' check of X, made here while each row passes through the
+    core (an and-reduction LLVM vectorises) rather than as a pass of its own
+    over X before training (np.isfinite(X).all(): 2 ms of a 30 ms epoch on
+    mnist shapes).  The caller makes a batch with such a row non-finite, so
+    the epoch stops before that batch's update and Python names the input."""
     X, T, w, order = batch.X, batch.T, batch.w, batch.order
     Xb, Tb, wb = work.Xb, work.Tb, work.wb
+    finite = True
     # explicit loops: a slice assignment here pulls in numba's broadcasting
     # machinery, about 1.5 s of first-run compile time
     for i in range(r0, r1):
         src = order[i]
         for j in range(X.shape[1]):
-            Xb[i, j] = X[src, j]
+            x = X[src, j]
+            Xb[i, j] = x
+            finite &= np.isfinite(x)
         for j in range(T.shape[1]):
             Tb[i, j] = T[src, j]
         wb[i] = w[src]
+    return finite
 
 
 @jit
@@ -557,7 +568,7 @@ def shard_rows_kernel(net, batch, work, g0, g1, s):
     r1 = min(m, g1 * LOSS_GROUP_ROWS)
     if r1 <= r0:
         return
-    gather_rows(batch, work, r0, r1)
+    finite_rows = gather_rows(batch, work, r0, r1)
     z = forward(net, work.Xb[:m], work.act_ws, work.act_off, r0, r1, work.pack[s],
                 no_panels(net))
     for g in range(g0, g1):
@@ -565,6 +576,8 @@ def shard_rows_kernel(net, batch, work, g0, g1, s):
         q1 = min(m, q0 + LOSS_GROUP_ROWS)
         work.group_loss[g], work.group_correct[g] = loss_grad(
             z[q0 - r0:q1 - r0], work.Tb[q0:q1], work.wb[q0:q1], batch.scale, net.output)
+    if not finite_rows:   # an input NaN or inf: the batch's loss says so (gather_rows)
+        work.group_loss[g0] = np.nan
     backward(work.WT, net.offs, net.dims, net.acts, m, work.act_ws, work.act_off,
              work.delta_ws, r0, r1, work.pack[s])
     pack_deltas(net, work, m, r0, r1, FIRST)
