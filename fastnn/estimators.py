@@ -551,10 +551,11 @@ class _BaseMLP(BaseEstimator):
             trainer, done_before, epochs, resumed_reason = self._resume_checkpoint(
                 checkpoint, owner, epochs)
             rng = trainer.order.rng if isinstance(trainer.order, RunningShuffle) else rng
-        # partial_fit's one local epoch keeps its rollback point in its first
-        # step (no copy of the model per call: Trainer.transaction's defer)
+        # a local run keeps its rollback point in its first step (no copy of
+        # the model per call: Trainer.transaction's defer), which also zeroes
+        # the state of a fit's new optimizer (Trainer.reset_optimizer)
         cluster = contextlib.nullcontext() if source is None else source.plugged_into(trainer)
-        with trainer.transaction(defer=incremental and source is None), cluster:
+        with trainer.transaction(defer=source is None), cluster:
             trainer.batch_size = batch
             # sklearn's alpha / (2 sw_sum) per batch == trainer l2/2 with l2 = alpha/sw_sum.
             trainer.l2 = p["alpha"] / (batch * mean_w)

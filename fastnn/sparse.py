@@ -199,7 +199,7 @@ def _predict_work(network, rows):
         sw = make_sparse_work(0, 1, network.dtype)
         p = network.params
         update = Update(p, p, np.int64(0), dt(0), dt(0), dt(0), dt(0), dt(0), dt(0), False,
-                        *no_keep(network.dtype), False)
+                        *no_keep(network.dtype), False, False)
         cached = local.sparse = (rows, work, sw, update)
     return cached[1:]
 

@@ -275,3 +275,50 @@ def test_a_deferred_transaction_restores_everything(rng, opt, how):
             else:
                 raise RuntimeError("a callback failed")
     assert _trainer_state(trainer) == before
+
+
+def _train_stage(trainer, X, y, how, epochs=3):
+    """``epochs`` epochs of ``trainer`` the way ``how`` names."""
+    from fastnn.epoch_order import Shuffled
+    trainer.order = Shuffled(3)
+    callbacks = [lambda logs: False] if "epoch by epoch" in how else ()
+    if "sparse" in how:
+        X = pytest.importorskip("scipy.sparse").csr_matrix(X)
+    if "in a transaction" in how:
+        with trainer.transaction(defer=True):
+            trainer.fit(X, y, epochs=epochs, callbacks=callbacks)
+    else:
+        trainer.fit(X, y, epochs=epochs, callbacks=callbacks)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("how", ["in a transaction, epoch by epoch",
+                                 "in a transaction, compiled chunks", "alone",
+                                 "sparse, in a transaction"])
+def test_a_reset_optimizer_trains_as_a_new_one(rng, dtype, how):
+    """reset_optimizer writes nothing: the buffers are zeroed by the first
+    step of a transaction as it keeps them (kernels.step.keep_range), or in
+    Python before a step without one.  Either way a reset trainer, its old
+    buffers full of values no rule would give, trains to the bits of a new
+    trainer (zero state), through momentum (state2 stays fresh, unused) and
+    then Adam (both buffers zeroed again)."""
+    X, y = problem(rng)
+    start = fastnn.Network([7, 9, 3], dtype=dtype, seed=0)
+    reset = fastnn.Trainer(start.copy(), fastnn.Adam(lr=0.01), batch_size=16, seed=0)
+    reset.fit(X, y, epochs=1)
+    reset.state1[:] = rng.standard_normal(reset.state1.shape)
+    reset.state2[:] = rng.random(reset.state2.shape)
+    reset.network.params[:] = start.params
+    params = start.params.copy()
+    for opt in ("momentum", "adam"):
+        new = fastnn.Trainer(start.copy(), make_optimizer(opt, lr=0.05), batch_size=16)
+        new.network.params[:] = params
+        _train_stage(new, X, y, how)
+        reset.reset_optimizer(make_optimizer(opt, lr=0.05))
+        _train_stage(reset, X, y, how)
+        if how.startswith("in a transaction"):
+            assert reset._snapshots()[0].kept[0] == 1   # the kernel kept and zeroed them
+        assert reset.network.params.tobytes() == new.network.params.tobytes(), opt
+        assert reset.state1.tobytes() == new.state1.tobytes()
+        assert reset.state2.tobytes() == new.state2.tobytes()
+        params = new.network.params.copy()

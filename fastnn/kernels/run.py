@@ -69,7 +69,7 @@ def train_epochs(net, data, orders, batch_size, work, update, plan, state, threa
     steps = state.steps
     u = update
     for e in range(orders.shape[0]):
-        this = with_settings(u, dt(lr), u.keep_now and e == 0)
+        this = with_settings(u, dt(lr), e == 0)
         loss, weight, correct, taken, finite = train_epoch(
             net, data.X, data.T, data.w, orders[e], batch_size, work, this, steps, threads)
         mean = loss / weight if weight > 0 else np.nan

@@ -58,14 +58,18 @@ and ``dpack_off``: the deltas packed for the weights pass (delta_pack_layout).""
 Batch = namedtuple("Batch", ["X", "T", "w", "order", "scale"])
 """One mini-batch: rows ``order`` of (X, T, w), and 1 / (sum of their weights)."""
 Update = namedtuple("Update", ["state1", "state2", "kind", "l2", "lr", "momentum", "beta1",
-                               "beta2", "eps", "apply", "keep", "kept", "keep_now"])
+                               "beta2", "eps", "apply", "keep", "kept", "keep_now",
+                               "zero_state"])
 """Optimizer state and settings (flat: numba's parallel loops cannot take a
 tuple nested in a bundle).  ``keep`` (3 x n_params), ``kept`` (1 int64) and
 ``keep_now``: with keep_now, the step's update first copies the parameters
 and the optimizer buffers it writes into the rows of ``keep``, block by block
 as it reaches them (while they are in cache), and train_epoch sets kept[0] = 1
 once a whole step has done so: a transaction's rollback point taken without a
-pass of its own (trainer.Trainer.transaction)."""
+pass of its own (trainer.Trainer.transaction).  ``zero_state`` (only with
+keep_now): those buffers are then zeroed, block by block, before the update
+reads them: a new optimizer's zero state (Trainer.reset_optimizer) without a
+pass of its own either."""
 
 _NO_KEEP = {}
 
@@ -92,7 +96,7 @@ def bundle_types(dtype):
     work = types.NamedTuple([vector, vector, ints, vector, vector, matrix, matrix, matrix, matrix,
                              vector, float64s, ints, float64s, vector, ints], Work)
     update = types.NamedTuple([vector, vector, types.int64, f, f, f, f, f, f, types.boolean,
-                               matrix, ints, types.boolean], Update)
+                               matrix, ints, types.boolean, types.boolean], Update)
     return net, batch, work, update
 
 
@@ -287,14 +291,16 @@ def gradient_only(params, l2):
     False; L2 ``l2`` added to the gradient), of the training call's types."""
     zero = params.dtype.type(0)
     return Update(params, params, np.int64(0), l2, zero, zero, zero, zero, zero, False,
-                  np.empty((0, 0), params.dtype), np.zeros(1, np.int64), False)
+                  np.empty((0, 0), params.dtype), np.zeros(1, np.int64), False, False)
 
 
 @jit(inline="always")
-def with_settings(u, lr, keep_now):
-    """``u`` with the learning rate ``lr`` and the flag ``keep_now``."""
+def with_settings(u, lr, first_step):
+    """``u`` with the learning rate ``lr``, for the first step of its call
+    (keep_now and zero_state as ``u`` has them) or a later one (neither)."""
     return Update(u.state1, u.state2, u.kind, u.l2, lr, u.momentum, u.beta1, u.beta2, u.eps,
-                  u.apply, u.keep, u.kept, keep_now)
+                  u.apply, u.keep, u.kept, u.keep_now and first_step,
+                  u.zero_state and first_step)
 
 
 @jit(inline="always")
@@ -307,15 +313,29 @@ def copy_range(dst, src, lo, hi):
 
 
 @jit(inline="always")
+def zero_range(dst, lo, hi):
+    """dst[lo:hi] = 0."""
+    d = dst[lo:hi]
+    zero = dst.dtype.type(0)
+    for i in range(hi - lo):
+        d[i] = zero
+
+
+@jit(inline="always")
 def keep_range(u, params, lo, hi):
     """Copy params[lo:hi] and the optimizer buffers rule ``u.kind`` writes
     (state1 unless plain SGD, state2 for Adam: optim.STATE_BUFFERS_WRITTEN)
-    into the rows of ``u.keep``, before the update overwrites them."""
+    into the rows of ``u.keep``, before the update overwrites them; with
+    ``u.zero_state``, then zero those buffers' range (a reset optimizer)."""
     copy_range(u.keep[0], params, lo, hi)
     if u.kind != SGD:
         copy_range(u.keep[1], u.state1, lo, hi)
+        if u.zero_state:
+            zero_range(u.state1, lo, hi)
     if u.kind == ADAM:
         copy_range(u.keep[2], u.state2, lo, hi)
+        if u.zero_state:
+            zero_range(u.state2, lo, hi)
 
 
 @jit(inline="always")
@@ -711,7 +731,7 @@ def update_for_step(update, step):
     if u.kind == ADAM:
         lr = type(u.lr)(adam_step_size(np.float64(u.lr), np.float64(u.beta1),
                                        np.float64(u.beta2), step))
-    return with_settings(u, lr, u.keep_now)
+    return with_settings(u, lr, True)
 
 
 @jit
@@ -743,7 +763,7 @@ def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
         this_step = update_for_step(update, step + steps + 1)
         l2_loss, _ = step_pass(WEIGHTS, net, batch, work, this_step, threads)
         if update.keep_now:   # every block of this first step kept its entry values
-            update.kept[0] = 1
+            update.kept[0] = 1   # (and zeroed the state, with zero_state)
             update = with_settings(update, update.lr, False)
         steps += 1
         loss_total += batch_loss + l2_loss * weight
