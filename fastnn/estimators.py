@@ -45,7 +45,7 @@ from .epoch_order import InOrder, RunningShuffle, seeded_random_state
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
 from .schedules import Adaptive, Constant, InvScaling, Plateau
-from .trainer import Trainer
+from .trainer import Trainer, _input_error
 
 _SK_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid",
                    "tanh": "tanh", "relu": "relu"}
@@ -202,13 +202,6 @@ def _as_2d_float(X, name, dtype, finite=True):
     if finite and not np.isfinite(out).all():
         raise V.non_finite_error(f"Input {name}", dtype)
     return out
-
-
-def _check_finite(X):
-    """The ValueError _as_2d_float raises for a dense X holding NaN or
-    infinity (sparse X is checked when it is read)."""
-    if not _sparse.is_sparse(X) and not np.isfinite(X).all():
-        raise V.non_finite_error("Input X", X.dtype)
 
 
 def _as_sample_weight(sample_weight, n):
@@ -436,7 +429,7 @@ class _BaseMLP(BaseEstimator):
             return distributed.fit(self, X, y, sample_weight, p, incremental, classes)
         names = _feature_names(X)
         # NaN and inf: found by the training kernels as each row is gathered
-        # (kernels.step.gather_rows; _train names X), not by a pass over X here
+        # (kernels.step.gather_rows; the trainer names X), not by a pass over X here
         X = _as_2d_float(X, "X", p["dtype"], finite=self.solver == "lbfgs")
         reuse = hasattr(self, "_network") and (incremental or bool(self.warm_start))
         if reuse:
@@ -522,7 +515,9 @@ class _BaseMLP(BaseEstimator):
                               shuffle=False)
         val = None
         if early_stopping:   # the split (stratified for single-label classification)
-            _check_finite(X)   # the validation rows are not gathered by a training step
+            bad_input = _input_error(X)   # the validation rows are not gathered by a step
+            if bad_input is not None:
+                raise bad_input
             tr, va = _stratified_split(X.shape[0], target.get("indices"),
                                        self.validation_fraction, rng)
             if len(va) < 2:
@@ -570,9 +565,7 @@ class _BaseMLP(BaseEstimator):
                 else:   # resumed from a checkpoint of a run that had finished
                     trainer.epochs_run, trainer.stop_reason = 0, resumed_reason
                 trainer.epochs_run += done_before
-            except FloatingPointError:
-                if source is None:   # a NaN or inf in X stopped the epoch before its update
-                    _check_finite(X)
+            except FloatingPointError:   # (NaN or inf in X: the trainer's ValueError)
                 raise ValueError("Solver produced non-finite parameter weights. The input "
                                  "data may contain large values and need to be preprocessed "
                                  "(or lower learning_rate_init).") from None

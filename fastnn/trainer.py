@@ -315,6 +315,18 @@ class FullBatchObjective:
         return float(loss), self.work.grad
 
 
+def _input_error(X):
+    """The ValueError for training rows X holding NaN or infinity, or None.
+
+    Training checks X in its step, as each batch is gathered (kernels.step.
+    gather_rows): a batch holding such a row makes the epoch stop before its
+    update, and this names the input (sparse X was checked when read, a
+    cluster's rows on its workers: fastnn.distributed)."""
+    if isinstance(X, np.ndarray) and not np.isfinite(X).all():
+        return V.non_finite_error("Input X", X.dtype)
+    return None
+
+
 def serial_step(network, rows):
     """Whether a step over ``rows`` rows runs on one thread (see SERIAL_STEP_FLOPS)."""
     n_weights = sum(a * b for a, b in zip(network.sizes[:-1], network.sizes[1:]))
@@ -454,11 +466,16 @@ class Trainer:
         return mean_loss, accuracy, bool(finite)
 
     def _keeping_snapshot(self, X):
-        """The transaction's deferred snapshot, if the next compiled call's
-        first step is to keep its arrays (kernels.step.keep_range), else None."""
-        entry = self._entry_snapshot
-        if entry is not None and entry.keeps_now() and not _sparse.is_sparse(X):
-            return entry
+        """The deferred snapshot (the transaction's, or the running epoch's or
+        chunk's rollback point) whose arrays the next compiled call's first
+        step is to keep (kernels.step.keep_range), or None.  Any other
+        snapshot still deferred is copied before that call writes
+        (_cover_snapshots)."""
+        if self._snapshot_buffers is None or _sparse.is_sparse(X):
+            return None
+        for snapshot in self._snapshot_buffers:
+            if snapshot.keeps_now():
+                return snapshot
         return None
 
     def _after_update(self, update):
@@ -509,9 +526,9 @@ class Trainer:
         loss, grad = FullBatchObjective(self.network, X, T, w, self.l2)()
         return loss, grad.copy()
 
-    def _check_data(self, X, y, sample_weight):
+    def _check_data(self, X, y, sample_weight, finite=True):
         net = self.network
-        X = net._check_X(X)
+        X = net._check_X(X, finite=finite)
         T = make_targets(net, y)
         if T.shape[0] != X.shape[0]:
             raise ValueError(f"X and y have different numbers of samples: {X.shape[0]} "
@@ -634,7 +651,9 @@ class Trainer:
         epochs = V.check_positive_int(epochs, "epochs")
         if progress:   # a cold numba cache: say why the first epoch takes seconds
             _compile_notice.enable()
-        X, T, w = self._check_data(X, y, sample_weight)
+        # NaN and inf in X: found by the step as it gathers each row (kernels.step.
+        # gather_rows, _input_error), not by a pass of its own over X here
+        X, T, w = self._check_data(X, y, sample_weight, finite=False)
         val = self._check_validation(validation_data)
         return self._fit_checked(X, T, w, epochs, val, callbacks, progress, checkpoint,
                                  checkpoint_every)
@@ -697,7 +716,7 @@ class Trainer:
                     # are undone with it, which is right: a first epoch that fails
                     # always propagates, and the transaction restores everything.
                     snapshot = entry if (self.epochs_run == 0 and self._entry_snapshot is entry) \
-                        else epoch_snapshot.take()
+                        else epoch_snapshot.take(defer=True)
                     try:
                         logs, improved = self._train_one_epoch(X, T, w, val, snapshot)
                     except KeyboardInterrupt:
@@ -762,7 +781,7 @@ class Trainer:
             with _Interrupts() as interrupts:
                 while self.epochs_run < epochs:
                     snapshot = entry if (self.epochs_run == 0 and self._entry_snapshot is entry) \
-                        else epoch_snapshot.take()
+                        else epoch_snapshot.take(defer=True)
                     # end the chunk at the next epoch a periodic callback is due
                     done_so_far = len(self.history)
                     size = min([chunk, epochs - self.epochs_run,
@@ -779,6 +798,9 @@ class Trainer:
                         break
                     if reason == run_kernels.DIVERGED:
                         snapshot.restore()
+                        bad_input = _input_error(X)
+                        if bad_input is not None:
+                            raise bad_input
                         if snapshot is entry:   # a transaction's first chunk: all of it
                             raise FloatingPointError(   # is undone anyway, no replay
                                 "the training loss became NaN or infinite; the network "
@@ -903,6 +925,10 @@ class Trainer:
         loss, acc, finite = self.run_epoch(X, T, w, self.order.next(X.shape[0]))
         # an update that overflowed makes the loss NaN too (kernels.step.update_rows)
         if not finite or not math.isfinite(loss):
+            bad_input = _input_error(X)
+            if bad_input is not None:   # the epoch stopped at the batch holding it
+                snapshot.restore()
+                raise bad_input
             if not np.isfinite(self.network.params).all():
                 snapshot.restore()  # an update overflowed: back to the epoch's start
             raise FloatingPointError(

@@ -81,6 +81,39 @@ def test_interrupt_inside_an_epoch_rolls_back_to_the_last_completed_one(monkeypa
     assert trainer.network.params.tobytes() == reference.network.params.tobytes()
 
 
+def test_interrupt_after_a_compiled_chunk_rolls_back_to_the_chunk_before(monkeypatch):
+    """The compiled chunks' rollback point is kept by each chunk's first step
+    (a deferred snapshot): Ctrl-C landing after a chunk's compiled call
+    returned undoes that chunk, bit for bit, optimizer state included."""
+    from fastnn.kernels import run as run_kernels
+    X, y = problem(5)
+    monkeypatch.setattr(fastnn.trainer, "CHUNK_ROWS", 500 * 2)   # chunks of 2 epochs
+    reference = fresh_trainer(fastnn.SGD(0.1, 0.9))
+    reference.fit(X, y, epochs=2)
+    trainer = fresh_trainer(fastnn.SGD(0.1, 0.9))
+    real_train_epochs = run_kernels.train_epochs
+    calls = []
+
+    def run_then_interrupt(*args):
+        out = real_train_epochs(*args)    # the compiled chunk finished ...
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt       # ... but Ctrl-C lands before it is recorded
+        return out
+
+    monkeypatch.setattr(run_kernels, "train_epochs", run_then_interrupt)
+    with pytest.warns(UserWarning, match="state after epoch 2"):
+        history = trainer.fit(X, y, epochs=10)
+    assert len(calls) == 2 and len(history) == 2
+    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+    assert trainer.state1.tobytes() == reference.state1.tobytes()
+    assert trainer.steps == reference.steps
+    monkeypatch.setattr(run_kernels, "train_epochs", real_train_epochs)
+    trainer.fit(X, y, epochs=1)           # and it continues exactly like the reference
+    reference.fit(X, y, epochs=1)
+    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+
+
 def test_real_sigint_during_fit_leaves_a_consistent_model():
     X, y = problem(4, n=4000, d=100)
     trainer = fresh_trainer(sizes=(100, 256, 5))

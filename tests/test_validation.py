@@ -1,5 +1,6 @@
-"""Bad input is refused before any work, with a message naming the argument;
-merely inconvenient input is converted; a failed call changes nothing."""
+"""Bad input is refused with a message naming the argument (before any work,
+but for NaN and inf in training rows, which the step finds as it gathers
+them); merely inconvenient input is converted; a failed call changes nothing."""
 import numpy as np
 import pytest
 
@@ -241,3 +242,22 @@ def test_estimator_fit_finds_nan_and_inf_in_any_row_and_changes_nothing(dtype, s
                         else:
                             est.fit(Xb, target)
                     assert _estimator_state(est) == before, (cls.__name__, name, row, bad)
+
+
+@pytest.mark.parametrize("epochs, callbacks", [(1, ()), (5, ()), (5, [lambda logs: False])])
+def test_trainer_fit_finds_nan_in_a_later_batch_and_changes_nothing(epochs, callbacks):
+    """Trainer.fit checks X in its step as each batch is gathered: a NaN or
+    inf in the last batch (after earlier batches updated the parameters)
+    raises with the argument's name and rolls back to the call's start, in
+    one epoch, in compiled chunks of epochs and epoch by epoch."""
+    rng = np.random.default_rng()
+    X = rng.standard_normal((40, 3))
+    y = rng.integers(0, 2, 40)
+    for bad in (np.nan, np.inf):
+        trainer = trained_trainer()
+        before = state_of(trainer)
+        Xb = X.copy()
+        Xb[39, 1] = bad
+        with pytest.raises(ValueError, match="Input X contains NaN or infinity"):
+            trainer.fit(Xb, y, epochs=epochs, callbacks=callbacks)
+        assert state_of(trainer) == before
