@@ -6,8 +6,20 @@ the time per training step of: the NumPy reference step, ``MLPClassifier.fit``
 (many epochs per call: compiled chunks), ``Trainer.fit`` and one
 ``partial_fit`` call of one batch.  Each is timed in turn, in one process, and
 the medians of --rounds rounds are printed with the throughput ratios.
+
+The process runs with every thread pool pinned to --threads (numba's, so the
+estimators' default n_threads follows it, and OpenBLAS's for the NumPy step:
+cases.thread_env), re-executing itself if it was started otherwise: with
+numba.set_num_threads alone the estimators ran on the whole pool and NumPy
+on two BLAS threads while the Trainer ran on one.  After the NumPy step,
+whose BLAS threads spin for a while after their last call, the loop pauses
+before timing fastnn (at 2 threads an estimator fit timed right after it
+measured 878 against 636-706 us a step on mnist shapes).
 """
 import argparse
+import os
+import subprocess
+import sys
 import time
 import warnings
 
@@ -15,6 +27,9 @@ import numpy as np
 
 from . import cases
 from .steps import numpy_step
+
+
+BLAS_SETTLE_S = 0.3   # OpenBLAS's threads spin about 0.1 s after a call before sleeping
 
 
 def _seconds(fn):
@@ -58,17 +73,23 @@ def measure(name, rounds=5):
         for _ in range(rounds):
             for k, run in runs.items():
                 times[k].append(_seconds(run) / per[k])
+                if k == "numpy":
+                    time.sleep(BLAS_SETTLE_S)   # its BLAS threads stop spinning
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv=None):
     """Print the table."""
     parser = argparse.ArgumentParser(prog="python -m fastnn.bench.loop", description=__doc__)
-    parser.add_argument("--threads", type=int, default=1, help="numba threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every pool: numba's and NumPy's BLAS")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    import numba
-    numba.set_num_threads(args.threads)
+    if os.environ.get("NUMBA_NUM_THREADS") != str(args.threads):
+        # thread pools are sized when the libraries load: pin them in a child
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.call([sys.executable, "-m", "fastnn.bench.loop", *argv],
+                               env=cases.thread_env(args.threads))
     for name in ("spiral", "mnist"):
         m = measure(name, args.rounds)
         print(f"{name} ({cases.CASES[name].batch}-row step, us): "
@@ -79,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
