@@ -12,12 +12,28 @@ compiled step gathers the batches in that order, so no data is copied.
   estimators use it so that a given ``random_state`` visits the rows in the
   same order as scikit-learn's MLP.
 
-``get_state`` / ``set_state`` capture everything that decides later orders,
-cheaply, for rolling back an epoch; ``json_state`` is the same for checkpoints.
+``next_many`` draws the orders of several epochs at once (a compiled chunk
+of epochs); ``get_state`` / ``set_state`` capture everything that decides
+later orders, cheaply, for rolling back an epoch; ``json_state`` is the same
+for checkpoints.
 """
 import ctypes
 
 import numpy as np
+
+from .kernels.shuffle import MT_WORDS, running_shuffles
+
+
+def next_orders(order, n, orders):
+    """orders[e] = the next len(orders) epochs' orders from ``order`` (its
+    ``next_many``, or ``next`` once per epoch for an order object of the
+    caller's own that has only that)."""
+    many = getattr(order, "next_many", None)
+    if many is not None:
+        many(n, orders)
+        return
+    for e in range(orders.shape[0]):
+        orders[e] = order.next(n)
 
 
 class Shuffled:
@@ -32,6 +48,11 @@ class Shuffled:
     def next(self, n):
         """The row order of the next epoch (int64)."""
         return self.rng.permutation(n).astype(np.int64, copy=False)
+
+    def next_many(self, n, orders):
+        """orders[e] = the order of each of the next len(orders) epochs."""
+        for e in range(orders.shape[0]):
+            orders[e] = self.next(n)
 
     def get_state(self):
         """The generator's exact state."""
@@ -57,6 +78,10 @@ class InOrder:
             self.start(n)
         return self._order
 
+    def next_many(self, n, orders):
+        """orders[e] = the order of each of the next len(orders) epochs."""
+        orders[:] = self.next(n)
+
     def get_state(self):
         """No state."""
         return None
@@ -80,10 +105,30 @@ class RunningShuffle:
 
     def next(self, n):
         """Shuffle the running order once more, as scikit-learn does each epoch."""
-        perm = np.arange(n)
-        self.rng.shuffle(perm)
-        self.order = self.order[perm]
+        orders = np.empty((1, n), dtype=np.int64)
+        self.next_many(n, orders)
         return self.order
+
+    def next_many(self, n, orders):
+        """orders[e] = the running order after e + 1 more epochs, as len(orders)
+        calls of :meth:`next` give it: drawn in compiled code on a copy of the
+        generator's raw state, which is then written back
+        (kernels.shuffle.running_shuffles, NumPy's shuffle bit for bit: 2.3 us
+        an epoch of 300 rows, where the Python loop and its snapshots cost
+        about 10 us of a 55 us spiral epoch)."""
+        if orders.shape[0] == 0:
+            return
+        if not _raw_mt_state_works():
+            for e in range(orders.shape[0]):
+                perm = np.arange(n)
+                self.rng.shuffle(perm)
+                self.order = self.order[perm]
+                orders[e] = self.order
+            return
+        state = np.frombuffer(_raw_mt_state(self.rng), dtype=np.uint32).copy()
+        running_shuffles(state, self.order, orders, np.empty(n, dtype=np.int64))
+        _set_raw_mt_state(self.rng, state.tobytes())
+        self.order = orders[-1].copy()   # a new array: snapshots hold the old one
 
     def get_state(self):
         """The generator's state and the running order (the order array is
@@ -118,7 +163,7 @@ class RunningShuffle:
 # NumPy's mt19937_state: uint32 key[624], then int pos.  Only shuffle() runs
 # between a snapshot and its restore, so the Gaussian cache (kept outside this
 # struct) never needs restoring.
-_MT_STATE_BYTES = 624 * 4 + 4
+_MT_STATE_BYTES = MT_WORDS * 4 + 4
 _RAW_OK = []
 
 

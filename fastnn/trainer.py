@@ -26,7 +26,7 @@ from . import sparse as _sparse
 from ._metrics import r2_score
 from ._parallel import parallel_region
 from .checkpoint import read_checkpoint, save_checkpoint
-from .epoch_order import InOrder, Shuffled
+from .epoch_order import InOrder, Shuffled, next_orders
 from .io import ModelFileError
 from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Update, Work,
                            delta_pack_layout, loss_gradient, no_keep, pack_workspace_elements,
@@ -847,10 +847,8 @@ class Trainer:
         """One compiled call of up to len(orders) epochs; records the
         completed ones and returns (epochs completed, reason)."""
         n = X.shape[0]
-        states = []
-        for e in range(orders.shape[0]):   # drawn as the epoch path draws them
-            states.append(self.order.get_state())
-            orders[e] = self.order.next(n)
+        start = self.order.get_state()
+        next_orders(self.order, n, orders)   # the orders the epoch path would draw
         net = self.network
         batch, ws, update, serial = self._epoch_args(X, T, self._keeping_snapshot(X))
         schedule, stopping = self.schedule, self.stopping
@@ -872,8 +870,9 @@ class Trainer:
         losses, accuracies = results[0], results[1]
         if reason == run_kernels.DIVERGED:
             return done, reason   # replayed by the caller from the chunk's start
-        if done < orders.shape[0]:
-            self.order.set_state(states[done])   # orders drawn but not trained: undrawn
+        if done < orders.shape[0]:   # orders drawn but not trained: undrawn
+            self.order.set_state(start)
+            next_orders(self.order, n, orders[:done])
         self.optimizer.lr = float(state.lr)
         self.samples_seen = int(state.samples_seen)
         self.steps = int(state.steps)

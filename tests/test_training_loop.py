@@ -177,6 +177,62 @@ def test_running_shuffle_state_round_trips_like_scikit_learns(rng):
         assert np.array_equal(mine.next(33), sk)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 33, 64, 65, 300, 1025, 4096])
+def test_compiled_epoch_orders_are_numpys_shuffles_bit_for_bit(rng, n, monkeypatch):
+    """RunningShuffle.next_many draws a chunk's orders in compiled code
+    (kernels.shuffle: MT19937 and random_interval): the orders and the
+    generator's state afterwards are those of RandomState.shuffle epoch by
+    epoch, across the generator's block regenerations (624 words), for sizes
+    at the edges of the rejection masks; and so is the Python fallback."""
+    from fastnn import epoch_order
+    from fastnn.epoch_order import RunningShuffle
+    seed, prefix = int(rng.integers(2**31)), int(rng.integers(0, 700))
+    epochs = 3 + 2000 // n
+
+    def generator():   # the same generator, at any position in its block
+        g = np.random.RandomState(seed)
+        g.shuffle(np.arange(prefix))
+        return g
+
+    reference = generator()
+    expected, running = [], np.arange(n)
+    for _ in range(epochs):
+        perm = np.arange(n)
+        reference.shuffle(perm)
+        running = running[perm]
+        expected.append(running)
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(epoch_order, "_RAW_OK", [False])
+        mine = RunningShuffle(generator())
+        mine.start(n)
+        orders = np.empty((epochs, n), dtype=np.int64)
+        mine.next_many(n, orders)
+        assert all(np.array_equal(orders[e], expected[e]) for e in range(epochs)), compiled
+        assert np.array_equal(mine.order, expected[-1])
+        _, key, pos, _, _ = mine.rng.get_state()
+        _, ref_key, ref_pos, _, _ = reference.get_state()
+        assert np.array_equal(key, ref_key) and pos == ref_pos, compiled
+
+
+def test_an_estimator_stopping_mid_chunk_draws_the_orders_of_the_epoch_path(rng, monkeypatch):
+    """A compiled chunk draws all its epochs' orders up front; when the
+    stopping rule ends it early the generator is rewound to the epochs
+    trained, so a later partial_fit shuffles as after an epoch-by-epoch fit."""
+    from fastnn import MLPClassifier
+    monkeypatch.setattr(fastnn.trainer, "CHUNK_ROWS", 129 * 7)   # chunks of 7 epochs
+    X, y = problem(rng, n=129)
+    runs = []
+    for callbacks in (None, [lambda logs: False]):
+        clf = MLPClassifier(hidden_layer_sizes=(9,), batch_size=32, max_iter=50, tol=1e9,
+                            n_iter_no_change=4, random_state=3, callbacks=callbacks)
+        clf.fit(X, y)   # stops inside the first chunk
+        stopped_at = clf.n_iter_
+        clf.partial_fit(X, y)
+        runs.append((stopped_at, clf._network.params.tobytes(), str(clf._rng.get_state())))
+    assert runs[0] == runs[1] and 1 < runs[0][0] < 7
+
+
 def _fit_twice(make, X, y, epochs):
     """The same run through the compiled chunks (no callback) and epoch by
     epoch (a callback that never stops forces Python after every epoch)."""
