@@ -54,31 +54,43 @@ def test_a_checkpoint_is_not_a_model_and_vice_versa(tmp_path):
         fastnn.Trainer.resume(tmp_path / "m.npz")
 
 
+def _interrupted_on_call(real, n):
+    """``real`` wrapped to raise KeyboardInterrupt when its n-th call has
+    returned (the compiled work finished, but Ctrl-C lands before Python
+    records it); the wrapper's ``calls`` counts them."""
+    def run_then_interrupt(*args):
+        out = real(*args)
+        run_then_interrupt.calls += 1
+        if run_then_interrupt.calls == n:
+            raise KeyboardInterrupt
+        return out
+    run_then_interrupt.calls = 0
+    return run_then_interrupt
+
+
+def _rolled_back_like_two_epochs(trainer, reference, history, X, y):
+    """The interrupted trainer holds the reference's two epochs, bit for bit,
+    and continues exactly like it."""
+    assert trainer.interrupted and len(history) == 2
+    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+    assert trainer.state1.tobytes() == reference.state1.tobytes()
+    assert trainer.steps == reference.steps
+    trainer.fit(X, y, epochs=1)
+    reference.fit(X, y, epochs=1)
+    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+
+
 def test_interrupt_inside_an_epoch_rolls_back_to_the_last_completed_one(monkeypatch):
     X, y = problem(3)
     reference = fresh_trainer()
     reference.fit(X, y, epochs=2)
     trainer = fresh_trainer()
-    real_run_epoch = trainer.run_epoch
-    calls = []
-
-    def run_then_interrupt(*args):
-        out = real_run_epoch(*args)       # the compiled epoch finished ...
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt       # ... but Ctrl-C lands before it is recorded
-        return out
-
-    monkeypatch.setattr(trainer, "run_epoch", run_then_interrupt)
+    run_epoch = _interrupted_on_call(trainer.run_epoch, 3)
+    monkeypatch.setattr(trainer, "run_epoch", run_epoch)
     with pytest.warns(UserWarning, match="state after epoch 2"):
         history = trainer.fit(X, y, epochs=10)
-    assert trainer.interrupted and len(history) == 2
-    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
-    assert trainer.state1.tobytes() == reference.state1.tobytes()
-    assert trainer.steps == reference.steps
-    trainer.fit(X, y, epochs=1)           # and it continues exactly like the reference
-    reference.fit(X, y, epochs=1)
-    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+    monkeypatch.undo()
+    _rolled_back_like_two_epochs(trainer, reference, history, X, y)
 
 
 def test_interrupt_after_a_compiled_chunk_rolls_back_to_the_chunk_before(monkeypatch):
@@ -91,27 +103,13 @@ def test_interrupt_after_a_compiled_chunk_rolls_back_to_the_chunk_before(monkeyp
     reference = fresh_trainer(fastnn.SGD(0.1, 0.9))
     reference.fit(X, y, epochs=2)
     trainer = fresh_trainer(fastnn.SGD(0.1, 0.9))
-    real_train_epochs = run_kernels.train_epochs
-    calls = []
-
-    def run_then_interrupt(*args):
-        out = real_train_epochs(*args)    # the compiled chunk finished ...
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt       # ... but Ctrl-C lands before it is recorded
-        return out
-
-    monkeypatch.setattr(run_kernels, "train_epochs", run_then_interrupt)
+    train_epochs = _interrupted_on_call(run_kernels.train_epochs, 2)
+    monkeypatch.setattr(run_kernels, "train_epochs", train_epochs)
     with pytest.warns(UserWarning, match="state after epoch 2"):
         history = trainer.fit(X, y, epochs=10)
-    assert len(calls) == 2 and len(history) == 2
-    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
-    assert trainer.state1.tobytes() == reference.state1.tobytes()
-    assert trainer.steps == reference.steps
-    monkeypatch.setattr(run_kernels, "train_epochs", real_train_epochs)
-    trainer.fit(X, y, epochs=1)           # and it continues exactly like the reference
-    reference.fit(X, y, epochs=1)
-    assert trainer.network.params.tobytes() == reference.network.params.tobytes()
+    assert train_epochs.calls == 2
+    monkeypatch.undo()
+    _rolled_back_like_two_epochs(trainer, reference, history, X, y)
 
 
 def test_real_sigint_during_fit_leaves_a_consistent_model():
