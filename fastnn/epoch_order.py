@@ -118,6 +118,8 @@ class RunningShuffle:
         about 10 us of a 55 us spiral epoch)."""
         if orders.shape[0] == 0:
             return
+        if self.order.shape[0] != n or orders.shape[1] != n:   # start(n) comes first
+            raise ValueError(f"the running order holds {self.order.shape[0]} rows, not {n}")
         if not _raw_mt_state_works():
             for e in range(orders.shape[0]):
                 perm = np.arange(n)

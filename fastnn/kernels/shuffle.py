@@ -3,9 +3,9 @@
 
 The estimators visit the rows in scikit-learn's order: each epoch the
 running order is shuffled again with the fit's ``RandomState``
-(epoch_order.RunningShuffle).  Drawn in Python, that cost about 12 us an
+(epoch_order.RunningShuffle).  Drawn in Python, that cost about 10 us an
 epoch (an ``arange``, ``RandomState.shuffle``, a fancy index and a snapshot
-of the generator), a fifth of a 2-100-3 spiral epoch.  Here a compiled chunk's
+of the generator), a sixth of a 2-100-3 spiral epoch.  Here a compiled chunk's
 orders are drawn in one call on a copy of the generator's raw state (the
 MT19937 key and position, epoch_order._raw_mt_state), which is then written
 back: the same orders and the same final state as the Python loop.
@@ -88,7 +88,8 @@ def running_shuffles(state, order, orders, perm):
     ``perm = arange(n)``, ``RandomState.shuffle(perm)``, ``order =
     order[perm]``, starting from ``order``; ``state`` (MT_WORDS + 1 uint32:
     the key, then the position) advances as the generator's would.  ``perm``
-    is a scratch of n int64."""
+    is a scratch of n int64; ``orders`` has n columns (the caller checks:
+    nothing here is bounds-checked)."""
     n = order.shape[0]
     for e in range(orders.shape[0]):
         for i in range(n):
