@@ -21,7 +21,25 @@ import ctypes
 
 import numpy as np
 
-from .kernels.shuffle import MT_WORDS, running_shuffles
+from .kernels.shuffle import MT_WORDS, pcg64_permutations, running_shuffles
+
+_WORD = 1 << 64
+
+
+def _pcg64_words(state):
+    """PCG64's ``bit_generator.state`` as the 6 uint64 of
+    kernels.shuffle.pcg64_permutations."""
+    s, inc = state["state"]["state"], state["state"]["inc"]
+    return np.array([s >> 64, s % _WORD, inc >> 64, inc % _WORD, state["has_uint32"],
+                     state["uinteger"]], dtype=np.uint64)
+
+
+def _pcg64_state(words):
+    """The ``bit_generator.state`` dict of :func:`_pcg64_words`'s array."""
+    w = [int(v) for v in words]
+    return {"bit_generator": "PCG64",
+            "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+            "has_uint32": w[4], "uinteger": w[5]}
 
 
 def next_orders(order, n, orders):
@@ -47,12 +65,28 @@ class Shuffled:
 
     def next(self, n):
         """The row order of the next epoch (int64)."""
-        return self.rng.permutation(n).astype(np.int64, copy=False)
+        orders = np.empty((1, n), dtype=np.int64)
+        self.next_many(n, orders)
+        return orders[0]
 
     def next_many(self, n, orders):
-        """orders[e] = the order of each of the next len(orders) epochs."""
-        for e in range(orders.shape[0]):
-            orders[e] = self.next(n)
+        """orders[e] = the order of each of the next len(orders) epochs, as
+        ``rng.permutation(n)`` gives them: drawn in compiled code for NumPy's
+        PCG64 (kernels.shuffle.pcg64_permutations, bit for bit, its state
+        read and written through ``bit_generator.state``): 2.3 us an epoch of
+        300 rows, where ``permutation`` from Python cost about 8 us of a 51
+        us spiral epoch; other generators draw in Python."""
+        if orders.shape[0] == 0:
+            return
+        bit_generator = self.rng.bit_generator
+        state = bit_generator.state
+        if state.get("bit_generator") != "PCG64" or orders.shape[1] != n:
+            for e in range(orders.shape[0]):
+                orders[e] = self.rng.permutation(n)
+            return
+        pcg = _pcg64_words(state)
+        pcg64_permutations(pcg, orders)
+        bit_generator.state = _pcg64_state(pcg)
 
     def get_state(self):
         """The generator's exact state."""

@@ -215,6 +215,39 @@ def test_compiled_epoch_orders_are_numpys_shuffles_bit_for_bit(rng, n, monkeypat
         assert np.array_equal(key, ref_key) and pos == ref_pos, compiled
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 33, 64, 65, 300, 1025, 4096])
+def test_compiled_trainer_orders_are_numpys_permutations_bit_for_bit(rng, n):
+    """Shuffled.next_many (the Trainer's default order) draws in compiled
+    code for PCG64 (kernels.shuffle.pcg64_permutations): the orders and the
+    generator's state after them are Generator.permutation's, from states
+    with and without a buffered 32-bit half; other bit generators draw in
+    Python, the same way."""
+    from fastnn.epoch_order import Shuffled
+    seed, skip = int(rng.integers(2**31)), int(rng.integers(0, 3))
+    epochs = 3 + 500 // n
+    for bit_generator in (np.random.PCG64, np.random.MT19937):
+        def generator():
+            g = np.random.Generator(bit_generator(seed))
+            g.integers(0, 2**31, size=skip, dtype=np.uint32)   # odd: a buffered half
+            return g
+        reference = generator()
+        expected = [reference.permutation(n) for _ in range(epochs)]
+        order = Shuffled(0)
+        order.rng = generator()
+        orders = np.empty((epochs, n), dtype=np.int64)
+        order.next_many(n, orders)
+        assert all(np.array_equal(orders[e], expected[e]) for e in range(epochs))
+        assert _same_state(order.rng.bit_generator.state, reference.bit_generator.state)
+        assert np.array_equal(order.next(n), reference.permutation(n))
+
+
+def _same_state(a, b):
+    """Equal bit-generator states (nested dicts of ints and arrays)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
 def test_an_estimator_stopping_mid_chunk_draws_the_orders_of_the_epoch_path(rng, monkeypatch):
     """A compiled chunk draws all its epochs' orders up front; when the
     stopping rule ends it early the generator is rewound to the epochs

@@ -99,3 +99,77 @@ def running_shuffles(state, order, orders, perm):
             perm[i], perm[j] = perm[j], perm[i]
         for i in range(n):
             orders[e, i] = order[perm[i]] if e == 0 else orders[e - 1, perm[i]]
+
+
+# ---- PCG64 (the Trainer's default order: Generator.permutation) ----------
+# NumPy's PCG64 (O'Neill's PCG XSL RR 128/64): a 128-bit LCG stepped before
+# each 64-bit output; 32-bit draws use each 64-bit output twice, low half
+# first (has_uint32 / uinteger hold the high half).  128-bit numbers travel
+# as (high, low) uint64 pairs: a state array of 6 uint64 holds the state,
+# the increment, has_uint32 and uinteger.
+_PCG_MULT_HIGH = np.uint64(0x2360ED051FC65DA4)
+_PCG_MULT_LOW = np.uint64(0x4385DF649FCCF645)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@jit(inline="always")
+def _mul_64x64(a, b):
+    """The 128-bit product of two uint64 as (high, low)."""
+    a_lo, a_hi = a & _LOW32, a >> np.uint64(32)
+    b_lo, b_hi = b & _LOW32, b >> np.uint64(32)
+    p0, p1, p2, p3 = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+    mid = (p0 >> np.uint64(32)) + (p1 & _LOW32) + (p2 & _LOW32)
+    high = p3 + (p1 >> np.uint64(32)) + (p2 >> np.uint64(32)) + (mid >> np.uint64(32))
+    return high, (mid << np.uint64(32)) | (p0 & _LOW32)
+
+
+@jit(inline="always")
+def _pcg64_next64(pcg):
+    """Step the LCG (state = state * MULT + inc, mod 2**128), then the
+    XSL-RR output of the new state."""
+    s_hi, s_lo = pcg[0], pcg[1]
+    high, low = _mul_64x64(s_lo, _PCG_MULT_LOW)
+    high += s_hi * _PCG_MULT_LOW + s_lo * _PCG_MULT_HIGH
+    new_lo = low + pcg[3]
+    high += pcg[2] + (np.uint64(1) if new_lo < low else np.uint64(0))
+    pcg[0], pcg[1] = high, new_lo
+    x = high ^ new_lo
+    rot = high >> np.uint64(58)
+    return (x >> rot) | (x << ((np.uint64(64) - rot) & np.uint64(63)))
+
+
+@jit(inline="always")
+def _pcg64_next32(pcg):
+    """NumPy's pcg64_next32: the buffered high half, else a new 64-bit draw."""
+    if pcg[4] != 0:
+        pcg[4] = 0
+        return np.uint32(pcg[5])
+    draw = _pcg64_next64(pcg)
+    pcg[4] = 1
+    pcg[5] = draw >> np.uint64(32)
+    return np.uint32(draw & _LOW32)
+
+
+@jit
+def pcg64_permutations(pcg, orders):
+    """orders[e] = Generator.permutation(n) for each of len(orders) epochs
+    (arange(n) shuffled: i = n-1 down to 1 swapped with random_interval(i)
+    on 32-bit draws), ``pcg`` (6 uint64: state high and low, inc high and
+    low, has_uint32, uinteger) advanced as the generator's would be."""
+    n = orders.shape[1]
+    for e in range(orders.shape[0]):
+        perm = orders[e]
+        for i in range(n):
+            perm[i] = i
+        for i in range(n - 1, 0, -1):
+            mask = np.uint32(i)
+            mask |= mask >> np.uint32(1)
+            mask |= mask >> np.uint32(2)
+            mask |= mask >> np.uint32(4)
+            mask |= mask >> np.uint32(8)
+            mask |= mask >> np.uint32(16)
+            value = _pcg64_next32(pcg) & mask
+            while value > np.uint32(i):
+                value = _pcg64_next32(pcg) & mask
+            j = np.int64(value)
+            perm[i], perm[j] = perm[j], perm[i]
