@@ -132,6 +132,8 @@ class RunningShuffle:
     def __init__(self, random_state):
         self.rng = random_state
         self.order = np.arange(0, dtype=np.int64)
+        self._scratch = np.empty(0, dtype=np.int64)
+        self._state_view = self._state_of = None   # _raw_state
 
     def start(self, n):
         """A fit (or partial_fit) call over ``n`` rows begins from the identity."""
@@ -140,31 +142,50 @@ class RunningShuffle:
     def next(self, n):
         """Shuffle the running order once more, as scikit-learn does each epoch."""
         orders = np.empty((1, n), dtype=np.int64)
-        self.next_many(n, orders)
+        self._draw(n, orders)
+        self.order = orders[0]   # a new array: snapshots hold the old one
         return self.order
 
     def next_many(self, n, orders):
         """orders[e] = the running order after e + 1 more epochs, as len(orders)
-        calls of :meth:`next` give it: drawn in compiled code on a copy of the
-        generator's raw state, which is then written back
-        (kernels.shuffle.running_shuffles, NumPy's shuffle bit for bit: 2.3 us
-        an epoch of 300 rows, where the Python loop and its snapshots cost
-        about 10 us of a 55 us spiral epoch)."""
+        calls of :meth:`next` give it: drawn in compiled code on the
+        generator's raw state (kernels.shuffle.running_shuffles, NumPy's
+        shuffle bit for bit: 2.3 us an epoch of 300 rows, where the Python
+        loop and its snapshots cost about 10 us of a 55 us spiral epoch)."""
         if orders.shape[0] == 0:
             return
+        self._draw(n, orders)
+        self.order = orders[-1].copy()   # a new array: snapshots hold the old one
+
+    def _draw(self, n, orders):
+        """orders[e] = the running order after e + 1 more epochs (self.order
+        itself unchanged)."""
         if self.order.shape[0] != n or orders.shape[1] != n:   # start(n) comes first
             raise ValueError(f"the running order holds {self.order.shape[0]} rows, not {n}")
-        if not _raw_mt_state_works():
+        state = self._raw_state()
+        if state is None:
+            order = self.order
             for e in range(orders.shape[0]):
                 perm = np.arange(n)
                 self.rng.shuffle(perm)
-                self.order = self.order[perm]
-                orders[e] = self.order
+                order = order[perm]
+                orders[e] = order
             return
-        state = np.frombuffer(_raw_mt_state(self.rng), dtype=np.uint32).copy()
-        running_shuffles(state, self.order, orders, np.empty(n, dtype=np.int64))
-        _set_raw_mt_state(self.rng, state.tobytes())
-        self.order = orders[-1].copy()   # a new array: snapshots hold the old one
+        if self._scratch.shape[0] != n:
+            self._scratch = np.empty(n, dtype=np.int64)
+        running_shuffles(state, self.order, orders, self._scratch)
+
+    def _raw_state(self):
+        """The generator's raw Mersenne-Twister state as a live uint32 array
+        (the key, then the position), or None where that is not known to
+        work (epoch_order._raw_mt_state_works).  Made once per generator:
+        reading the state through ``rng._bit_generator.ctypes`` builds ctypes
+        objects each time, and copying it in and out cost about 8 us of a
+        14 us spiral partial_fit epoch's order (with the snapshot's copy)."""
+        if self._state_of is not self.rng:
+            self._state_view = _live_mt_state(self.rng) if _raw_mt_state_works() else None
+            self._state_of = self.rng
+        return self._state_view
 
     def get_state(self):
         """The generator's state and the running order (the order array is
@@ -172,12 +193,25 @@ class RunningShuffle:
 
         RandomState.get_state() costs 50-250 us (it builds Python objects
         from the 2.5 kB Mersenne-Twister state), more than a whole spiral
-        epoch, and the loop takes a snapshot every epoch: the raw state bytes
-        are copied instead where that is known to round-trip (checked once).
+        epoch, and the loop takes a snapshot every epoch: the raw state is
+        copied instead where that is known to round-trip (checked once).
         """
-        if _raw_mt_state_works():
-            return {"raw": _raw_mt_state(self.rng), "order": self.order}
+        state = self._raw_state()
+        if state is not None:
+            return {"raw": state.copy(), "order": self.order}
         return {"rng": self.rng.get_state(), "order": self.order}
+
+    def __getstate__(self):
+        # the live view points into this process's generator: rebuilt on use
+        state = dict(self.__dict__)
+        state["_state_view"] = state["_state_of"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_scratch" not in state:   # pickled by a version without these
+            self._scratch = np.empty(0, dtype=np.int64)
+            self._state_view = self._state_of = None
 
     def json_state(self):
         """The state as JSON-able values (checkpoints)."""
@@ -188,7 +222,8 @@ class RunningShuffle:
     def set_state(self, state):
         """Restore what :meth:`get_state` or :meth:`json_state` returned."""
         if "raw" in state:
-            _set_raw_mt_state(self.rng, state["raw"])
+            live = self._raw_state()
+            live[:] = np.frombuffer(state["raw"], dtype=np.uint32)
         else:
             kind, key, pos, has_gauss, gauss = state["rng"]
             self.rng.set_state((kind, np.asarray(key, dtype=np.uint32), int(pos),
@@ -205,6 +240,13 @@ _RAW_OK = []
 
 def _raw_mt_state(rng):
     return ctypes.string_at(rng._bit_generator.ctypes.state_address, _MT_STATE_BYTES)
+
+
+def _live_mt_state(rng):
+    """The raw state of ``rng`` as a uint32 array over the generator's own
+    memory (valid while ``rng`` lives: its holder keeps a reference)."""
+    words = ctypes.c_uint32 * (_MT_STATE_BYTES // 4)
+    return np.ctypeslib.as_array(words.from_address(rng._bit_generator.ctypes.state_address))
 
 
 def _set_raw_mt_state(rng, raw):

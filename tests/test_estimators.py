@@ -364,6 +364,25 @@ def test_pickle_and_joblib_round_trip(tmp_path, rng):
     assert len(again.loss_curve_) == len(clf.loss_curve_) + 1
 
 
+@pytest.mark.parametrize("copy_model", ["pickle", "deepcopy"])
+def test_a_copied_model_continues_partial_fit_with_the_same_bits(rng, copy_model):
+    # the epoch order draws on its generator's own memory (epoch_order.
+    # RunningShuffle._raw_state): a copy must draw on the copy's generator
+    import copy
+    X, y = _blobs(rng, n=130)
+    clf = MLPClassifier(hidden_layer_sizes=(9,), batch_size=20, random_state=3)
+    clf.partial_fit(X, y, classes=np.unique(y))
+    clf.partial_fit(X, y)
+    back = pickle.loads(pickle.dumps(clf)) if copy_model == "pickle" else copy.deepcopy(clf)
+    for _ in range(3):
+        clf.partial_fit(X, y)
+        back.partial_fit(X, y)
+    assert clf._network.params.tobytes() == back._network.params.tobytes()
+    for a, b in zip(clf._trainer.order.rng.get_state(), back._trainer.order.rng.get_state()):
+        assert np.array_equal(a, b)
+    assert back._trainer.order.rng is not clf._trainer.order.rng
+
+
 # ------------------------------------------------------- failure atomicity
 def _state(est):
     out = {}

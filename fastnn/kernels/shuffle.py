@@ -6,9 +6,10 @@ running order is shuffled again with the fit's ``RandomState``
 (epoch_order.RunningShuffle).  Drawn in Python, that cost about 10 us an
 epoch (an ``arange``, ``RandomState.shuffle``, a fancy index and a snapshot
 of the generator), a sixth of a 2-100-3 spiral epoch.  Here a compiled chunk's
-orders are drawn in one call on a copy of the generator's raw state (the
-MT19937 key and position, epoch_order._raw_mt_state), which is then written
-back: the same orders and the same final state as the Python loop.
+orders are drawn in one call on the generator's raw state (the MT19937 key
+and position, seen as an array over the generator's own memory:
+epoch_order._live_mt_state): the same orders and the same final state as
+the Python loop.
 
 The arithmetic is NumPy's (numpy/random/src/mt19937, distributions.c):
 
