@@ -28,6 +28,7 @@ import json
 import os
 import math
 import numbers
+import operator
 import warnings
 import weakref
 
@@ -45,7 +46,7 @@ from .epoch_order import InOrder, RunningShuffle, seeded_random_state
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
 from .schedules import Adaptive, Constant, InvScaling, Plateau
-from .trainer import Trainer, _input_error
+from .trainer import Trainer, _input_error, serial_step
 
 _SK_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid",
                    "tanh": "tanh", "relu": "relu"}
@@ -67,14 +68,24 @@ def _follow(published, record):
 
 def _one_hot(idx, kind, n_classes, dtype):
     """(indices, T, n_outputs, label dtype) for labels at positions ``idx`` of
-    classes_: one 0/1 column for a binary problem, one per class otherwise."""
-    if kind == "binary":
-        T = (idx == 1).astype(dtype).reshape(-1, 1)
-    else:
-        T = np.zeros((idx.shape[0], n_classes), dtype=dtype)
-        # flat positions: a third cheaper than T[arange(n), idx] on 300 rows
-        T.reshape(-1)[np.arange(0, T.size, n_classes) + idx] = 1
-    return idx, T, 1, np.dtype(np.int64)
+    classes_: one 0/1 column for a binary problem, one per class otherwise.
+    T is rows of a small cached table picked in one call (``take``; a
+    zero-filled T set by flat positions took five NumPy calls); an index past
+    the last class raises IndexError."""
+    key = (kind == "binary", n_classes, np.dtype(dtype).str)
+    rows = _CODE_ROWS.get(key)
+    if rows is None:
+        rows = np.eye(n_classes, dtype=dtype)
+        if kind == "binary":
+            rows = np.ascontiguousarray(rows[:, 1:])   # the column of the second class
+        if len(_CODE_ROWS) >= 64:
+            _CODE_ROWS.clear()
+        _CODE_ROWS[key] = rows
+    return idx, rows.take(idx, axis=0), 1, np.dtype(np.int64)
+
+
+# (binary?, classes, dtype) -> the rows of T for each class (_one_hot)
+_CODE_ROWS = {}
 
 
 def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):
@@ -90,12 +101,12 @@ def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):
 # kept beside the estimator rather than in it: its attributes change only
 # when a call succeeds
 _OWN_RNGS = weakref.WeakKeyDictionary()
-# estimator -> (its hyperparameters as last checked, the checked dict): a
+# estimator -> its hyperparameters as last checked (_CheckedParams): a
 # partial_fit loop checks them once, not per call (75-85 us of a 2-100-3
 # spiral call of 520-550 us under cProfile); kept beside the estimator as
 # _OWN_RNGS is
 _CHECKED_PARAMS = weakref.WeakKeyDictionary()
-_INIT_PARAMS = {}   # estimator class -> the names of its __init__ parameters
+_PARAM_READERS = {}   # estimator class -> attrgetter of its __init__ parameters
 
 
 _SCALAR_TYPES = frozenset((int, float, bool, str, type(None)))
@@ -120,6 +131,34 @@ def _frozen(value):
     return (type(value), value)
 
 
+class _CheckedParams:
+    """Hyperparameter values as last checked, and the checked dict."""
+
+    def __init__(self, values, checked):
+        self.values = values
+        self.checked = checked
+        # values that may change without being set again (a list changed in
+        # place), compared by their _frozen key; the others by identity
+        self.mutable = [(i, _frozen(v)) for i, v in enumerate(values)
+                        if not _immutable(v)]
+
+
+def _immutable(value):
+    """True for a scalar, or a tuple of such (hidden_layer_sizes)."""
+    if type(value) is tuple:
+        return all(type(v) in _SCALAR_TYPES for v in value)
+    return type(value) in _SCALAR_TYPES
+
+
+def _same_params(values, cached):
+    """Whether hyperparameter ``values`` are those of ``cached`` (a
+    _CheckedParams): the same objects (compared in C: a partial_fit loop
+    checks 30 of them per call), and the same contents for the mutable ones."""
+    if not all(map(operator.is_, values, cached.values)):
+        return False
+    return all(_frozen(values[i]) == key for i, key in cached.mutable)
+
+
 def _check_random_state(seed, build=True):
     """A RandomState from None (numpy's global one), an int or a RandomState;
     with build=False only the check (seeding a RandomState costs ~100 us,
@@ -139,9 +178,12 @@ def _check_random_state(seed, build=True):
 
 def _is_dask(*objs):
     """True if any of ``objs`` is a Dask collection (checked by module name:
-    dask is never imported for this)."""
-    return any(o is not None and type(o).__module__.partition(".")[0] in ("dask", "dask_expr")
-               for o in objs)
+    dask is never imported for this; NumPy arrays and None at once)."""
+    for o in objs:
+        if (o is not None and type(o) is not np.ndarray
+                and type(o).__module__.partition(".")[0] in ("dask", "dask_expr")):
+            return True
+    return False
 
 
 def _dask_predict(est, X, method):
@@ -290,15 +332,15 @@ class _BaseMLP(BaseEstimator):
         """Every hyperparameter checked (nothing is changed); returns a dict.
         Checked again only when one of them changed since the last call."""
         cls = type(self)
-        names = _INIT_PARAMS.get(cls)
-        if names is None:
-            names = _INIT_PARAMS.setdefault(cls, tuple(cls._get_param_names()))
-        key = tuple([_frozen(getattr(self, name)) for name in names])
+        read = _PARAM_READERS.get(cls)
+        if read is None:
+            read = _PARAM_READERS.setdefault(cls, operator.attrgetter(*cls._get_param_names()))
+        values = read(self)
         cached = _CHECKED_PARAMS.get(self)
-        if cached is None or cached[0] != key:
-            cached = (key, self._check_params_now())
+        if cached is None or not _same_params(values, cached):
+            cached = _CheckedParams(values, self._check_params_now())
             _CHECKED_PARAMS[self] = cached
-        return {k: list(v) if isinstance(v, list) else v for k, v in cached[1].items()}
+        return {k: list(v) if isinstance(v, list) else v for k, v in cached.checked.items()}
 
     def _check_params_now(self):
         """Every hyperparameter checked: the dict of _checked_params."""
@@ -449,8 +491,7 @@ class _BaseMLP(BaseEstimator):
         # ---- solver='lbfgs' (fastnn.lbfgs): a full-batch run with its own commit
         if self.solver == "lbfgs":
             return self._fit_lbfgs(X, target, w, p, reuse, names)
-        with num_threads(self.n_threads):
-            trainer, rng = self._train(X, target, w, p, reuse, incremental)
+        trainer, rng = self._train(X, target, w, p, reuse, incremental)
         self._commit(trainer, rng, target, names)
         return self
 
@@ -556,12 +597,24 @@ class _BaseMLP(BaseEstimator):
             trainer.l2 = p["alpha"] / (batch * mean_w)
             if not done_before:   # resumed: all of these as the checkpoint saved them
                 self._configure(trainer, rng, early_stopping, incremental)
+            # n_threads: steps run on this thread alone (serial_step) with no
+            # validation to score and no callback (which sees numba's pool set
+            # to n_threads) enter no parallel region, so numba's thread count
+            # is left alone (setting it and back cost about 7 us of a 120 us
+            # spiral partial_fit call; as _forward for a few rows)
+            if source is None and (val is not None or p["callbacks"]
+                                   or not serial_step(trainer.network, batch)):
+                threads = num_threads(self.n_threads)
+            else:
+                threads = contextlib.nullcontext()
             try:
                 if epochs > 0:
-                    trainer._fit_checked(X, T, w_full, epochs, val, p["callbacks"],
-                                         progress=bool(self.verbose), checkpoint=checkpoint,
-                                         checkpoint_every=int(self.checkpoint_every),
-                                         owner=owner, restart_order=not done_before)
+                    with threads:
+                        trainer._fit_checked(X, T, w_full, epochs, val, p["callbacks"],
+                                             progress=bool(self.verbose),
+                                             checkpoint=checkpoint,
+                                             checkpoint_every=int(self.checkpoint_every),
+                                             owner=owner, restart_order=not done_before)
                 else:   # resumed from a checkpoint of a run that had finished
                     trainer.epochs_run, trainer.stop_reason = 0, resumed_reason
                 trainer.epochs_run += done_before
@@ -945,6 +998,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _targets_of_known_labels(self, y, n, dtype):
         """_encode_targets for partial_fit on a fitted (not multi-label) model."""
         known = self.classes_
+        if (known.dtype.kind in "iu" and y.dtype.kind in "iu" and known[0] == 0
+                and known[-1] == len(known) - 1 and y.min() >= 0):
+            # classes_ is 0..k-1: the labels are their own positions (two
+            # NumPy calls, where the lookup below takes four); one past the
+            # last raises in _one_hot and is then named below (as a uint64
+            # label that take cannot cast)
+            try:
+                return _label_target(self._kind, known,
+                                     *_one_hot(y, self._kind, len(known), dtype))
+            except (IndexError, TypeError):
+                pass
         try:
             idx = np.searchsorted(known, y)
         except TypeError as exc:
