@@ -20,6 +20,8 @@ def check_dtype(dtype):
 
 def check_positive_int(value, name, minimum=1):
     """An int >= minimum (bools refused), returned as a Python int."""
+    if type(value) is int and value >= minimum:   # the usual case, before the ABC checks
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:

@@ -46,7 +46,7 @@ from .epoch_order import InOrder, RunningShuffle, seeded_random_state
 from .network import SERIAL_PREDICT_ROWS, Network
 from .optimizers import SGD, Adam
 from .schedules import Adaptive, Constant, InvScaling, Plateau
-from .trainer import Trainer, _input_error, serial_step
+from .trainer import Trainer, _input_error, serial_step, unit_weights
 
 _SK_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid",
                    "tanh": "tanh", "relu": "relu"}
@@ -574,7 +574,7 @@ class _BaseMLP(BaseEstimator):
                           "It is going to be clipped")
             batch = n
         if source is None:
-            w_full = np.ones(n, dtype=X.dtype) if w is None else w.astype(X.dtype)
+            w_full = unit_weights(n, X.dtype) if w is None else w.astype(X.dtype)
             mean_w = float(w_full.mean()) if w is not None else 1.0
         else:   # the weights stay on the workers
             w_full, mean_w = None, source.mean_weight
