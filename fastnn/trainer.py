@@ -450,11 +450,13 @@ class Trainer:
         self.steps = 0
 
     def _get_workspace(self, batch_size, n_features, n_outputs):
+        """(workspace, serial?) of steps over ``batch_size`` rows, made once
+        for that shape (the serial_step rule kept beside it)."""
         key = (batch_size, n_features, n_outputs)
         if self._workspace is None or self._workspace[0] != key:
             ws = make_workspace(self.network, batch_size, n_features, n_outputs)
-            self._workspace = (key, ws)
-        return self._workspace[1]
+            self._workspace = (key, ws, serial_step(self.network, batch_size))
+        return self._workspace[1:]
 
     def run_epoch(self, X, T, w, order=None):
         """One compiled pass over (X, T, w); returns (loss, accuracy, finite).
@@ -506,10 +508,9 @@ class Trainer:
 
     def _epoch_args(self, X, T, keep=None):
         """(batch size, workspace, Update bundle, serial?) of an epoch over X."""
-        net = self.network
         batch = min(self.batch_size, X.shape[0])
-        ws = self._get_workspace(batch, _sparse.batch_matrix_columns(X), T.shape[1])
-        return batch, ws, self._update_bundle(keep), serial_step(net, batch)
+        ws, serial = self._get_workspace(batch, _sparse.batch_matrix_columns(X), T.shape[1])
+        return batch, ws, self._update_bundle(keep), serial
 
     def _update_bundle(self, keep=None):
         """The optimizer's state and settings as the compiled update takes
