@@ -4,6 +4,7 @@ All weights and biases live in one contiguous array ``params``; ``weights`` and
 ``biases`` are views into it.  That keeps the optimizer a single loop, makes
 save/load one array, and lets the compiled step address layers by offset.
 """
+import functools
 import threading
 
 import numba
@@ -83,6 +84,11 @@ class Network:
         codes = [act_k.CODES[a] for a in self.activations] + [act_k.IDENTITY]
         self._acts = np.asarray(codes, dtype=np.int64)
         self._output_code = np.int64(loss_k.CODES[self.output])
+
+    @functools.cached_property
+    def n_weights(self):
+        """Number of weights (biases not counted): the work of a step per row."""
+        return sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
 
     @property
     def n_layers(self):

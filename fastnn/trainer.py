@@ -345,8 +345,7 @@ _UNIT_WEIGHTS = {}
 
 def serial_step(network, rows):
     """Whether a step over ``rows`` rows runs on one thread (see SERIAL_STEP_FLOPS)."""
-    n_weights = sum(a * b for a, b in zip(network.sizes[:-1], network.sizes[1:]))
-    return rows < MIN_PARALLEL_ROWS or 6.0 * n_weights * rows < SERIAL_STEP_FLOPS
+    return rows < MIN_PARALLEL_ROWS or 6.0 * network.n_weights * rows < SERIAL_STEP_FLOPS
 
 
 class Trainer:
