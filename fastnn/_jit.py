@@ -117,9 +117,23 @@ JIT_OPTIONS = dict(
 )
 
 
-def jit(fn=None, **overrides):
-    """Compile ``fn`` with the package's serial options (usable as ``@jit``)."""
-    options = {**JIT_OPTIONS, **overrides}
+def jit(fn=None, refcount=True, **overrides):
+    """Compile ``fn`` with the package's serial options (usable as ``@jit``).
+
+    ``refcount=False``: numba's reference counting off (its NRT), for a
+    kernel that allocates nothing, every array coming from its caller.
+    numba increments and decrements an array's count, atomically, each time
+    it binds an array to a name, takes a view or slice, reads one from a
+    bundle or passes one to a call; the code of a training step does that
+    hundreds of times (a 2-100-3 spiral step of 51 us made about 1860 such
+    calls, 19 % of its time by perf).  The arrays live as long as the
+    Python call that passed them in, so the counts are not needed inside.
+    Such a kernel cannot allocate (numba refuses to compile np.empty in it).
+    """
+    # set either way: numba's callees inherit the flag from their caller
+    # when they do not set it, and an allocating callee (gemm's fallback
+    # workspace) must keep its reference counting
+    options = {**JIT_OPTIONS, **overrides, "_nrt": bool(refcount)}
     if fn is None:
         return lambda f: numba.njit(**options)(f)
     return numba.njit(**options)(fn)

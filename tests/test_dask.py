@@ -5,8 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -314,32 +312,37 @@ def test_worker_killed_mid_fit_gives_the_same_bits(client):
     # last in this file: it kills the fixture's workers (their nannies restart them)
     X, y = _data()
     dX, dy = da.from_array(X, chunks=150), da.from_array(y, chunks=150)
-    # 300 steps an epoch: time to land a kill in one, even when the driver's
-    # polling thread below shares the cores with other tests (with 150 steps
-    # and a faster step, a CI run's kill once came after epoch 4 had ended)
     kw = dict(KW, max_iter=6, batch_size=2)
     reference = MLPClassifier(**kw).fit(dX, dy)
-    killed, timers = [], []
+    killed = []
 
-    def kill_after_a_few_steps(start):
-        # the workers run an epoch's steps among themselves: wait until they
-        # have computed a few shard gradients of it, then kill one of them
-        while sum(_worker_calls(client).values()) < start + 4:
-            time.sleep(0.002)
-        _kill_a_shard_holder(client, killed)
+    def die_during_the_next_epoch(more_calls):
+        # runs in a worker: its process kills itself at its more_calls-th
+        # shard gradient from now, inside the next epoch's steps whatever
+        # their speed (a driver thread polling the workers' counts to kill
+        # one came too late once the steps got faster: epoch 4 had ended)
+        import fastnn.distributed as fd_here
+        actor = fd_here._ShardActor
+        target = actor.calls + more_calls
+        compute = actor._shard_gradients
+
+        def dying(self, step, scales):
+            if type(self).calls + 1 >= target:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return compute(self, step, scales)
+        actor._shard_gradients = dying
 
     def kill(logs):
         if logs["epoch"] == 1:       # between two epochs
             _kill_a_shard_holder(client, killed)
         if logs["epoch"] == 3:       # and during epoch 4's steps
             client.wait_for_workers(2, timeout=60)
-            start = sum(_worker_calls(client).values())
-            timers.append(threading.Thread(target=kill_after_a_few_steps, args=(start,)))
-            timers[-1].start()
+            holders = sorted(w for w, keys in client.has_what().items()
+                             if any("_make_shard" in str(k) for k in keys))
+            client.run(die_during_the_next_epoch, 4, workers=holders[:1])
+            killed.append(holders[0])
 
     est = MLPClassifier(**kw, callbacks=[kill]).fit(dX, dy)
-    for t in timers:
-        t.join()
     assert len(killed) == 2 and est.cluster_stats_["recoveries"] >= 2
     # the second kill came while epoch 4 ran: its steps were not all done
     assert est.cluster_stats_["epochs_redone"] >= 1

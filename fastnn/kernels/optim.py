@@ -37,7 +37,7 @@ def adam_step_size(lr, beta1, beta2, t):
     return lr * np.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
 
 
-@jit(fastmath=False)
+@jit(fastmath=False, refcount=False)
 def update_range_kernel(params, grad, state1, state2, lo, hi, kind, lr, momentum, beta1, beta2,
                         eps, decay):
     """Apply one optimizer step to params[lo:hi] given its gradient grad[lo:hi]

@@ -49,7 +49,7 @@ Data = namedtuple("Data", ["X", "T", "w"])
 # approximate pow, and then the chunked loop would round differently from the
 # Python loop it stands in for.  The epochs themselves (train_epoch) keep the
 # package's flags: LLVM's fast-math flags are per instruction.
-@jit(fastmath=False)
+@jit(fastmath=False, refcount=False)
 def train_epochs(net, data, orders, batch_size, work, update, plan, state, threads, results):
     """Up to orders.shape[0] epochs, epoch e over the rows orders[e] of data.
 

@@ -353,11 +353,11 @@ def backward(WT, offs, dims, acts, m, act_ws, act_off, delta_ws, r0, r1, pack):
         WT_l = WT[offs[l]:offs[l] + k * n].reshape((n, k))
         a_in = layer_rows(act_ws, act_off[l - 1], m, k)[r0:r1]
         out = layer_rows(delta_ws, act_off[l - 1], m, k)[r0:r1]
-        gemm(delta, WT_l, out, NO_ACC, DERIV, acts[l - 1], WT_l[0], a_in, pack)
+        gemm(delta, WT_l, out, NO_ACC, DERIV, acts[l - 1], WT_l[0], a_in, pack, out[:0])
         delta = out
 
 
-@jit
+@jit(refcount=False)
 def pack_weights_t(params, offs, dims, WT):
     """WT_l = W_l^T for every layer but the first, at the offsets of ``params``.
 
@@ -470,7 +470,7 @@ def weight_gradient_rows(net, work, m, l, i0, i1, dW, s):
         half = work.scratch.shape[1] // 2
         dWT = work.scratch[s, half:half + n * (i1 - i0)].reshape((n, i1 - i0))
         gemm(delta.T, a_in[:, i0:i1], dWT, NO_ACC, STORE, NO_ACTIVATION, dWT[0], dWT,
-             work.pack[s])
+             work.pack[s], dWT[:0])
         pack_transpose(dWT, dW)
     else:
         gemm(a_in.T[i0:i1], delta, dW, NO_ACC, STORE, NO_ACTIVATION, delta[0], dW,
@@ -519,7 +519,7 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     return np.float64(l2) * squares
 
 
-@jit
+@jit(refcount=False)
 def weights_block_kernel(net, work, update, m, t, s):
     """Block t of the weights pass, on worker s: its rows of dW, then their
     update; its L2 part goes to work.l2_parts[t].
@@ -578,7 +578,7 @@ def gather_rows(batch, work, r0, r1):
     return finite
 
 
-@jit
+@jit(refcount=False)
 def shard_rows_kernel(net, batch, work, g0, g1, s):
     """Loss groups g0:g1 of the batch, on worker s: gather, forward, loss
     gradient (delta_L over the logits, group by group), backward, and the
@@ -734,7 +734,7 @@ def update_for_step(update, step):
     return with_settings(u, lr, True)
 
 
-@jit
+@jit(refcount=False)
 def train_epoch(net, X, T, w, order, batch_size, work, update, step, threads):
     """One pass over the rows of X in the order ``order``, in mini-batches.
 
@@ -790,7 +790,7 @@ def all_finite(X):
     return finite
 
 
-@jit
+@jit(refcount=False)
 def predict_block_kernel(params, offs, dims, acts, output, X, out, act_ws, act_off, pack,
                          wpack, wpack_off):
     """Network outputs for the rows of X into ``out`` (on the calling thread,
