@@ -34,7 +34,7 @@ def sigmoid(z):
     return e / (one + e)
 
 
-@jit
+@jit(refcount=False)
 def bias_activate_row(z, b, code):
     """z = h(z + b) in place, for one contiguous row (or piece of a row)."""
     zero = z.dtype.type(0)
@@ -53,7 +53,7 @@ def bias_activate_row(z, b, code):
             z[j] = z[j] + b[j]
 
 
-@jit
+@jit(refcount=False)
 def derivative_row(d, a, code):
     """d *= h'(z) in place for one contiguous row, h' computed from a = h(z).
 
@@ -75,14 +75,14 @@ def derivative_row(d, a, code):
             d[j] *= one - a[j] * a[j]
 
 
-@jit
+@jit(refcount=False)
 def add_bias_activate(Z, b, code):
     """Z = h(Z + b) in place, b broadcast over the rows of Z."""
     for i in range(Z.shape[0]):
         bias_activate_row(Z[i], b, code)
 
 
-@jit
+@jit(refcount=False)
 def scale_by_derivative(delta, A, code):
     """delta *= h'(z), with h' computed from the layer's output A = h(z)."""
     if code == IDENTITY:

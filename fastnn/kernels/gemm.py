@@ -117,7 +117,7 @@ def _register_epilogue(mode, code):
     return _EPI_NONE
 
 
-@jit
+@jit(refcount=False)
 def _epilogue(C, i0, i1, j0, j1, mode, code, bias, H):
     """The fused elementwise step on rows i0:i1, columns j0:j1 of C, a row at a
     time (contiguous pieces, so LLVM vectorises them)."""
@@ -190,7 +190,7 @@ def panel_columns(C):
     return NV * (VECTOR_BYTES // C.itemsize)
 
 
-@jit
+@jit(refcount=False)
 def pack_b_rows_kernel(B, r0, r1, P):
     """Rows r0:r1 of B (K x N) packed into P as gemm's ``packed_b`` reads
     them: panel q (columns q NR to q NR + NR, zero-padded at the right edge)
@@ -487,7 +487,7 @@ def pack_transpose(S, D):
     _pack_transpose(S, D[:, 0:])
 
 
-@jit
+@jit(refcount=False)
 def _pack_transpose(S, D):
     """pack_transpose for a D typed as a strided view.
 
@@ -524,7 +524,7 @@ def _pack_transpose(S, D):
             D[j, i] = S[i, j]
 
 
-@jit
+@jit(refcount=False)
 def column_sums_acc(S, colsum):
     """colsum[j] += sum_i S[i, j] (the bias gradient from delta), rows in order."""
     m, n = S.shape

@@ -25,7 +25,7 @@ CODES = {"softmax": SOFTMAX, "linear": LINEAR, "sigmoid": SIGMOID}
 NAMES = {SOFTMAX: "softmax", LINEAR: "linear", SIGMOID: "sigmoid"}
 
 
-@jit(fastmath=set(STRICT_FASTMATH))
+@jit(fastmath=set(STRICT_FASTMATH), refcount=False)
 def softmax_rows(Z):
     """Z = softmax(Z) row by row, in place; the row max is subtracted first.
 
@@ -47,7 +47,7 @@ def softmax_rows(Z):
             row[j] *= inv
 
 
-@jit
+@jit(refcount=False)
 def sigmoid_rows(Z):
     """Z = sigmoid(Z) elementwise, in place."""
     m, n = Z.shape
@@ -56,7 +56,7 @@ def sigmoid_rows(Z):
             Z[i, j] = sigmoid(Z[i, j])
 
 
-@jit
+@jit(refcount=False)
 def output_transform(Z, output):
     """Turn the last layer's logits into predictions, in place."""
     if output == SOFTMAX:
@@ -75,7 +75,7 @@ def _argmax(M, i):
     return best
 
 
-@jit(fastmath=set(STRICT_FASTMATH))
+@jit(fastmath=set(STRICT_FASTMATH), refcount=False)
 def softmax_xent_grad(Z, T, w, scale):
     """Cross-entropy of softmax(Z) against targets T; Z becomes delta in place.
 
@@ -131,7 +131,7 @@ def softmax_xent_grad(Z, T, w, scale):
     return loss, correct
 
 
-@jit
+@jit(refcount=False)
 def squared_error_grad(Z, T, w, scale):
     """Half squared error of Z against T; Z becomes delta = w scale (Z - T)."""
     m, n = Z.shape
@@ -147,7 +147,7 @@ def squared_error_grad(Z, T, w, scale):
     return loss, 0
 
 
-@jit
+@jit(refcount=False)
 def sigmoid_xent_grad(Z, T, w, scale):
     """Binary cross-entropy of sigmoid(Z) per column; Z becomes delta in place.
 
@@ -176,7 +176,7 @@ def sigmoid_xent_grad(Z, T, w, scale):
     return loss, correct
 
 
-@jit
+@jit(refcount=False)
 def loss_grad(Z, T, w, scale, output):
     """Dispatch on the output code; see the three functions above."""
     if output == SOFTMAX:
