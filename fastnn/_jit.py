@@ -128,7 +128,11 @@ def jit(fn=None, refcount=True, **overrides):
     hundreds of times (a 2-100-3 spiral step of 51 us made about 1860 such
     calls, 19 % of its time by perf).  The arrays live as long as the
     Python call that passed them in, so the counts are not needed inside.
-    Such a kernel cannot allocate (numba refuses to compile np.empty in it).
+    Such a kernel can neither allocate nor return a view it made (numba
+    refuses to compile either: np.empty, or returning anything but an array
+    it was given), and neither can an overload it calls (typed with the
+    caller's flags); a prange kernel needs reference counting for the
+    parfor's own scheduling arrays.
     """
     # set either way: numba's callees inherit the flag from their caller
     # when they do not set it, and an allocating callee (gemm's fallback

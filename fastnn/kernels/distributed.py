@@ -21,7 +21,7 @@ from .step import (FIRST, ROWS, WEIGHTS, Batch, batch_weight, gradient_only, pac
                    weight_block_count)
 
 
-@jit
+@jit(refcount=False)
 def chunk_gradient(net, X, T, w, rows, scale, work, threads):
     """Gradient of rows ``rows`` of (X, T, w) as part of a batch whose summed
     weight is 1 / ``scale``, into work.grad (no L2 term: the driver adds it
@@ -34,7 +34,7 @@ def chunk_gradient(net, X, T, w, rows, scale, work, threads):
     return loss, correct
 
 
-@jit
+@jit(refcount=False)
 def apply_update(net, grad, update, step):
     """One optimizer step on net.params from the batch gradient ``grad`` (no
     L2 in it), as the weights pass of kernels.step does it: weight rows in

@@ -38,7 +38,7 @@ def _twist(upper_word, lower_word, far_word):
     return far_word ^ (y >> np.uint32(1)) ^ mag
 
 
-@jit
+@jit(refcount=False)
 def _regenerate(state):
     """The next 624 words of the key (mt19937_gen); position back to 0."""
     n, m = MT_WORDS, _MT_M
@@ -83,7 +83,7 @@ def random_interval(state, top):
     return np.int64(value)
 
 
-@jit
+@jit(refcount=False)
 def running_shuffles(state, order, orders, perm):
     """orders[e] = the running order after e + 1 more epochs: each epoch
     ``perm = arange(n)``, ``RandomState.shuffle(perm)``, ``order =
@@ -151,7 +151,7 @@ def _pcg64_next32(pcg):
     return np.uint32(draw & _LOW32)
 
 
-@jit
+@jit(refcount=False)
 def pcg64_permutations(pcg, orders):
     """orders[e] = Generator.permutation(n) for each of len(orders) epochs
     (arange(n) shuffled: i = n-1 down to 1 swapped with random_interval(i)

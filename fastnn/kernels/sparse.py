@@ -69,7 +69,7 @@ SparseWork = namedtuple("SparseWork", ["col_ptr", "col_fill", "t_rows", "t_vals"
 t_rows / t_vals (capacity: the most stored values a batch can hold)."""
 
 
-@jit
+@jit(refcount=False)
 def sparse_rows_forward(W, b, code, X, rows, Z):
     """Z[i] = h(X[rows[i]] W + b) for every i: the sparse first layer's forward.
 
@@ -110,7 +110,7 @@ def sparse_forward(net, X, rows, m, act_ws, act_off, r0, r1, pack):
                         no_panels(net))
 
 
-@jit
+@jit(refcount=False)
 def gather_targets(batch, work, r0, r1):
     """Rows r0:r1 of the batch's targets and weights (X is read in place)."""
     T, w, order = batch.T, batch.w, batch.order
@@ -121,7 +121,7 @@ def gather_targets(batch, work, r0, r1):
         work.wb[i] = w[src]
 
 
-@jit
+@jit(refcount=False)
 def sparse_shard_rows(net, batch, work, g0, g1, phase, s):
     """Loss groups g0:g1 of the batch, on worker s: forward (sparse first
     layer), loss gradient over the logits group by group, backward down to
@@ -151,7 +151,7 @@ def sparse_shard_rows(net, batch, work, g0, g1, phase, s):
     pack_deltas(net, work, m, r0, r1, SECOND)   # (layer 0's dW: the sparse transpose)
 
 
-@jit
+@jit(refcount=False)
 def batch_transpose(X, order, sw):
     """The batch X[order] grouped by column into sw: for column j its stored
     values sw.t_vals[col_ptr[j]:col_ptr[j + 1]] and their batch rows sw.t_rows,
@@ -179,7 +179,7 @@ def batch_transpose(X, order, sw):
             fill[c] = q + 1
 
 
-@jit
+@jit(refcount=False)
 def sparse_weight_rows(sw, delta, i0, i1, dW):
     """dW = rows i0:i1 of X_b^T delta from the batch's transpose: row j is the
     sum over column j's stored values v (batch row r) of v delta[r, :], in
@@ -198,7 +198,7 @@ def sparse_weight_rows(sw, delta, i0, i1, dW):
                 dW[row, c] += v * delta[r, c]
 
 
-@jit
+@jit(refcount=False)
 def sparse_weights_block(net, work, sw, update, m, t, s):
     """Block t of the weights pass on worker s: a block of the first layer
     from the sparse transpose, any other the dense step's weights_block."""
@@ -267,7 +267,7 @@ def sparse_step_pass(phase, net, batch, work, sw, update, threads):
     return total, correct
 
 
-@jit
+@jit(refcount=False)
 def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, threads):
     """kernels.step.train_epoch for X in CSR: one pass over the rows in the
     order ``order``, in mini-batches; returns (summed weighted loss, summed
@@ -298,7 +298,7 @@ def sparse_train_epoch(net, X, T, w, order, batch_size, work, sw, update, step, 
     return loss_total, weight_total, correct_total, steps, True
 
 
-@jit
+@jit(refcount=False)
 def sparse_loss_gradient(net, X, T, w, order, work, sw, l2, threads):
     """Loss of the rows ``order`` of (X, T, w) as one batch, with L2, and its
     gradient in work.grad (kernels.step.loss_gradient for CSR input)."""

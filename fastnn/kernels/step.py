@@ -265,7 +265,7 @@ def forward_from(net, first, a, m, act_ws, act_off, r0, r1, pack, wp):
     return a
 
 
-@jit
+@jit(refcount=False)
 def sum_squares(values, lo, hi, total):
     """total + sum of values[lo:hi]^2, in float64 and in order (the L2 term)."""
     for i in range(lo, hi):
@@ -274,7 +274,7 @@ def sum_squares(values, lo, hi, total):
     return total
 
 
-@jit
+@jit(refcount=False)
 def batch_weight(w, rows):
     """The summed sample weight of the rows ``rows``, in float64 and in row
     order (every epoch loop, the full-batch objective and the distributed
