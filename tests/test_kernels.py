@@ -503,23 +503,26 @@ def test_gemm_packed_a_edges(rng, dtype, m, k):
 def test_gemm_pack_workspace_gives_the_bits_of_its_own_buffers(rng, dtype, m, k):
     """A product packing into the caller's workspace (``pack``: every offset
     of it, so the 64-byte alignment is found at each of them) gives the bits
-    of one packing into buffers of its own: with no workspace, a workspace
-    one element too small (it then allocates) and an exact one; B's panels
-    packed, A's rows too, the edge panel alone, and nothing packed."""
+    of one packing into buffers of its own (no workspace: gemm allocates one
+    before the core); B's panels packed, A's rows too, the edge panel alone,
+    and nothing packed.  A workspace too small for what is packed is refused
+    (the core allocates nothing: it runs without reference counting)."""
     for n in (lanes(dtype) + 3, 2 * UK.NV * lanes(dtype) + 5,
               packed_a_columns(dtype) + lanes(dtype) + 3):
         A = np.ascontiguousarray(rand(rng, (k, m), dtype)).T
         B = rand(rng, (k, n), dtype)
         own = np.empty((m, n), dtype)
         G.gemm(A, B, own, 0, G.EPI_STORE, act.IDENTITY, own[0], own)
-        size = G.pack_elements(n, np.dtype(dtype).itemsize)
+        size = G.workspace_elements(k, n, np.dtype(dtype).itemsize)
+        assert size == G.pack_elements(n, np.dtype(dtype).itemsize)
         for offset in range(64 // np.dtype(dtype).itemsize):
-            for extra in (-1, 0):
-                pack = np.full(offset + size + extra, np.nan, dtype)[offset:]
-                C = np.full((m, n), np.nan, dtype)
-                G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C, pack)
-                assert np.array_equal(C, own)
+            pack = np.full(offset + size, np.nan, dtype)[offset:]
+            C = np.full((m, n), np.nan, dtype)
+            G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C, pack)
+            assert np.array_equal(C, own)
         assert_close(own, gemm_ref(A, B), dtype, scale=np.sqrt(k))
+        with pytest.raises(ValueError, match="workspace_elements"):
+            G.gemm(A, B, C, 0, G.EPI_STORE, act.IDENTITY, C[0], C, np.empty(3, dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

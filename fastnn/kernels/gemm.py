@@ -141,9 +141,11 @@ def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None, packed_b=None):
     ``mode`` is EPI_STORE, EPI_BIAS_ACT (bias[j], activation ``code``) or
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
     epilogue applied to zero (or to C).  ``pack``: a workspace (1-D, C's
-    dtype, ``pack_elements(N, C.itemsize)`` elements) that B's panels and
-    A's micro-panels are packed into; without one, or with a smaller one,
-    the product allocates what it packs into.  A and B are passed on as
+    dtype, ``workspace_elements(K, N, C.itemsize)`` elements) that B's
+    panels and A's micro-panels are packed into; without one, one is
+    allocated here, in the caller (a smaller one raises ValueError): the
+    core itself allocates nothing, so it runs without numba's reference
+    counting (_jit.jit's ``refcount``).  A and B are passed on as
     strided views, so a matrix and a transposed one, or a block of B's
     columns, share one compiled core (each compiled copy of the core adds
     seconds to the first run), called through its shared symbol
@@ -151,19 +153,21 @@ def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None, packed_b=None):
     ``pack_b_rows`` (B is then not read); used by the training step, whose
     weight-gradient blocks share one packed delta.
     """
-    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H, _pack_or_empty(pack, C),
+    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H, _pack_or_new(pack, A, C),
                _packed_or_empty(packed_b, C))
 
 
-def _pack_or_empty(pack, C):
-    """``pack``, or an empty workspace when the caller gave none."""
+def _pack_or_new(pack, A, C):
+    """``pack``, or a new workspace big enough for the product when the caller
+    gave none (allocated here, in the caller: the core allocates nothing)."""
 
 
-@overload(_pack_or_empty, inline="always")
-def _pack_or_empty_overload(pack, C):
+@overload(_pack_or_new, inline="always")
+def _pack_or_new_overload(pack, A, C):
     if pack is None or isinstance(pack, (types.NoneType, types.Omitted)):
-        return lambda pack, C: np.empty(0, C.dtype)
-    return lambda pack, C: pack
+        return lambda pack, A, C: np.empty(
+            workspace_elements(A.shape[1], C.shape[1], C.itemsize), C.dtype)
+    return lambda pack, A, C: pack
 
 
 def _packed_or_empty(packed_b, C):
@@ -238,6 +242,7 @@ def _pack_panels(B, p0, p1, j0, j1, n_end, P, panel_rows, row0):
             uk.pack_panel(pe - p, B, (p, j), min(nr, n_end - j), P[at:at + pe - p])
 
 
+@register_jitable
 def pack_elements(n_columns, itemsize):
     """Elements of a ``pack`` workspace big enough for any product whose C
     has at most ``n_columns`` columns (of ``itemsize`` bytes): a K block
@@ -258,6 +263,7 @@ def dot_product_shape(k, n, lanes):
     return n * DOT_LANES <= lanes and n <= uk.DOT_COLUMNS and k >= lanes
 
 
+@register_jitable
 def dot_product_elements(k, n, itemsize):
     """Elements of ``pack`` that a product of K = k, N = n columns computed as
     dot products (_dot_product) needs for B^T, or 0 when it is not one."""
@@ -267,13 +273,20 @@ def dot_product_elements(k, n, itemsize):
     return n * -(-k // lanes) * lanes + 64 // itemsize
 
 
+@register_jitable
+def workspace_elements(k, n, itemsize):
+    """Elements of a ``pack`` workspace for any product of K = k and N = n
+    columns (tiles or dot products)."""
+    return max(pack_elements(n, itemsize), dot_product_elements(k, n, itemsize))
+
+
 def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     """gemm_strided; in compiled code through the shared core's symbol when
     the operands have its types (GEMM_CORE, below)."""
     gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b)
 
 
-@jit
+@jit(refcount=False)
 def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     """gemm for an A typed as a strided view (see gemm); ``packed_b`` empty
     unless B's panels were packed ahead (pack_b_rows)."""
@@ -326,11 +339,11 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     # A's rows are packed too when A is read down its columns (a^T of the
     # weight gradient) and enough panels of B reuse each packed block
     pack_a = pack_b and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
-    # Both go into the caller's workspace ``pack``; only when it is too small
-    # is one allocated here.  Nothing is allocated when nothing is packed
-    # (C[:0]: an empty view of C's type), so a one-row prediction allocates
-    # nothing.  (A product's allocation each call cost about 15 % of a training
-    # step where glibc's mmap threshold is fixed, as in a Dask worker:
+    # Both go into the caller's workspace ``pack`` (the core never allocates;
+    # a workspace too small for what is packed is refused).  Nothing is read
+    # from it when nothing is packed (C[:0]: an empty view of C's type).  (A
+    # product's allocation each call cost about 15 % of a training step where
+    # glibc's mmap threshold is fixed, as in a Dask worker:
     # MALLOC_TRIM_THRESHOLD_ set, every big buffer mapped and faulted in anew.)
     slab_size = kb * slab_panels * nr
     a_size = kb * MC if pack_a else 0
@@ -338,7 +351,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     need = slab_size + a_size + 2 * pad
     buf = pack
     if (slab_size > 0 or a_size > 0) and pack.shape[0] < need:
-        buf = np.empty(need, C.dtype)
+        raise ValueError("gemm: the pack workspace is smaller than workspace_elements")
     slab = _aligned_block(buf, 0, kb * slab_panels, nr) if slab_size > 0 else C[:0]
     a_buf = _aligned_block(buf, slab_size + pad, kb * (MC // MR), MR) if pack_a else C[:0]
     a_view = a_buf.T    # A's packed block as the micro-kernel reads it: MR x (tiles * kb)
@@ -441,7 +454,9 @@ def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
     vl = VECTOR_BYTES // C.itemsize
     kp = (K + vl - 1) // vl * vl
     need = N * kp + 64 // C.itemsize    # as dot_product_elements(K, N, itemsize)
-    buf = pack if pack.shape[0] >= need else np.empty(need, C.dtype)
+    if pack.shape[0] < need:
+        raise ValueError("gemm: the pack workspace is smaller than workspace_elements")
+    buf = pack
     BT = _aligned_block(buf, 0, N, kp)
     for j in range(N):
         row = BT[j]
