@@ -135,8 +135,9 @@ def jit(fn=None, refcount=True, **overrides):
     parfor's own scheduling arrays.
     """
     # set either way: numba's callees inherit the flag from their caller
-    # when they do not set it, and an allocating callee (gemm's fallback
-    # workspace) must keep its reference counting
+    # when they do not set it, and a callee that allocates (the products
+    # for tests and benchmarks, the full-batch gradient's row list) must
+    # keep its reference counting
     options = {**JIT_OPTIONS, **overrides, "_nrt": bool(refcount)}
     if fn is None:
         return lambda f: numba.njit(**options)(f)

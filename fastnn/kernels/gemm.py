@@ -141,11 +141,13 @@ def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None, packed_b=None):
     ``mode`` is EPI_STORE, EPI_BIAS_ACT (bias[j], activation ``code``) or
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
     epilogue applied to zero (or to C).  ``pack``: a workspace (1-D, C's
-    dtype, ``workspace_elements(K, N, C.itemsize)`` elements) that B's
-    panels and A's micro-panels are packed into; without one, one is
-    allocated here, in the caller (a smaller one raises ValueError): the
-    core itself allocates nothing, so it runs without numba's reference
-    counting (_jit.jit's ``refcount``).  A and B are passed on as
+    dtype, at least ``product_elements(A, C, packed_b)`` elements, which
+    ``workspace_elements(K, N, C.itemsize)`` bounds for any product of K
+    and N) that B's panels and A's micro-panels are packed into; without
+    one, one of that size is allocated here, in the caller (a smaller one
+    raises ValueError): the core itself allocates nothing, so it runs
+    without numba's reference counting (_jit.jit's ``refcount``).  A and B
+    are passed on as
     strided views, so a matrix and a transposed one, or a block of B's
     columns, share one compiled core (each compiled copy of the core adds
     seconds to the first run), called through its shared symbol
@@ -153,21 +155,22 @@ def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None, packed_b=None):
     ``pack_b_rows`` (B is then not read); used by the training step, whose
     weight-gradient blocks share one packed delta.
     """
-    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H, _pack_or_new(pack, A, C),
-               _packed_or_empty(packed_b, C))
+    packed = _packed_or_empty(packed_b, C)
+    _gemm_core(A[:, 0:], B[:, 0:], C, accumulate, mode, code, bias, H,
+               _pack_or_new(pack, A, C, packed), packed)
 
 
-def _pack_or_new(pack, A, C):
-    """``pack``, or a new workspace big enough for the product when the caller
-    gave none (allocated here, in the caller: the core allocates nothing)."""
+def _pack_or_new(pack, A, C, packed_b):
+    """``pack``, or, when the caller gave none, a new workspace of what the
+    product packs into (product_elements; allocated here, in the caller: the
+    core allocates nothing)."""
 
 
 @overload(_pack_or_new, inline="always")
-def _pack_or_new_overload(pack, A, C):
+def _pack_or_new_overload(pack, A, C, packed_b):
     if pack is None or isinstance(pack, (types.NoneType, types.Omitted)):
-        return lambda pack, A, C: np.empty(
-            workspace_elements(A.shape[1], C.shape[1], C.itemsize), C.dtype)
-    return lambda pack, A, C: pack
+        return lambda pack, A, C, packed_b: np.empty(product_elements(A, C, packed_b), C.dtype)
+    return lambda pack, A, C, packed_b: pack
 
 
 def _packed_or_empty(packed_b, C):
@@ -280,6 +283,67 @@ def workspace_elements(k, n, itemsize):
     return max(pack_elements(n, itemsize), dot_product_elements(k, n, itemsize))
 
 
+@register_jitable
+def _as_dot_products(A, K, N, vl):
+    """Whether the product is computed as dot products (_dot_product): few
+    columns, and A laid out as rows (not a transposed view, even a
+    one-column one, so that a^T delta and (delta^T a)^T keep the same bits:
+    weight_gradient_rows)."""
+    return (dot_product_shape(K, N, vl) and A.strides[1] == A.itemsize
+            and A.strides[0] >= K * A.itemsize)
+
+
+@register_jitable
+def _tile_plan(M, K, N, vl, a_down_columns, prepacked):
+    """How gemm_strided runs a product with tiles: (pack_b, m_tiles, kb,
+    edge_slot, slab_panels, pack_a, need), ``need`` the elements of ``pack``
+    it packs into (0 when it packs nothing).
+
+    Rows [0, m_tiles) go through MR-row tiles, the few rows after them
+    through the one-row kernels: a last partial tile keeps at least
+    ROW_KERNEL_BELOW rows, or any number once B's panels are packed (at
+    least PACK_MIN_ROWS rows).  A one-row kernel reads B in place and runs
+    one FMA chain per vector of C where a tile runs MR: on 128 x 784 x 256
+    (a training batch or a prediction block: 21 tiles and 2 rows) each of
+    the 2 rows cost as much as 6 tile rows, so a partial tile of 2 valid
+    rows costs less than the two rows alone (znver3).
+    B's full panels are packed when enough tiles share each one: the K
+    block's kc x (jc block) slab once per (jc, pc), in row groups
+    (_pack_panels); or B came packed ahead (packed_b: every panel, the
+    edge one zero-padded), and nothing is copied here.  The right edge's
+    panel (fewer than nr columns) is always packed, zero-padded, for the
+    tiles: they read B without masks (microkernel.py).  A's rows are packed
+    too when A is read down its columns (a^T of the weight gradient) and
+    enough panels of B reuse each packed block."""
+    nr = NV * vl
+    pack_b = prepacked or (M >= PACK_MIN_ROWS and N >= nr)
+    m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW or pack_b else M - M % MR
+    n_kblocks = (K + KC - 1) // KC
+    kb = (K + n_kblocks - 1) // n_kblocks   # K in equal blocks: the same for every row
+    edge_slot = min(N, NC) // nr if pack_b else 0
+    slab_panels = 0 if prepacked else edge_slot + (1 if m_tiles > 0 and N % nr != 0 else 0)
+    pack_a = pack_b and a_down_columns and N >= PACK_A_MIN_PANELS * nr
+    slab_size = kb * slab_panels * nr
+    a_size = kb * MC if pack_a else 0
+    pad = 64 // (VECTOR_BYTES // vl)   # each block starts on a 64-byte boundary
+    need = slab_size + a_size + 2 * pad if slab_size > 0 or a_size > 0 else 0
+    return pack_b, m_tiles, kb, edge_slot, slab_panels, pack_a, need
+
+
+@register_jitable
+def product_elements(A, C, packed_b):
+    """Elements of ``pack`` that gemm(A, B, C, ..., packed_b) packs into (0:
+    nothing), at most workspace_elements(K, N, itemsize)."""
+    M, K = A.shape
+    N = C.shape[1]
+    if K == 0:
+        return 0
+    vl = VECTOR_BYTES // C.itemsize
+    if _as_dot_products(A, K, N, vl):
+        return dot_product_elements(K, N, C.itemsize)
+    return _tile_plan(M, K, N, vl, A.strides[0] < A.strides[1], packed_b.shape[0] > 0)[6]
+
+
 def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     """gemm_strided; in compiled code through the shared core's symbol when
     the operands have its types (GEMM_CORE, below)."""
@@ -298,10 +362,7 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
         _epilogue(C, _ZERO, M, _ZERO, N, mode, code, bias, H)
         return
     vl = VECTOR_BYTES // C.itemsize    # lanes per vector (a division: once per call)
-    # (A laid out as rows: not a transposed view, even a one-column one, so
-    # that a^T delta and (delta^T a)^T keep the same bits: weight_gradient_rows)
-    if (dot_product_shape(K, N, vl) and A.strides[1] == A.itemsize
-            and A.strides[0] >= K * A.itemsize):
+    if _as_dot_products(A, K, N, vl):
         _dot_product(A, B, C, accumulate, mode, code, bias, H, pack)
         return
     nr = NV * vl
@@ -310,48 +371,24 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     # what is left for the row loops: sigmoid and tanh (identity' is nothing)
     rows_epilogue = epi == _EPI_NONE and (mode == EPI_BIAS_ACT or (mode == EPI_DERIV
                                                                    and code != IDENTITY))
-    # rows [0, m_tiles) go through MR-row tiles, the few rows after them
-    # through the one-row kernels: a last partial tile keeps at least
-    # ROW_KERNEL_BELOW rows, or any number once B's panels are packed (at
-    # least PACK_MIN_ROWS rows).  A one-row kernel reads B in place and runs
-    # one FMA chain per vector of C where a tile runs MR: on 128 x 784 x 256
-    # (a training batch or a prediction block: 21 tiles and 2 rows) each of
-    # the 2 rows cost as much as 6 tile rows, so a partial tile of 2 valid
-    # rows costs less than the two rows alone (znver3).
-    # B's full panels are packed when enough tiles share each one: the K
-    # block's kc x (jc block) slab once per (jc, pc), in row groups
-    # (_pack_panels); or B came packed ahead (packed_b: every panel, the
-    # edge one zero-padded), and nothing is copied here
-    prepacked = packed_b.shape[0] > 0
-    pack_b = prepacked or (M >= PACK_MIN_ROWS and N >= nr)
-    m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW or pack_b else M - M % MR
-    n_kblocks = (K + KC - 1) // KC
-    kb = (K + n_kblocks - 1) // n_kblocks   # K in equal blocks: the same for every row
     # The micro-kernels are called right here, the choice of variant written
     # out in the loops: through a helper function (even inline="always") numba
     # increfs and decrefs every array argument at each call, ten atomic NRT
     # calls a tile, which cost about 80 ns a tile (two thirds of a 300 x 2 x 100
     # product; asm of gemm_strided, znver5).
-    # The right edge's panel (fewer than nr columns) is always packed, zero-
-    # padded, for the tiles: they read B without masks (microkernel.py)
-    edge_slot = min(N, NC) // nr if pack_b else 0
-    slab_panels = 0 if prepacked else edge_slot + (1 if m_tiles > 0 and N % nr != 0 else 0)
-    # A's rows are packed too when A is read down its columns (a^T of the
-    # weight gradient) and enough panels of B reuse each packed block
-    pack_a = pack_b and A.strides[0] < A.strides[1] and N >= PACK_A_MIN_PANELS * nr
-    # Both go into the caller's workspace ``pack`` (the core never allocates;
-    # a workspace too small for what is packed is refused).  Nothing is read
-    # from it when nothing is packed (C[:0]: an empty view of C's type).  (A
-    # product's allocation each call cost about 15 % of a training step where
-    # glibc's mmap threshold is fixed, as in a Dask worker:
-    # MALLOC_TRIM_THRESHOLD_ set, every big buffer mapped and faulted in anew.)
+    prepacked = packed_b.shape[0] > 0
+    pack_b, m_tiles, kb, edge_slot, slab_panels, pack_a, need = _tile_plan(
+        M, K, N, vl, A.strides[0] < A.strides[1], prepacked)
+    # B's panels and A's rows go into the caller's workspace ``pack`` (the
+    # core never allocates; a workspace too small is refused).  (A product's
+    # allocation each call cost about 15 % of a training step where glibc's
+    # mmap threshold is fixed, as in a Dask worker: MALLOC_TRIM_THRESHOLD_
+    # set, every big buffer mapped and faulted in anew.)
+    if pack.shape[0] < need:
+        raise ValueError("gemm: the pack workspace is smaller than product_elements")
     slab_size = kb * slab_panels * nr
-    a_size = kb * MC if pack_a else 0
     pad = 64 // C.itemsize
-    need = slab_size + a_size + 2 * pad
     buf = pack
-    if (slab_size > 0 or a_size > 0) and pack.shape[0] < need:
-        raise ValueError("gemm: the pack workspace is smaller than workspace_elements")
     slab = _aligned_block(buf, 0, kb * slab_panels, nr) if slab_size > 0 else C[:0]
     a_buf = _aligned_block(buf, slab_size + pad, kb * (MC // MR), MR) if pack_a else C[:0]
     a_view = a_buf.T    # A's packed block as the micro-kernel reads it: MR x (tiles * kb)
@@ -455,7 +492,7 @@ def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
     kp = (K + vl - 1) // vl * vl
     need = N * kp + 64 // C.itemsize    # as dot_product_elements(K, N, itemsize)
     if pack.shape[0] < need:
-        raise ValueError("gemm: the pack workspace is smaller than workspace_elements")
+        raise ValueError("gemm: the pack workspace is smaller than product_elements")
     buf = pack
     BT = _aligned_block(buf, 0, N, kp)
     for j in range(N):
