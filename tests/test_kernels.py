@@ -513,8 +513,7 @@ def test_gemm_pack_workspace_gives_the_bits_of_its_own_buffers(rng, dtype, m, k)
         B = rand(rng, (k, n), dtype)
         own = np.empty((m, n), dtype)
         G.gemm(A, B, own, 0, G.EPI_STORE, act.IDENTITY, own[0], own)
-        size = G.workspace_elements(k, n, np.dtype(dtype).itemsize)
-        assert size == G.pack_elements(n, np.dtype(dtype).itemsize)
+        size = G.pack_elements(n, np.dtype(dtype).itemsize)
         for offset in range(64 // np.dtype(dtype).itemsize):
             pack = np.full(offset + size, np.nan, dtype)[offset:]
             C = np.full((m, n), np.nan, dtype)

@@ -142,8 +142,9 @@ def gemm(A, B, C, accumulate, mode, code, bias, H, pack=None, packed_b=None):
     EPI_DERIV (times h'(H[i, j]) for activation ``code``).  K == 0 gives the
     epilogue applied to zero (or to C).  ``pack``: a workspace (1-D, C's
     dtype, at least ``product_elements(A, C, packed_b)`` elements, which
-    ``workspace_elements(K, N, C.itemsize)`` bounds for any product of K
-    and N) that B's panels and A's micro-panels are packed into; without
+    ``pack_elements(N, C.itemsize)`` and ``dot_product_elements`` bound for
+    any product of N columns) that B's panels and A's micro-panels are
+    packed into; without
     one, one of that size is allocated here, in the caller (a smaller one
     raises ValueError): the core itself allocates nothing, so it runs
     without numba's reference counting (_jit.jit's ``refcount``).  A and B
@@ -245,7 +246,6 @@ def _pack_panels(B, p0, p1, j0, j1, n_end, P, panel_rows, row0):
             uk.pack_panel(pe - p, B, (p, j), min(nr, n_end - j), P[at:at + pe - p])
 
 
-@register_jitable
 def pack_elements(n_columns, itemsize):
     """Elements of a ``pack`` workspace big enough for any product whose C
     has at most ``n_columns`` columns (of ``itemsize`` bytes): a K block
@@ -277,13 +277,6 @@ def dot_product_elements(k, n, itemsize):
 
 
 @register_jitable
-def workspace_elements(k, n, itemsize):
-    """Elements of a ``pack`` workspace for any product of K = k and N = n
-    columns (tiles or dot products)."""
-    return max(pack_elements(n, itemsize), dot_product_elements(k, n, itemsize))
-
-
-@register_jitable
 def _as_dot_products(A, K, N, vl):
     """Whether the product is computed as dot products (_dot_product): few
     columns, and A laid out as rows (not a transposed view, even a
@@ -294,10 +287,11 @@ def _as_dot_products(A, K, N, vl):
 
 
 @register_jitable
-def _tile_plan(M, K, N, vl, a_down_columns, prepacked):
+def _tile_plan(M, K, N, itemsize, a_down_columns, prepacked):
     """How gemm_strided runs a product with tiles: (pack_b, m_tiles, kb,
-    edge_slot, slab_panels, pack_a, need), ``need`` the elements of ``pack``
-    it packs into (0 when it packs nothing).
+    edge_slot, slab_panels, slab_size, pack_a, need), ``slab_size`` the
+    elements of B's packed panels and ``need`` those of ``pack`` the product
+    packs into (0 when it packs nothing).
 
     Rows [0, m_tiles) go through MR-row tiles, the few rows after them
     through the one-row kernels: a last partial tile keeps at least
@@ -315,7 +309,7 @@ def _tile_plan(M, K, N, vl, a_down_columns, prepacked):
     tiles: they read B without masks (microkernel.py).  A's rows are packed
     too when A is read down its columns (a^T of the weight gradient) and
     enough panels of B reuse each packed block."""
-    nr = NV * vl
+    nr = NV * (VECTOR_BYTES // itemsize)
     pack_b = prepacked or (M >= PACK_MIN_ROWS and N >= nr)
     m_tiles = M if M % MR == 0 or M % MR >= ROW_KERNEL_BELOW or pack_b else M - M % MR
     n_kblocks = (K + KC - 1) // KC
@@ -325,15 +319,15 @@ def _tile_plan(M, K, N, vl, a_down_columns, prepacked):
     pack_a = pack_b and a_down_columns and N >= PACK_A_MIN_PANELS * nr
     slab_size = kb * slab_panels * nr
     a_size = kb * MC if pack_a else 0
-    pad = 64 // (VECTOR_BYTES // vl)   # each block starts on a 64-byte boundary
+    pad = 64 // itemsize   # each block starts on a 64-byte boundary
     need = slab_size + a_size + 2 * pad if slab_size > 0 or a_size > 0 else 0
-    return pack_b, m_tiles, kb, edge_slot, slab_panels, pack_a, need
+    return pack_b, m_tiles, kb, edge_slot, slab_panels, slab_size, pack_a, need
 
 
 @register_jitable
 def product_elements(A, C, packed_b):
     """Elements of ``pack`` that gemm(A, B, C, ..., packed_b) packs into (0:
-    nothing), at most workspace_elements(K, N, itemsize)."""
+    nothing): the same plan as gemm_strided follows."""
     M, K = A.shape
     N = C.shape[1]
     if K == 0:
@@ -341,7 +335,8 @@ def product_elements(A, C, packed_b):
     vl = VECTOR_BYTES // C.itemsize
     if _as_dot_products(A, K, N, vl):
         return dot_product_elements(K, N, C.itemsize)
-    return _tile_plan(M, K, N, vl, A.strides[0] < A.strides[1], packed_b.shape[0] > 0)[6]
+    return _tile_plan(M, K, N, C.itemsize, A.strides[0] < A.strides[1],
+                      packed_b.shape[0] > 0)[-1]
 
 
 def _gemm_core(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
@@ -372,13 +367,13 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     rows_epilogue = epi == _EPI_NONE and (mode == EPI_BIAS_ACT or (mode == EPI_DERIV
                                                                    and code != IDENTITY))
     # The micro-kernels are called right here, the choice of variant written
-    # out in the loops: through a helper function (even inline="always") numba
-    # increfs and decrefs every array argument at each call, ten atomic NRT
-    # calls a tile, which cost about 80 ns a tile (two thirds of a 300 x 2 x 100
-    # product; asm of gemm_strided, znver5).
+    # out in the loops (written so when the core still counted references:
+    # through a helper function, even inline="always", numba increfed and
+    # decrefed every array argument at each call, ten atomic NRT calls a
+    # tile, about 80 ns a tile; asm of gemm_strided, znver5).
     prepacked = packed_b.shape[0] > 0
-    pack_b, m_tiles, kb, edge_slot, slab_panels, pack_a, need = _tile_plan(
-        M, K, N, vl, A.strides[0] < A.strides[1], prepacked)
+    pack_b, m_tiles, kb, edge_slot, slab_panels, slab_size, pack_a, need = _tile_plan(
+        M, K, N, C.itemsize, A.strides[0] < A.strides[1], prepacked)
     # B's panels and A's rows go into the caller's workspace ``pack`` (the
     # core never allocates; a workspace too small is refused).  (A product's
     # allocation each call cost about 15 % of a training step where glibc's
@@ -386,11 +381,9 @@ def gemm_strided(A, B, C, accumulate, mode, code, bias, H, pack, packed_b):
     # set, every big buffer mapped and faulted in anew.)
     if pack.shape[0] < need:
         raise ValueError("gemm: the pack workspace is smaller than product_elements")
-    slab_size = kb * slab_panels * nr
     pad = 64 // C.itemsize
-    buf = pack
-    slab = _aligned_block(buf, 0, kb * slab_panels, nr) if slab_size > 0 else C[:0]
-    a_buf = _aligned_block(buf, slab_size + pad, kb * (MC // MR), MR) if pack_a else C[:0]
+    slab = _aligned_block(pack, 0, kb * slab_panels, nr) if slab_size > 0 else C[:0]
+    a_buf = _aligned_block(pack, slab_size + pad, kb * (MC // MR), MR) if pack_a else C[:0]
     a_view = a_buf.T    # A's packed block as the micro-kernel reads it: MR x (tiles * kb)
     for jc in range(0, N, NC):
         jc_end = min(N, jc + NC)
@@ -490,11 +483,9 @@ def _dot_product(A, B, C, accumulate, mode, code, bias, H, pack):
     N = C.shape[1]
     vl = VECTOR_BYTES // C.itemsize
     kp = (K + vl - 1) // vl * vl
-    need = N * kp + 64 // C.itemsize    # as dot_product_elements(K, N, itemsize)
-    if pack.shape[0] < need:
+    if pack.shape[0] < dot_product_elements(K, N, C.itemsize):
         raise ValueError("gemm: the pack workspace is smaller than product_elements")
-    buf = pack
-    BT = _aligned_block(buf, 0, N, kp)
+    BT = _aligned_block(pack, 0, N, kp)
     for j in range(N):
         row = BT[j]
         for p in range(K):
