@@ -750,7 +750,7 @@ class _BaseMLP(BaseEstimator):
         net = self._network.copy() if reuse else self._build_network(
             X.shape[1], T.shape[1], p, rng, target["output_name"])
         sw_sum = float(X.shape[0]) if w is None else float(w.sum())
-        w_net = np.ones(X.shape[0], dtype=net.dtype) if w is None else w.astype(net.dtype)
+        w_net = unit_weights(X.shape[0], net.dtype) if w is None else w.astype(net.dtype)
 
         def callback(iteration, loss):
             logs = {"epoch": iteration, "loss": loss, "network": net}
