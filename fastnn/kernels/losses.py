@@ -65,16 +65,6 @@ def output_transform(Z, output):
         sigmoid_rows(Z)
 
 
-@jit(inline="always")
-def _argmax(M, i):
-    """The first column of row i of M holding the row's largest value."""
-    best = 0
-    for j in range(1, M.shape[1]):
-        if M[i, j] > M[i, best]:
-            best = j
-    return best
-
-
 @jit(fastmath=set(STRICT_FASTMATH), refcount=False)
 def softmax_xent_grad(Z, T, w, scale):
     """Cross-entropy of softmax(Z) against targets T; Z becomes delta in place.
@@ -109,11 +99,19 @@ def softmax_xent_grad(Z, T, w, scale):
     loss = 0.0
     correct = 0
     for i in range(m):
-        if _argmax(Z, i) == _argmax(T, i):
-            correct += 1
+        # the row's max and the first columns holding Z's and T's largest
+        # values, kept with selects: as branches the two argmax loops were
+        # mispredicted about every other row (300 x 3 logits in groups of 16
+        # rows: 8.0 us a step, 6.9 us with selects)
         mx = Z[i, 0]
+        best = 0
+        target = 0
         for j in range(1, n):
-            mx = max(mx, Z[i, j])
+            above = Z[i, j] > mx
+            mx = Z[i, j] if above else mx
+            best = j if above else best
+            target = j if T[i, j] > T[i, target] else target
+        correct += best == target
         total = Z.dtype.type(0)
         t_dot_z = 0.0
         t_sum = 0.0
