@@ -136,3 +136,43 @@ def test_floor_set_follows_the_cpus_vector_width():
     spec = {"floors": {"a": 1.0}, "floors_avx2": {"a": 2.0}, "floors_znver4": {"a": 3.0}}
     assert floor_set(spec, cpu="znver4") == ("floors_znver4", {"a": 3.0})
     assert floor_set(spec, cpu="znver5")[0] == key
+
+
+def test_the_perf_map_names_the_compiled_kernels(tmp_path):
+    """fastnn.bench.perfmap.write_map: one line per compiled function, in
+    address order, not overlapping, naming the step's and the GEMM's kernels
+    at their entry points."""
+    import warnings
+    from fastnn import MLPClassifier
+    from fastnn.bench.perfmap import write_map
+    from fastnn.kernels import step
+    X, y = make_data(CASES["spiral"], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MLPClassifier(hidden_layer_sizes=(7,), max_iter=2, random_state=0).fit(X, y)
+    path = write_map(str(tmp_path / "perf.map"))
+    entries = []
+    for line in open(path).read().splitlines():
+        start, size, name = line.split(" ", 2)
+        entries.append((int(start, 16), int(size, 16), name))
+    starts = [e[0] for e in entries]
+    assert starts == sorted(set(starts))
+    assert all(size > 0 for _, size, _ in entries)
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(entries, entries[1:]))
+    named = {}
+    for start, _, name in entries:
+        named.setdefault(name, set()).add(start)
+    for name in ("step.shard_rows_kernel", "step.weights_block_kernel", "gemm.gemm_strided"):
+        assert name in named, name
+    # every compiled signature (float32 here, float64 too if another test
+    # compiled it in this process) at its entry point
+    entry_points = {result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
+                    for result in step.shard_rows_kernel.overloads.values()}
+    assert entry_points == named["step.shard_rows_kernel"]
+
+
+def test_the_profile_says_when_perf_is_missing(monkeypatch, capsys):
+    from fastnn.bench import perfmap
+    monkeypatch.setattr(perfmap.shutil, "which", lambda name: None)
+    assert perfmap.profile("spiral", 0.1, 5) == 2
+    assert "'perf' command was not found" in capsys.readouterr().err
