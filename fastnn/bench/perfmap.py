@@ -30,7 +30,6 @@ import tempfile
 import time
 import warnings
 
-
 from . import cases
 
 _LAST_SIZE = 1 << 16   # the size given to the highest function (nothing follows it)
@@ -100,29 +99,34 @@ def profile(case_name, seconds, top, out=sys.stdout):
         return 2
     case = cases.CASES[case_name]
     X, y = cases.make_data(case, seed=0)
-    warnings.simplefilter("ignore")   # ConvergenceWarning: max_iter is the plan here
-    _estimator(case, 2).fit(X, y)     # compiles or loads every kernel of the fit
-    start = time.perf_counter()
-    _estimator(case, 2).fit(X, y)
-    # epochs for about a tenth of a second a fit: the fit's own Python, once
-    # per call, stays out of the profile
-    epochs = max(2, int(0.1 / max(time.perf_counter() - start, 1e-6) * 2))
-    map_path = write_map()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "perf.data")
-        recorder = subprocess.Popen(
-            [perf, "record", "-F", "4999", "-p", str(os.getpid()), "-o", data, "--",
-             "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        est = _estimator(case, epochs)
-        while recorder.poll() is None:
-            est.fit(X, y)
-        if recorder.returncode != 0:
-            print("perfmap: perf record failed: "
-                  + recorder.stderr.read().decode(errors="replace").strip(), file=sys.stderr)
-            return 2
-        report = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort",
-                                 "symbol", "--stdio"], capture_output=True, text=True)
-    os.unlink(map_path)   # read by the report; its data is gone with the temporary folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # ConvergenceWarning: max_iter is the plan here
+        _estimator(case, 2).fit(X, y)     # compiles or loads every kernel of the fit
+        start = time.perf_counter()
+        _estimator(case, 2).fit(X, y)
+        # epochs for about a tenth of a second a fit: the fit's own Python,
+        # once per call, stays out of the profile
+        epochs = max(2, int(0.1 / max(time.perf_counter() - start, 1e-6) * 2))
+        map_path = write_map()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = os.path.join(tmp, "perf.data")
+                recorder = subprocess.Popen(
+                    [perf, "record", "-F", "4999", "-p", str(os.getpid()), "-o", data, "--",
+                     "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                est = _estimator(case, epochs)
+                while recorder.poll() is None:
+                    est.fit(X, y)
+                if recorder.returncode != 0:
+                    print("perfmap: perf record failed: "
+                          + recorder.stderr.read().decode(errors="replace").strip(),
+                          file=sys.stderr)
+                    return 2
+                report = subprocess.run([perf, "report", "-i", data, "--no-children",
+                                         "--sort", "symbol", "--stdio"],
+                                        capture_output=True, text=True)
+        finally:
+            os.unlink(map_path)   # only this profile's report reads it
     # "  35.93%  [.] gemm.gemm_strided   -   -": the percentage and the name
     rows = [re.sub(r"\s+-\s+-\s*$", "", line).rstrip() for line in report.stdout.splitlines()
             if "%" in line and not line.startswith("#")]
@@ -133,6 +137,7 @@ def profile(case_name, seconds, top, out=sys.stdout):
 
 
 def main(argv=None):
+    """``python -m fastnn.bench.perfmap``: profile one case's fit; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fastnn.bench.perfmap",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--case", default="spiral", choices=sorted(cases.CASES))
