@@ -70,22 +70,32 @@ def _one_hot(idx, kind, n_classes, dtype):
     """(indices, T, n_outputs, label dtype) for labels at positions ``idx`` of
     classes_: one 0/1 column for a binary problem, one per class otherwise.
     T is rows of a small cached table picked in one call (``take``; a
-    zero-filled T set by flat positions took five NumPy calls); an index past
-    the last class raises IndexError."""
+    zero-filled T set by flat positions took five NumPy calls), for up to
+    _TABLE_CLASSES classes (the table has n_classes^2 entries); an index
+    past the last class raises IndexError."""
+    if n_classes > _TABLE_CLASSES and kind != "binary":
+        if idx.size and idx.max() >= n_classes:
+            raise IndexError(f"label position {idx.max()} is out of bounds for "
+                             f"{n_classes} classes")
+        T = np.zeros((idx.shape[0], n_classes), dtype=dtype)
+        T[np.arange(idx.shape[0]), idx] = 1
+        return idx, T, 1, np.dtype(np.int64)
     key = (kind == "binary", n_classes, np.dtype(dtype).str)
     rows = _CODE_ROWS.get(key)
     if rows is None:
         rows = np.eye(n_classes, dtype=dtype)
         if kind == "binary":
             rows = np.ascontiguousarray(rows[:, 1:])   # the column of the second class
-        if len(_CODE_ROWS) >= 64:
+        if len(_CODE_ROWS) >= 16:
             _CODE_ROWS.clear()
         _CODE_ROWS[key] = rows
     return idx, rows.take(idx, axis=0), 1, np.dtype(np.int64)
 
 
-# (binary?, classes, dtype) -> the rows of T for each class (_one_hot)
+# (binary?, classes, dtype) -> the rows of T for each class (_one_hot): at
+# most 16 tables of at most _TABLE_CLASSES^2 entries (512 kB in float64)
 _CODE_ROWS = {}
+_TABLE_CLASSES = 256
 
 
 def _label_target(kind, classes_, indices, T, n_outputs, label_dtype):

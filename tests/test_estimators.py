@@ -240,6 +240,30 @@ def test_partial_fit_needs_classes_then_continues(rng):
     assert clf.score(X, y) > 0.9
 
 
+@pytest.mark.parametrize("n_classes", [3, 300])
+def test_one_hot_targets_for_few_and_many_classes(rng, n_classes):
+    """Targets one-hot for a few classes (rows of a cached table) and for
+    many (built per call: the table would hold n_classes^2 entries), the
+    same either way; a label past the last class is refused by partial_fit
+    with its name, in both the lookup and the 0..k-1 fast path."""
+    from fastnn import estimators as E
+    idx = rng.integers(0, n_classes, 41)
+    _, T, _, _ = E._one_hot(idx, "multiclass", n_classes, np.float32)
+    assert T.dtype == np.float32 and np.array_equal(T, np.eye(n_classes, dtype=np.float32)[idx])
+    assert ((False, n_classes, "<f4") in E._CODE_ROWS) == (n_classes <= E._TABLE_CLASSES)
+    with pytest.raises(IndexError):
+        E._one_hot(np.array([0, n_classes]), "multiclass", n_classes, np.float32)
+    X = rng.standard_normal((60, 4))
+    y = rng.integers(0, n_classes, 60)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), random_state=0)
+    clf.partial_fit(X, y, classes=np.arange(n_classes))
+    clf.partial_fit(X, y)
+    bad = y.copy()
+    bad[3] = n_classes
+    with pytest.raises(ValueError, match=rf"\[{n_classes}\] that are not in classes_"):
+        clf.partial_fit(X, bad)
+
+
 def test_partial_fit_labels_and_loss_curve_on_a_fitted_model(rng):
     """The fitted model's partial_fit path looks each label up in classes_:
     string labels work, an unseen label is refused by name and changes
