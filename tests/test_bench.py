@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -176,3 +177,36 @@ def test_the_profile_says_when_perf_is_missing(monkeypatch, capsys):
     monkeypatch.setattr(perfmap.shutil, "which", lambda name: None)
     assert perfmap.profile("spiral", 0.1, 5) == 2
     assert "'perf' command was not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m,k,n", [(16, 128, 10), (7, 33, 1), (33, 2, 100), (100, 129, 3)])
+def test_the_products_benchmark_times_the_right_products(dtype, m, k, n):
+    """What `python -m fastnn.bench.products` times, one repetition each,
+    against float64 NumPy: the step's forward (a W + b), its weight gradient
+    (a^T d into work.grad, with db = column sums of d), the backward d W^T
+    from W^T kept and with W^T packed first."""
+    from fastnn.bench import products
+    from fastnn.kernels.step import bundle_types
+    rng = np.random.default_rng(m * k + n)
+    net, batch, work, update, a, W, d = products.step_operands(m, k, n, np.dtype(dtype), rng)
+    # the bundles have the training step's types, so the step runs by its
+    # shared symbol as in training (a cached caller of the step compiled for
+    # other types called a null address: found writing this benchmark)
+    assert tuple(numba.typeof(x) for x in (net, batch, work, update)) == bundle_types(dtype)
+    b = net.params[k * n:k * n + n]
+    a64, W64, d64 = (x.astype(np.float64) for x in (a, W, d))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    products.weight_grad_reps(net, batch, work, update, np.int64(1))
+    np.testing.assert_allclose(work.grad[:k * n].reshape(k, n), a64.T @ d64, **tol)
+    np.testing.assert_allclose(work.grad[k * n:k * n + n], d64.sum(axis=0), **tol)
+    products.forward_reps(net, work, np.int64(m), np.int64(1))
+    z = work.act_ws[work.act_off[0]:work.act_off[0] + m * n].reshape(m, n)
+    np.testing.assert_allclose(z, a64 @ W64 + b, **tol)
+    out = np.empty((m, k), dtype)
+    pack = np.empty(products.pack_workspace_elements((n, k), np.dtype(dtype).itemsize), dtype)
+    products.backward_reps(d, np.ascontiguousarray(W.T), out, pack, np.int64(1))
+    np.testing.assert_allclose(out, d64 @ W64.T, **tol)
+    out[:] = np.nan
+    products.backward_transposing_reps(d, W, np.empty((n, k), dtype), out, pack, np.int64(1))
+    np.testing.assert_allclose(out, d64 @ W64.T, **tol)

@@ -4,15 +4,26 @@
 
 Run it with the thread counts pinned (e.g. NUMBA_NUM_THREADS=1
 OPENBLAS_NUM_THREADS=1) and, on machines that set OPENBLAS_CORETYPE, with it
-unset, so that NumPy uses the BLAS kernel made for the CPU.  Each product is
-timed as the training step performs it, packing included (``product_forward``:
-z = a W; ``product_weight_grad``: G += a^T d; ``product_backward_kept``: out =
-d W^T from the W^T the step keeps current in its update), against the same
-product through np.dot (median of 7 runs of a loop lasting about 2e8 FLOPs).
-The last column, ``+W^T``, is the backward product with W^T packed from W
-first (``product_backward``): what a product standing alone would cost; the
-step pays that transpose only row block by row block inside its update, and
-only for layers after the first (the first layer has no backward product).
+unset, so that NumPy uses the BLAS kernel made for the CPU.
+
+Each product is timed as the training step performs it: by the step's own
+code on a one-layer network's workspace (trainer.make_workspace), packing
+included, repeated inside one compiled call (as the step calls it: no
+Python dispatch, no allocation; the pack workspace reused):
+
+* forward: z = a W + b, the step's ``forward`` of a logits layer;
+* dW: a^T delta, the step's weights pass (gradient only, no update) with
+  its deltas packed first as the rows pass packs them: in blocks of
+  GRAD_BLOCK_ROWS rows of dW, and as delta^T a for a layer of fewer
+  outputs than a vector has lanes (kernels.step.weight_gradient_rows);
+* backward: out = d W^T from the W^T the step keeps current in its update.
+
+Against np.dot with ``out=`` from Python, as a NumPy step calls it (median
+of 7 runs of about 2e8 FLOPs each).  The last column, ``+W^T``, is the
+backward product with W^T packed from W first in each repetition: what a
+product standing alone would cost; the step pays that transpose only row
+block by row block inside its update, and only for layers after the first
+(the first layer has no backward product).
 """
 import argparse
 import statistics
@@ -20,17 +31,57 @@ import time
 
 import numpy as np
 
+from .._jit import jit
+from ..kernels.gemm import gemm, pack_transpose
+from ..kernels.step import (FIRST, NO_ACC, NO_ACTIVATION, STORE, WEIGHTS, Batch, Update,
+                            forward, no_keep, no_panels, pack_deltas, pack_workspace_elements,
+                            step_pass)
 from .cases import CASES
 
 
-def _median_seconds(fn, reps):
+@jit
+def forward_reps(net, work, m, reps):
+    """``reps`` times the step's forward product of a one-layer network (a
+    logits layer: z = a W + b) on the m rows in work.Xb."""
+    for _ in range(reps):
+        forward(net, work.Xb[:m], work.act_ws, work.act_off, FIRST, m, work.pack[0],
+                no_panels(net))
+
+
+@jit
+def weight_grad_reps(net, batch, work, update, reps):
+    """``reps`` times the step's weight gradient of a one-layer network, a^T
+    delta over the batch's rows (a in work.Xb, delta over the logits): the
+    deltas packed as the rows pass packs them, then the weights pass."""
+    m = batch.order.shape[0]
+    for _ in range(reps):
+        pack_deltas(net, work, m, FIRST, m, FIRST)
+        step_pass(WEIGHTS, net, batch, work, update, np.int64(1))
+
+
+@jit
+def backward_reps(d, WT, out, pack, reps):
+    """``reps`` times out = d W^T from W^T kept (the step's backward product)."""
+    for _ in range(reps):
+        gemm(d, WT, out, NO_ACC, STORE, NO_ACTIVATION, WT[0], out, pack)
+
+
+@jit
+def backward_transposing_reps(d, W, WT, out, pack, reps):
+    """``reps`` times W^T packed from W, then out = d W^T."""
+    for _ in range(reps):
+        pack_transpose(W, WT)
+        gemm(d, WT, out, NO_ACC, STORE, NO_ACTIVATION, WT[0], out, pack)
+
+
+def _median_seconds(fn, per_call):
+    """Median over 7 runs of fn()'s seconds / per_call (fn run once first)."""
     fn()
     runs = []
     for _ in range(7):
         t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        runs.append((time.perf_counter() - t) / reps)
+        fn()
+        runs.append((time.perf_counter() - t) / per_call)
     return statistics.median(runs)
 
 
@@ -42,33 +93,63 @@ def shapes():
                    for a, b in zip(c.sizes[:-1], c.sizes[1:])} | {(200, 64, 1)})
 
 
+def step_operands(m, k, n, dtype, rng):
+    """A one-layer network (k -> n) and its training workspace for m rows,
+    with random inputs a (in work.Xb) and deltas d (over the logits); returns
+    (net bundle, Batch, Work, gradient-only Update, a, W, d)."""
+    from ..network import Network
+    from ..trainer import make_workspace
+    network = Network([k, n], dtype=dtype, seed=0)
+    work = make_workspace(network, m, k, n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    d = rng.standard_normal((m, n)).astype(dtype)
+    work.Xb[:] = a
+    work.act_ws[work.act_off[0]:work.act_off[0] + m * n] = d.ravel()
+    W = network.params[:k * n].reshape(k, n)
+    zero = network.dtype.type(0)
+    batch = Batch(work.Xb, work.Tb, np.ones(m, network.dtype), np.arange(m, dtype=np.int64),
+                  network.dtype.type(1.0 / m))
+    # the types the trainer gives the step (the step's shared signature, so
+    # the step is called by its symbol as in training): a gradient, no update
+    keep, kept = no_keep(network.dtype)
+    update = Update(network.params, network.params, np.int64(0), zero, zero, zero, zero, zero,
+                    zero, False, keep, kept, False, False)
+    return network._bundle(), batch, work, update, a, W, d
+
+
 def main(argv=None):
     """Print GFLOP/s of fastnn's products and their ratio to np.dot."""
     ap = argparse.ArgumentParser(prog="python -m fastnn.bench.products",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args(argv)
-    from ..kernels.gemm import (product_backward, product_backward_kept, product_forward,
-                                product_weight_grad)
     dt = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
     print(f"{'m x k x n':<15}{'forward GF/s':>14}{'x np':>6}{'dW GF/s':>10}{'x np':>6}"
           f"{'backward GF/s':>15}{'x np':>6}{'+W^T x np':>11}{'np.dot GF/s':>13}")
     for m, k, n in shapes():
-        a = rng.standard_normal((m, k)).astype(dt)
-        W = rng.standard_normal((k, n)).astype(dt)
-        d = rng.standard_normal((m, n)).astype(dt)
-        z, out, G = np.empty((m, n), dt), np.empty((m, k), dt), np.zeros((k, n), dt)
-        WT, aT, dT = np.empty((n, k), dt), np.empty((k, m), dt), np.empty((n, m), dt)
+        net, batch, work, update, a, W, d = step_operands(m, k, n, dt, rng)
+        z, out, G = np.empty((m, n), dt), np.empty((m, k), dt), np.empty((k, n), dt)
+        WT = np.ascontiguousarray(W.T)
+        # the backward product's C has k columns: the pack of a layer k wide
+        pack = np.empty(pack_workspace_elements((n, k), dt.itemsize), dt)
         flops = 2.0 * m * k * n
         reps = max(1, int(2e8 / flops))
+        r = np.int64(reps)
+
+        def numpy_reps(product):
+            return lambda: [product() for _ in range(reps)]
+
         pairs = [
-            (lambda: product_forward(a, W, WT, z), lambda: np.dot(a, W, out=z)),
-            (lambda: product_weight_grad(a, d, aT, dT, G), lambda: np.dot(a.T, d)),
-            (lambda: product_backward_kept(d, WT, out), lambda: np.dot(d, W.T, out=out)),
-            (lambda: product_backward(d, W, out), lambda: np.dot(d, W.T, out=out)),
+            (lambda: forward_reps(net, work, np.int64(m), r),
+             numpy_reps(lambda: np.dot(a, W, out=z))),
+            (lambda: weight_grad_reps(net, batch, work, update, r),
+             numpy_reps(lambda: np.dot(a.T, d, out=G))),
+            (lambda: backward_reps(d, WT, out, pack, r),
+             numpy_reps(lambda: np.dot(d, W.T, out=out))),
+            (lambda: backward_transposing_reps(d, W, np.empty_like(WT), out, pack, r),
+             numpy_reps(lambda: np.dot(d, W.T, out=out))),
         ]
-        WT[...] = W.T
         cells = []
         ref_gf = None
         for fast, ref in pairs:
