@@ -716,3 +716,25 @@ def test_vector_width_follows_the_target_cpu(monkeypatch):
         assert UK._vector_bits() == bits, name
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx,+avx2,+fma")
     assert UK._vector_bits() == 256
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_add_the_rows_in_order_at_every_block_edge(rng, dtype):
+    """column_sums_acc (the bias gradient) sums each column in registers, a
+    block of SUM_VECTORS vectors at a time: the same bits as adding the rows
+    one after another, at widths around one vector, one block and two, for
+    1 to 33 rows, and it writes nothing past the last column."""
+    lanes = G.vector_lanes(np.empty(0, dtype))
+    block = UK.SUM_VECTORS * lanes
+    widths = sorted({1, 3, lanes - 1, lanes, lanes + 1, block - 1, block, block + 1,
+                     2 * block + 7, 100})
+    for m in (1, 7, 33):
+        for n in widths:
+            S = rand(rng, (m, n), dtype)
+            b0 = rand(rng, n + 1, dtype)   # one element past the columns: untouched
+            expected = b0.copy()
+            for i in range(m):
+                expected[:n] += S[i]
+            b = b0.copy()
+            column_sums_acc(S, b[:n])
+            assert b.tobytes() == expected.tobytes(), (m, n)

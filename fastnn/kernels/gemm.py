@@ -569,12 +569,13 @@ def _pack_transpose(S, D):
 
 @jit(refcount=False)
 def column_sums_acc(S, colsum):
-    """colsum[j] += sum_i S[i, j] (the bias gradient from delta), rows in order."""
-    m, n = S.shape
-    for i in range(m):
-        row = S[i]
-        for j in range(n):
-            colsum[j] += row[j]
+    """colsum[j] += sum_i S[i, j] (the bias gradient from delta), rows in
+    order; S C-contiguous.  A block of columns at a time, summed in
+    registers (microkernel.column_sums_block)."""
+    n = S.shape[1]
+    width = uk.SUM_VECTORS * vector_lanes(S)
+    for j0 in range(0, n, width):
+        uk.column_sums_block(S, j0, n - j0, colsum)
 
 
 # The three training products as the step performs them (tests, benchmarks).
