@@ -114,6 +114,10 @@ JIT_OPTIONS = dict(
     # 'numpy' error model: no division-by-zero branch that would block SIMD.
     error_model="numpy",
     boundscheck=False,
+    # no C-callable wrapper per compiled function (for numba's first-class
+    # function values, which fastnn never uses): its lowering and machine
+    # code were about 0.5 s of a 17.5-18 s cold first run (rocketlake)
+    no_cfunc_wrapper=True,
 )
 
 
