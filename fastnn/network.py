@@ -30,6 +30,14 @@ from .kernels.step import (Net, pack_workspace_elements, predict_block_kernel, p
 PREDICT_BLOCK = 22 * MR
 PREDICT_SLOTS = 8
 SERIAL_PREDICT_ROWS = 32
+# A prediction of at most this much work (rows x weights, multiply-adds)
+# also stays on the calling thread, block after block: below it, waking the
+# pool costs more than the second thread saves (Network.predict_proba at 2
+# threads, serial / parallel: 2-100-3 of 300 rows 16 / 59 us, of 1500 rows
+# 73 / 85; 20-50-2 of 1000 rows 55 / 71, of 2000 rows 117 / 62; rocketlake),
+# and a small first run does not compile the parallel prediction
+# (predict_rows, about 1.3 s of CPU).
+SERIAL_PREDICT_WORK = 800_000
 
 
 class Network:
@@ -162,12 +170,18 @@ class Network:
             return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        ws, act_off, pack, wp = self._predict_workspace(n > PREDICT_BLOCK)
-        if n <= SERIAL_PREDICT_ROWS:
-            finite = predict_block_kernel(self.params, self._offs, self._dims, self._acts,
-                                          self._output_code, X, out, ws[0], act_off, pack[0],
-                                          *wp)
+        if n <= SERIAL_PREDICT_ROWS or n * self.n_weights <= SERIAL_PREDICT_WORK:
+            ws, act_off, pack, wp = self._predict_workspace()
+            finite = True
+            for r0 in range(0, n, PREDICT_BLOCK):   # each block packs W_l itself
+                r1 = min(n, r0 + PREDICT_BLOCK)
+                finite = predict_block_kernel(self.params, self._offs, self._dims, self._acts,
+                                              self._output_code, X[r0:r1], out[r0:r1], ws[0],
+                                              act_off, pack[0], *wp)
+                if not finite:
+                    break
         else:
+            ws, act_off, pack, wp = self._predict_workspace(n > PREDICT_BLOCK)
             with parallel_region() as threads:
                 finite = predict_rows(self._bundle(), X, out, ws, act_off, pack, *wp,
                                       PREDICT_BLOCK, threads)

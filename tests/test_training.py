@@ -252,13 +252,17 @@ def test_cache_built_for_one_cpu_is_not_used_for_another(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_prediction_does_not_depend_on_the_other_rows(rng, dtype):
+def test_prediction_does_not_depend_on_the_other_rows(rng, dtype, monkeypatch):
     """A row's prediction has the same bits alone (the one-row path), in a small
-    batch (serial path), in a big batch (parallel blocks), and after shuffling."""
+    batch (serial path), in a big batch (parallel blocks, or the same blocks
+    one after another on the calling thread: network.SERIAL_PREDICT_WORK),
+    and after shuffling."""
+    from fastnn import network
     from fastnn.network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
     net = fastnn.Network([37, 70, 33, 5], activation=["relu", "tanh"], dtype=dtype, seed=1)
     n = 2 * PREDICT_BLOCK + 7
     X = rng.standard_normal((n, 37))
+    monkeypatch.setattr(network, "SERIAL_PREDICT_WORK", 0)
     P = net.predict_proba(X)
     perm = rng.permutation(n)
     np.testing.assert_array_equal(net.predict_proba(X[perm]), P[perm])
@@ -266,6 +270,9 @@ def test_prediction_does_not_depend_on_the_other_rows(rng, dtype):
         np.testing.assert_array_equal(net.predict_proba(X[i:i + 1]), P[i:i + 1])
     small = X[3:3 + SERIAL_PREDICT_ROWS]
     np.testing.assert_array_equal(net.predict_proba(small), P[3:3 + SERIAL_PREDICT_ROWS])
+    monkeypatch.setattr(network, "SERIAL_PREDICT_WORK", 10**12)
+    np.testing.assert_array_equal(net.predict_proba(X), P)
+    np.testing.assert_array_equal(net.predict_proba(X[perm]), P[perm])
 
 
 def _numpy_forward(net, X):
@@ -284,12 +291,14 @@ def _numpy_forward(net, X):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sizes", [[37, 70, 33, 5], [7, 129], [1, 17, 16, 2]])
-def test_prediction_of_many_blocks_packs_the_current_weights(rng, dtype, sizes):
+def test_prediction_of_many_blocks_packs_the_current_weights(rng, dtype, sizes, monkeypatch):
     """A prediction of several blocks packs every W_l once for all of them
     (kernels.step.pack_weights): it matches the NumPy float64 forward pass,
     and after the parameters change in place the next call uses the new
     ones (the packed copy is made per call, never kept)."""
+    from fastnn import network
     from fastnn.network import PREDICT_BLOCK
+    monkeypatch.setattr(network, "SERIAL_PREDICT_WORK", 0)   # the parallel path, which packs
     net = fastnn.Network(sizes, activation="tanh", dtype=dtype, seed=2)
     X = rng.standard_normal((3 * PREDICT_BLOCK + 5, sizes[0]))
     tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
@@ -301,14 +310,16 @@ def test_prediction_of_many_blocks_packs_the_current_weights(rng, dtype, sizes):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_few_rows_after_a_big_prediction_use_the_current_weights(rng, dtype):
+def test_a_few_rows_after_a_big_prediction_use_the_current_weights(rng, dtype, monkeypatch):
     """After a prediction of several blocks (which packs W into the
     prediction workspace) the parameters change: every later prediction,
     of any number of rows (the serial path up to SERIAL_PREDICT_ROWS, one
     parallel block, several), uses the new weights, through Network and
     through a partial_fit of the estimator (a one-row prediction used to
     read the stale packed panels: 0.26 off in a probability)."""
+    from fastnn import network
     from fastnn.network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    monkeypatch.setattr(network, "SERIAL_PREDICT_WORK", 0)   # the parallel path, which packs
     sizes = [37, 70, 5]
     net = fastnn.Network(sizes, dtype=dtype, seed=2)
     X = rng.standard_normal((2 * PREDICT_BLOCK + 7, sizes[0]))

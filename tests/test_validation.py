@@ -145,12 +145,16 @@ def test_read_only_input_is_accepted(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_prediction_refuses_nan_and_inf_in_any_row(dtype, bad):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_prediction_refuses_nan_and_inf_in_any_row(dtype, bad, parallel, monkeypatch):
     """Prediction checks X for NaN and infinity in its kernels, block by
     block (network.PREDICT_BLOCK rows, in parallel beyond
-    SERIAL_PREDICT_ROWS): a bad value in any row of any block, first or
+    SERIAL_PREDICT_ROWS and SERIAL_PREDICT_WORK, block after block on the
+    calling thread below): a bad value in any row of any block, first or
     last, is found, and the call raises with the argument's name."""
+    from fastnn import network
     from fastnn.network import PREDICT_BLOCK, SERIAL_PREDICT_ROWS
+    monkeypatch.setattr(network, "SERIAL_PREDICT_WORK", 0 if parallel else 10**12)
     net = fastnn.Network([7, 5, 3], dtype=dtype, seed=0)
     rng = np.random.default_rng()
     before = net.params.copy()
