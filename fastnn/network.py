@@ -170,7 +170,12 @@ class Network:
             return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        if n <= SERIAL_PREDICT_ROWS or n * self.n_weights <= SERIAL_PREDICT_WORK:
+        if n <= SERIAL_PREDICT_ROWS:   # (a few rows: nothing sliced, one call)
+            ws, act_off, pack, wp = self._predict_workspace()
+            finite = predict_block_kernel(self.params, self._offs, self._dims, self._acts,
+                                          self._output_code, X, out, ws[0], act_off, pack[0],
+                                          *wp)
+        elif n * self.n_weights <= SERIAL_PREDICT_WORK:
             ws, act_off, pack, wp = self._predict_workspace()
             finite = True
             for r0 in range(0, n, PREDICT_BLOCK):   # each block packs W_l itself
