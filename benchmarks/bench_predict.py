@@ -81,6 +81,38 @@ class Predict:
     track_predict_rows_per_s.unit = "rows/s"
 
 
+class PredictSmallNetwork:
+    """predict_proba of 300 rows through a small network (the spiral's
+    2-100-3, float32), through the network or the estimator: a batch whose
+    work (150k multiply-adds) stays on the calling thread, block after block
+    (fastnn.network.SERIAL_PREDICT_WORK), where waking the thread pool would
+    cost more than the arithmetic."""
+
+    params = ["network", "estimator"]
+    param_names = ["api"]
+    timeout = 120
+    ROWS = 300
+    CALLS = 100   # calls per timed call: a few ms
+
+    def setup(self, api):
+        import fastnn
+        X, y = fastnn.spiral()
+        self.X = np.ascontiguousarray(X[:self.ROWS], dtype=np.float32)
+        if api == "network":
+            self.model = fastnn.Network([2, 100, 3], seed=0)
+        else:
+            self.model = fastnn.MLPClassifier(hidden_layer_sizes=(100,), max_iter=2,
+                                              random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # ConvergenceWarning after two epochs
+                self.model.fit(X, y)
+        self.model.predict_proba(self.X)   # compile / load from cache
+
+    def time_predict_proba(self, api):
+        for _ in range(self.CALLS):
+            self.model.predict_proba(self.X)
+
+
 class MicroKernel:
     """The GEMM core on a block that stays in L2 (96 x 256 times 256 x 256,
     float32), repeated: the micro-kernel's speed with little memory traffic."""
