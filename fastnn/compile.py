@@ -29,6 +29,22 @@ DTYPES = ("float32", "float64")
 _FEW_ROWS, _MANY_ROWS = 3, 300
 
 
+def _parallel_rows(network):
+    """Rows of a prediction big enough for the parallel path (past both of
+    network.SERIAL_PREDICT_ROWS and SERIAL_PREDICT_WORK), for ``network``."""
+    from .network import SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK
+    return max(SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK // network.n_weights) + 1
+
+
+def _predict_every_path(predict, network, X, rng):
+    """``predict`` (a method predicting with ``network``) of a few rows, of
+    many on the calling thread and of enough for the parallel path (rows of
+    X, then random ones)."""
+    big = rng.standard_normal((_parallel_rows(network), X.shape[1]))
+    for rows in (X[:_FEW_ROWS], X[:_MANY_ROWS], big):
+        predict(rows)
+
+
 def _network_paths(dtype, rng):
     """Network / Trainer: fit (SGD and Adam, every output), gradient, evaluate,
     predictions of a few and of many rows."""
@@ -47,9 +63,8 @@ def _network_paths(dtype, rng):
                         sample_weight=np.ones(_MANY_ROWS))
         trainer.loss_and_gradient(X[:_FEW_ROWS], y[:_FEW_ROWS])
         trainer.evaluate(X, y)
-        for rows in (_FEW_ROWS, _MANY_ROWS):
-            net.predict(X[:rows])
-            net.forward(X[:rows])
+        net.predict(X[:_FEW_ROWS])
+        _predict_every_path(net.forward, net, X, rng)
 
 
 def _estimator_paths(dtype, rng):
@@ -64,9 +79,8 @@ def _estimator_paths(dtype, rng):
         for solver in ("sgd", "adam"):   # the last one, without early stopping, goes on
             clf = MLPClassifier(solver=solver, early_stopping=solver == "sgd", **kw).fit(X, y)
         clf.partial_fit(X[:_FEW_ROWS], y[:_FEW_ROWS])
-        for rows in (_FEW_ROWS, _MANY_ROWS):
-            clf.predict(X[:rows])
-            clf.predict_proba(X[:rows])
+        clf.predict(X)
+        _predict_every_path(clf.predict_proba, clf._network, X, rng)
     MLPRegressor(early_stopping=True, **kw).fit(X, rng.standard_normal(_MANY_ROWS))
     reg = MLPRegressor(**kw).fit(X, rng.standard_normal(_MANY_ROWS))
     reg.partial_fit(X[:_FEW_ROWS], rng.standard_normal(_FEW_ROWS))

@@ -70,7 +70,9 @@ def test_compile_log_self_times_add_up_to_the_outer_time():
 
 
 # After `fastnn compile`, a process doing the first-run workload of the
-# cold-start check compiles nothing: every compile event is logged.
+# cold-start check, and a prediction big enough for the parallel path (which
+# that workload's small ones no longer take), compiles nothing: every
+# compile event is logged.
 _NOTHING_COMPILED = """
 import json
 from fastnn._compile_log import CompileLog
@@ -78,6 +80,12 @@ from fastnn import _compile_notice
 log = CompileLog().__enter__()
 _compile_notice.enable()
 exec(WORKLOAD)
+import numpy as np
+import fastnn
+from fastnn.network import SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK
+big = fastnn.Network([784, 64, 10], seed=0)
+rows = max(SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK // big.n_weights) + 1
+big.predict_proba(np.zeros((rows, 784), np.float32))
 import numba
 from fastnn.kernels import step
 misses = sum(sum(d.stats.cache_misses.values()) for d in vars(step).values()
