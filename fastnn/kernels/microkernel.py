@@ -485,7 +485,8 @@ def column_sums_block(typingctx, S, j0, n_valid, colsum):
     at the right edge (n_valid below its width) is read and written with
     masked loads and stores.
     """
-    if not (isinstance(S, types.Array) and S.ndim == 2 and S.layout == "C"):
+    if not (isinstance(S, types.Array) and S.ndim == 2 and S.layout == "C"
+            and isinstance(colsum, types.Array) and colsum.ndim == 1 and colsum.layout == "C"):
         return None
     sig = types.void(S, j0, n_valid, colsum)
 
