@@ -28,9 +28,10 @@ from ._parallel import parallel_region
 from .checkpoint import read_checkpoint, save_checkpoint
 from .epoch_order import InOrder, Shuffled, next_orders
 from .io import ModelFileError
-from .kernels.step import (GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Update, Work,
-                           delta_pack_layout, loss_gradient, no_keep, pack_workspace_elements,
-                           train_epoch, weight_block_count)
+from .kernels.microkernel import lanes
+from .kernels.step import (FEW_OUTPUTS_BLOCK_ROWS, GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Update,
+                           Work, delta_pack_layout, loss_gradient, no_keep,
+                           pack_workspace_elements, train_epoch, weight_block_count)
 from .optimizers import SGD
 from .kernels import optim as optim_k
 from .kernels import run as run_kernels
@@ -140,7 +141,8 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         # per thread: one block of dW in the weights pass, and one of dW^T
         # for a layer of few outputs (see kernels.step.weight_gradient_rows)
         scratch=np.empty((numba.config.NUMBA_NUM_THREADS,
-                          2 * GRAD_BLOCK_ROWS * int(widths.max())), dtype=dt),
+                          2 * max(GRAD_BLOCK_ROWS, FEW_OUTPUTS_BLOCK_ROWS) * int(widths.max())),
+                         dtype=dt),
         # per thread: what the GEMM packs its operands into (no product allocates)
         pack=np.empty((numba.config.NUMBA_NUM_THREADS,
                        pack_workspace_elements(network._dims, dt.itemsize)), dtype=dt),
@@ -149,7 +151,8 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         wb=np.empty(batch_size, dtype=dt),
         group_loss=np.empty(groups, dtype=np.float64),
         group_correct=np.empty(groups, dtype=np.int64),
-        l2_parts=np.empty(weight_block_count(network._dims), dtype=np.float64),
+        l2_parts=np.empty(weight_block_count(network._dims, lanes(dt.itemsize)),
+                          dtype=np.float64),
         # the batch's deltas packed for the weights pass's products
         dpack=dpack, dpack_off=dpack_off)
 

@@ -742,3 +742,23 @@ def test_column_sums_add_the_rows_in_order_at_every_block_edge(rng, dtype):
             b = b0.copy()
             column_sums_acc(S, b[:n])
             assert b.tobytes() == expected.tobytes(), (m, n)
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("dims", [[784, 256, 10], [2, 100, 3], [129, 7, 3], [1, 1],
+                                  [97, 300, 16, 15, 200]])
+def test_weight_blocks_cover_every_row_once(dims, lanes):
+    """The weights pass's blocks: every row of every W_l in exactly one
+    block, in order, FEW_OUTPUTS_BLOCK_ROWS rows for a layer of fewer outputs
+    than a vector has lanes (its gradient is computed transposed), else
+    GRAD_BLOCK_ROWS; the last block of a layer may be shorter."""
+    from fastnn.kernels import step
+    d = np.array(dims, dtype=np.int64)
+    count = step.weight_block_count(d, lanes)
+    seen = [[] for _ in range(len(dims) - 1)]
+    for t in range(count):
+        l, i0, i1 = step.weight_block(d, t, lanes)
+        rows = step.FEW_OUTPUTS_BLOCK_ROWS if dims[l + 1] < lanes else step.GRAD_BLOCK_ROWS
+        assert 0 < i1 - i0 <= rows and (i0 % rows == 0)
+        seen[l].extend(range(i0, i1))
+    assert seen == [list(range(k)) for k in dims[:-1]]

@@ -56,12 +56,13 @@ def test_gradient_matches_finite_differences(rng, activation, depth, l2):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_gradient_of_a_large_batch(rng, activation):
-    """600 rows and 97 inputs: the weight gradient's sum over rows spans several
-    K blocks of the GEMM, dW_1 spans two row blocks, and the batch is cut into
-    several shards and loss groups."""
+    """600 rows and 129 inputs: the weight gradient's sum over rows spans several
+    K blocks of the GEMM, dW_1 spans two row blocks (of either size: 7
+    outputs are computed transposed where a vector has more lanes), and the
+    batch is cut into several shards and loss groups."""
     from fastnn.kernels.gemm import KC
-    from fastnn.kernels.step import GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS
-    sizes = [GRAD_BLOCK_ROWS + 1, 7, 3]
+    from fastnn.kernels.step import FEW_OUTPUTS_BLOCK_ROWS, GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS
+    sizes = [max(GRAD_BLOCK_ROWS, FEW_OUTPUTS_BLOCK_ROWS) + 1, 7, 3]
     net = fastnn.Network(sizes, activation=activation, dtype="float64",
                          seed=int(rng.integers(2**31)))
     for b in net.biases:

@@ -15,6 +15,7 @@ step.py would make every user of the single-machine path recompile.
 import numpy as np
 
 from .._jit import jit
+from .gemm import vector_lanes
 from .optim import update_range
 from .step import (FIRST, ROWS, WEIGHTS, Batch, batch_weight, gradient_only, pack_weights_t,
                    step_pass, sum_squares, update_for_step, weight_block,
@@ -38,8 +39,8 @@ def chunk_gradient(net, X, T, w, rows, scale, work, threads):
 def apply_update(net, grad, update, step):
     """One optimizer step on net.params from the batch gradient ``grad`` (no
     L2 in it), as the weights pass of kernels.step does it: weight rows in
-    blocks of GRAD_BLOCK_ROWS with ``update.l2`` as decay, each bias with the
-    block at its layer's row 0 and no decay.  ``step`` counts steps before
+    that pass's blocks (step.weight_block) with ``update.l2`` as decay, each
+    bias with the block at its layer's row 0 and no decay.  ``step`` counts steps before
     this one (Adam's bias correction).  Returns (l2/2) sum W^2 before the
     step, plus update_range's probe: NaN once an update overflowed, as in the
     local step."""
@@ -49,8 +50,9 @@ def apply_update(net, grad, update, step):
     zero = params.dtype.type(0)
     total = 0.0
     probe = 0.0
-    for t in range(weight_block_count(net.dims)):
-        l, i0, i1 = weight_block(net.dims, t)
+    lanes = vector_lanes(params)
+    for t in range(weight_block_count(net.dims, lanes)):
+        l, i0, i1 = weight_block(net.dims, t, lanes)
         k = net.dims[l]
         n = net.dims[l + 1]
         lo = net.offs[l] + i0 * n

@@ -19,7 +19,7 @@ The same two parallel passes per step as the dense step:
    through the sparse first layer (reading them from X's CSR arrays through
    the batch's row order), the dense layers, the loss gradient and backward;
 2. weights: the blocks of kernels.step.weight_block; a block of the first
-   layer computes its GRAD_BLOCK_ROWS rows of dW_0 from the batch's
+   layer computes its rows of dW_0 from the batch's
    transpose, the others are kernels.step.weights_block; each block is then
    updated by kernels.step.update_rows.
 
@@ -48,6 +48,7 @@ from numba import prange
 
 from .._jit import jit, pjit
 from .activations import bias_activate_row
+from .gemm import vector_lanes
 from .losses import loss_grad, output_transform
 from .step import (FIRST, LOSS_GROUP_ROWS, NO_ACTIVATION, ROWS, WEIGHTS, backward,
                    batch_weight, bias_gradient, forward_from, gradient_only,
@@ -202,7 +203,7 @@ def sparse_weight_rows(sw, delta, i0, i1, dW):
 def sparse_weights_block(net, work, sw, update, m, t, s):
     """Block t of the weights pass on worker s: a block of the first layer
     from the sparse transpose, any other the dense step's weights_block."""
-    l, i0, i1 = weight_block(net.dims, t)
+    l, i0, i1 = weight_block(net.dims, t, vector_lanes(net.params))
     if l > 0:
         weights_block(net, work, update, m, t, s)
         return
@@ -232,7 +233,8 @@ def sparse_step_pass(phase, net, batch, work, sw, update, threads):
     same fixed-order sums: same bits for any thread count."""
     m = batch.order.shape[0]
     n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
-    n_tasks = weight_block_count(net.dims) if phase == WEIGHTS else n_groups
+    n_tasks = (weight_block_count(net.dims, vector_lanes(net.params)) if phase == WEIGHTS
+               else n_groups)
     workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
     per_worker = (n_groups + workers - 1) // workers
     if workers == 1:

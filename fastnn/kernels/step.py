@@ -6,9 +6,9 @@ A step is two parallel passes, each writing disjoint memory:
    shard runs its rows forward, writes the loss gradient over its logits and
    runs its rows backward (delta_l for every layer);
 2. weights (``step_pass(WEIGHTS, ...)``): dW_l = a_{l-1}^T delta_l over the whole batch
-   in blocks of GRAD_BLOCK_ROWS rows of dW_l (a cut that depends only on the
-   layer sizes), db_l = column sums of delta_l with the first block, then, in
-   the same task while the block is in cache, the L2 term, the optimizer
+   in blocks of rows of dW_l (block_rows: a cut that depends only on the
+   layer sizes and the dtype's vector width), db_l = column sums of
+   delta_l with the first block, then, in the same task while the block is in cache, the L2 term, the optimizer
    update of those rows of W_l (and of b_l) and their W^T for the next step's
    backward product.
 
@@ -46,6 +46,15 @@ LOSS_GROUP_ROWS = 16
 # Rows of dW (and of W) per block of the weights pass: a multiple of the
 # register tile's rows; 784 inputs give 9 blocks, enough to balance a few threads.
 GRAD_BLOCK_ROWS = 96
+# The same for a layer whose weight gradient is computed transposed (fewer
+# outputs than a vector has lanes: weight_gradient_rows), where a block's
+# rows are the product's columns: a multiple of every panel width (64, 32,
+# 16 or 8 columns), so no panel is left partly empty.  With 96 rows each
+# block was one full panel and a half-empty one, and 100 inputs two blocks
+# (96 and 4 rows).  python -m fastnn.bench.products, x np.dot, 96 -> 128
+# rows: 128 x 256 x 10 0.71 -> 1.10, 300 x 100 x 3 0.57 -> 0.77, 16 x 128 x
+# 10 0.43 -> 0.60 (rocketlake).
+FEW_OUTPUTS_BLOCK_ROWS = 128
 
 # The arguments of the compiled step travel in four bundles (namedtuples):
 Net = namedtuple("Net", ["params", "offs", "dims", "acts", "output"])
@@ -110,7 +119,7 @@ def pack_workspace_elements(dims, itemsize):
     products (a C of a few columns: any K, so a layer of thousands of inputs
     before a single output still allocates nothing per step)."""
     dims = [int(d) for d in dims]
-    tiles = pack_elements(max(max(dims[1:]), GRAD_BLOCK_ROWS), itemsize)
+    tiles = pack_elements(max(max(dims[1:]), GRAD_BLOCK_ROWS, FEW_OUTPUTS_BLOCK_ROWS), itemsize)
     # forward (K = a layer's inputs, N = its outputs) and backward (K = its
     # outputs, N = its inputs), both ways for every layer
     pairs = list(zip(dims[:-1], dims[1:])) + list(zip(dims[1:], dims[:-1]))
@@ -373,29 +382,35 @@ def pack_weights_t(params, offs, dims, WT):
 
 
 @jit(inline="always")
-def _blocks_of(rows):
-    return (rows + GRAD_BLOCK_ROWS - 1) // GRAD_BLOCK_ROWS
+def block_rows(dims, l, lanes):
+    """Rows of W_l per block of the weights pass, for a dtype of ``lanes``
+    elements per vector: FEW_OUTPUTS_BLOCK_ROWS where dW_l is computed
+    transposed (fewer outputs than lanes), else GRAD_BLOCK_ROWS."""
+    return FEW_OUTPUTS_BLOCK_ROWS if dims[l + 1] < lanes else GRAD_BLOCK_ROWS
 
 
 @jit(inline="always")
-def weight_block_count(dims):
-    """Number of blocks of the weights pass: GRAD_BLOCK_ROWS rows of each W_l."""
+def weight_block_count(dims, lanes):
+    """Number of blocks of the weights pass (block_rows rows of each W_l)."""
     count = 0
     for l in range(dims.shape[0] - 1):
-        count += _blocks_of(dims[l])
+        rows = block_rows(dims, l, lanes)
+        count += (dims[l] + rows - 1) // rows
     return count
 
 
 @jit(inline="always")
-def weight_block(dims, t):
+def weight_block(dims, t, lanes):
     """(layer l, first row, end row) of block t of the weights pass."""
     l = 0
     first = 0
-    while t >= first + _blocks_of(dims[l]):
-        first += _blocks_of(dims[l])
+    rows = block_rows(dims, l, lanes)
+    while t >= first + (dims[l] + rows - 1) // rows:
+        first += (dims[l] + rows - 1) // rows
         l += 1
-    i0 = (t - first) * GRAD_BLOCK_ROWS
-    return l, i0, min(dims[l], i0 + GRAD_BLOCK_ROWS)
+        rows = block_rows(dims, l, lanes)
+    i0 = (t - first) * rows
+    return l, i0, min(dims[l], i0 + rows)
 
 
 @jit(inline="always")
@@ -529,7 +544,7 @@ def weights_block_kernel(net, work, update, m, t, s):
     without, to work.grad.  Only bundles and integers cross into the parallel
     loop's body (numba 0.68 read the wrong array of a bundle for
     ``work.l2_parts[t] = ...`` written in the body)."""
-    l, i0, i1 = weight_block(net.dims, t)
+    l, i0, i1 = weight_block(net.dims, t, vector_lanes(net.params))
     n = net.dims[l + 1]
     g_rows = gradient_rows_buffer(net, work, update, l, i0, i1, s)
     weight_gradient_rows(net, work, m, l, i0, i1, g_rows.reshape((i1 - i0, n)), s)
@@ -647,7 +662,8 @@ def parallel_step_pass(phase, net, batch, work, update, threads):
     """
     m = batch.order.shape[0]
     n_groups = (m + LOSS_GROUP_ROWS - 1) // LOSS_GROUP_ROWS
-    n_tasks = n_groups if phase == ROWS else weight_block_count(net.dims)
+    n_tasks = n_groups if phase == ROWS else weight_block_count(net.dims,
+                                                                vector_lanes(net.params))
     workers = max(1, min(threads, n_tasks, work.scratch.shape[0]))
     per_worker = (n_groups + workers - 1) // workers
     if workers == 1:
