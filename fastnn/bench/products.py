@@ -13,8 +13,8 @@ Python dispatch, no allocation; the pack workspace reused):
 
 * forward: z = a W + b, the step's ``forward`` of a logits layer;
 * dW: a^T delta, the step's weights pass (gradient only, no update) with
-  its deltas packed first as the rows pass packs them: in blocks of
-  GRAD_BLOCK_ROWS rows of dW, and as delta^T a for a layer of fewer
+  its deltas packed first as the rows pass packs them: in blocks of rows
+  of dW (kernels.step.block_rows), and as delta^T a for a layer of fewer
   outputs than a vector has lanes (kernels.step.weight_gradient_rows);
 * backward: out = d W^T from the W^T the step keeps current in its update.
 
