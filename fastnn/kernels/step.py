@@ -7,10 +7,10 @@ A step is two parallel passes, each writing disjoint memory:
    runs its rows backward (delta_l for every layer);
 2. weights (``step_pass(WEIGHTS, ...)``): dW_l = a_{l-1}^T delta_l over the whole batch
    in blocks of rows of dW_l (block_rows: a cut that depends only on the
-   layer sizes and the dtype's vector width), db_l = column sums of
-   delta_l with the first block, then, in the same task while the block is in cache, the L2 term, the optimizer
-   update of those rows of W_l (and of b_l) and their W^T for the next step's
-   backward product.
+   layer sizes and the dtype's vector width), db_l = column sums of delta_l
+   with the first block, then, in the same task while the block is in
+   cache, the L2 term, the optimizer update of those rows of W_l (and of
+   b_l) and their W^T for the next step's backward product.
 
 Two parallel regions per step, because waking the thread pool costs tens of
 microseconds each time (measured on the 2-core machine, passive OpenMP
@@ -51,9 +51,9 @@ GRAD_BLOCK_ROWS = 96
 # rows are the product's columns: a multiple of every panel width (64, 32,
 # 16 or 8 columns), so no panel is left partly empty.  With 96 rows each
 # block was one full panel and a half-empty one, and 100 inputs two blocks
-# (96 and 4 rows).  python -m fastnn.bench.products, x np.dot, 96 -> 128
-# rows: 128 x 256 x 10 0.71 -> 1.10, 300 x 100 x 3 0.57 -> 0.77, 16 x 128 x
-# 10 0.43 -> 0.60 (rocketlake).
+# (96 and 4 rows).  The weight gradient's GFLOP/s, 96 -> 128 rows (python -m
+# fastnn.bench.products, alternated, rocketlake): 128 x 256 x 10 58-63 ->
+# 80-86, 300 x 100 x 3 24-27 -> 32-36, 16 x 128 x 10 17-18 -> 22-23.
 FEW_OUTPUTS_BLOCK_ROWS = 128
 
 # The arguments of the compiled step travel in four bundles (namedtuples):
