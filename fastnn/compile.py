@@ -29,18 +29,11 @@ DTYPES = ("float32", "float64")
 _FEW_ROWS, _MANY_ROWS = 3, 300
 
 
-def _parallel_rows(network):
-    """Rows of a prediction big enough for the parallel path (past both of
-    network.SERIAL_PREDICT_ROWS and SERIAL_PREDICT_WORK), for ``network``."""
-    from .network import SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK
-    return max(SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK // network.n_weights) + 1
-
-
 def _predict_every_path(predict, network, X, rng):
     """``predict`` (a method predicting with ``network``) of a few rows, of
     many on the calling thread and of enough for the parallel path (rows of
     X, then random ones)."""
-    big = rng.standard_normal((_parallel_rows(network), X.shape[1]))
+    big = rng.standard_normal((network._parallel_prediction_rows(), X.shape[1]))
     for rows in (X[:_FEW_ROWS], X[:_MANY_ROWS], big):
         predict(rows)
 

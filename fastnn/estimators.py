@@ -43,7 +43,7 @@ from ._compat import (BaseEstimator, ClassifierMixin, ConvergenceWarning,
                       available_if)
 from ._estimator_io import _STOCHASTIC_ONLY, load_estimator, save_estimator
 from .epoch_order import InOrder, RunningShuffle, seeded_random_state
-from .network import SERIAL_PREDICT_ROWS, Network
+from .network import Network
 from .optimizers import SGD, Adam
 from .schedules import Adaptive, Constant, InvScaling, Plateau
 from .trainer import Trainer, _input_error, serial_step, unit_weights
@@ -449,7 +449,7 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X):
         X = self._check_X_predict(X)   # C-contiguous, the network's dtype
-        if X.shape[0] <= SERIAL_PREDICT_ROWS:  # predicted on this thread alone
+        if self._network._predicts_serially(X.shape[0]):   # on this thread alone
             return self._network._forward_checked(X, "Input X")
         with num_threads(self.n_threads):
             return self._network._forward_checked(X, "Input X")

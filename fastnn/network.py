@@ -170,21 +170,8 @@ class Network:
             return _sparse.forward(self, X)
         n = X.shape[0]
         out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        if n <= SERIAL_PREDICT_ROWS:   # (a few rows: nothing sliced, one call)
-            ws, act_off, pack, wp = self._predict_workspace()
-            finite = predict_block_kernel(self.params, self._offs, self._dims, self._acts,
-                                          self._output_code, X, out, ws[0], act_off, pack[0],
-                                          *wp)
-        elif n * self.n_weights <= SERIAL_PREDICT_WORK:
-            ws, act_off, pack, wp = self._predict_workspace()
-            finite = True
-            for r0 in range(0, n, PREDICT_BLOCK):   # each block packs W_l itself
-                r1 = min(n, r0 + PREDICT_BLOCK)
-                finite = predict_block_kernel(self.params, self._offs, self._dims, self._acts,
-                                              self._output_code, X[r0:r1], out[r0:r1], ws[0],
-                                              act_off, pack[0], *wp)
-                if not finite:
-                    break
+        if self._predicts_serially(n):
+            finite = self._predict_serially(X, out)
         else:
             ws, act_off, pack, wp = self._predict_workspace(n > PREDICT_BLOCK)
             with parallel_region() as threads:
@@ -193,6 +180,32 @@ class Network:
         if not finite:
             raise V.non_finite_error(name, self.dtype)
         return out
+
+    def _predicts_serially(self, rows):
+        """Whether a prediction of ``rows`` rows runs on the calling thread:
+        at most SERIAL_PREDICT_ROWS rows, or SERIAL_PREDICT_WORK multiply-adds."""
+        return rows <= SERIAL_PREDICT_ROWS or rows * self.n_weights <= SERIAL_PREDICT_WORK
+
+    def _parallel_prediction_rows(self):
+        """The fewest rows whose prediction runs in the parallel region."""
+        return max(SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK // self.n_weights) + 1
+
+    def _predict_serially(self, X, out):
+        """Outputs for the rows of X into ``out`` on the calling thread, block
+        after block of PREDICT_BLOCK rows, each packing W_l itself (a single
+        block is X itself, unsliced: a one-row prediction slices nothing).
+        False, and the rest not predicted, at a block holding NaN or inf."""
+        ws, act_off, pack, wp = self._predict_workspace()
+        args = (self.params, self._offs, self._dims, self._acts, self._output_code)
+        n = X.shape[0]
+        if n <= PREDICT_BLOCK:
+            return predict_block_kernel(*args, X, out, ws[0], act_off, pack[0], *wp)
+        for r0 in range(0, n, PREDICT_BLOCK):
+            r1 = r0 + PREDICT_BLOCK
+            if not predict_block_kernel(*args, X[r0:r1], out[r0:r1], ws[0], act_off, pack[0],
+                                        *wp):
+                return False
+        return True
 
     def _predict_workspace(self, packed_weights=False):
         """Workspaces for prediction, made once per network and Python thread

@@ -82,10 +82,8 @@ _compile_notice.enable()
 exec(WORKLOAD)
 import numpy as np
 import fastnn
-from fastnn.network import SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK
 big = fastnn.Network([784, 64, 10], seed=0)
-rows = max(SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK // big.n_weights) + 1
-big.predict_proba(np.zeros((rows, 784), np.float32))
+big.predict_proba(np.zeros((big._parallel_prediction_rows(), 784), np.float32))
 import numba
 from fastnn.kernels import step
 misses = sum(sum(d.stats.cache_misses.values()) for d in vars(step).values()

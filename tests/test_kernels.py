@@ -419,10 +419,8 @@ def test_the_epoch_calls_the_one_compiled_training_step_by_its_symbol(rng, dtype
     # the parallel prediction likewise calls its block by symbol (rows past
     # the limits of the one-thread path)
     from fastnn.kernels.step import predict_rows
-    from fastnn.network import SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK
     net = Network([5, 7, 3], dtype=dtype, seed=0)
-    rows = max(SERIAL_PREDICT_ROWS, SERIAL_PREDICT_WORK // net.n_weights) + 1
-    net.predict_proba(rand(rng, (rows, 5), dtype))
+    net.predict_proba(rand(rng, (net._parallel_prediction_rows(), 5), dtype))
     rows_sig = next(s for s in predict_rows.signatures if s[1].dtype == numba.from_dtype(dtype))
     fresh_rows = numba.njit(**{**JIT_OPTIONS, "cache": False, "parallel": True})(
         predict_rows.py_func)
