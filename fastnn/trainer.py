@@ -29,9 +29,9 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .epoch_order import InOrder, Shuffled, next_orders
 from .io import ModelFileError
 from .kernels.microkernel import lanes
-from .kernels.step import (FEW_OUTPUTS_BLOCK_ROWS, GRAD_BLOCK_ROWS, LOSS_GROUP_ROWS, Update,
-                           Work, delta_pack_layout, loss_gradient, no_keep,
-                           pack_workspace_elements, train_epoch, weight_block_count)
+from .kernels.step import (LOSS_GROUP_ROWS, MAX_BLOCK_ROWS, Update, Work, delta_pack_layout,
+                           loss_gradient, no_keep, pack_workspace_elements, train_epoch,
+                           weight_block_count)
 from .optimizers import SGD
 from .kernels import optim as optim_k
 from .kernels import run as run_kernels
@@ -141,8 +141,7 @@ def make_workspace(network, batch_size, n_features, n_outputs):
         # per thread: one block of dW in the weights pass, and one of dW^T
         # for a layer of few outputs (see kernels.step.weight_gradient_rows)
         scratch=np.empty((numba.config.NUMBA_NUM_THREADS,
-                          2 * max(GRAD_BLOCK_ROWS, FEW_OUTPUTS_BLOCK_ROWS) * int(widths.max())),
-                         dtype=dt),
+                          2 * MAX_BLOCK_ROWS * int(widths.max())), dtype=dt),
         # per thread: what the GEMM packs its operands into (no product allocates)
         pack=np.empty((numba.config.NUMBA_NUM_THREADS,
                        pack_workspace_elements(network._dims, dt.itemsize)), dtype=dt),

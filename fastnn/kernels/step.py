@@ -55,6 +55,8 @@ GRAD_BLOCK_ROWS = 96
 # fastnn.bench.products, alternated, rocketlake): 128 x 256 x 10 58-63 ->
 # 80-86, 300 x 100 x 3 24-27 -> 32-36, 16 x 128 x 10 17-18 -> 22-23.
 FEW_OUTPUTS_BLOCK_ROWS = 128
+# The most rows a block has (workspaces are sized for it)
+MAX_BLOCK_ROWS = max(GRAD_BLOCK_ROWS, FEW_OUTPUTS_BLOCK_ROWS)
 
 # The arguments of the compiled step travel in four bundles (namedtuples):
 Net = namedtuple("Net", ["params", "offs", "dims", "acts", "output"])
@@ -113,13 +115,13 @@ def pack_workspace_elements(dims, itemsize):
     """Elements of one thread's GEMM pack workspace (gemm's ``pack``) for a
     network of layer sizes ``dims``: enough for every product of its step
     and prediction, whose C has at most max(widest layer after the input,
-    GRAD_BLOCK_ROWS) columns (forward: a layer's outputs; backward: a hidden
+    MAX_BLOCK_ROWS) columns (forward: a layer's outputs; backward: a hidden
     layer's width; weight gradient: a layer's outputs, or a block's rows when
     computed transposed), and for B^T of the products gemm computes as dot
     products (a C of a few columns: any K, so a layer of thousands of inputs
     before a single output still allocates nothing per step)."""
     dims = [int(d) for d in dims]
-    tiles = pack_elements(max(max(dims[1:]), GRAD_BLOCK_ROWS, FEW_OUTPUTS_BLOCK_ROWS), itemsize)
+    tiles = pack_elements(max(max(dims[1:]), MAX_BLOCK_ROWS), itemsize)
     # forward (K = a layer's inputs, N = its outputs) and backward (K = its
     # outputs, N = its inputs), both ways for every layer
     pairs = list(zip(dims[:-1], dims[1:])) + list(zip(dims[1:], dims[:-1]))
