@@ -258,22 +258,55 @@ def forward(net, X, act_ws, act_off, r0, r1, pack, wp):
 def forward_from(net, first, a, m, act_ws, act_off, r0, r1, pack, wp):
     """Layers first.. of the forward pass of rows r0:r1 of a batch of m rows,
     from ``a``, those rows of the layers' input (X, or a_{first-1}); returns
-    those rows of the logits z_L.
+    those rows of the logits z_L (``a`` itself when no layer is left).
+    (The sparse step computes layer 0 itself and starts here at layer 1.)"""
+    n_layers = net.dims.shape[0] - 1
+    if first >= n_layers:
+        return a
+    wpack, wpack_off = wp
+    forward_layers(net, first, a, m, act_ws, act_off, r0, r1, pack, wpack, wpack_off)
+    return layer_rows(act_ws, act_off[n_layers - 1], m, net.dims[n_layers])[r0:r1]
+
+
+@jit(refcount=False)
+def forward_layers_kernel(net, first, a, m, act_ws, act_off, r0, r1, pack, wpack, wpack_off):
+    """The layers of forward_from, each output a_l into act_ws.
 
     z_l = h(a_{l-1} W_l + b_l): W_l is read in place (or packed ahead, from
-    ``wp``: the same bits), bias and activation are the product's epilogue,
-    and a_l stays in act_ws for the backward pass.  (The sparse step
-    computes layer 0 itself and starts here at layer 1.)
+    (wpack, wpack_off): the same bits), bias and activation are the
+    product's epilogue, and a_l stays in act_ws for the backward pass.
     """
     dims = net.dims
     n_layers = dims.shape[0] - 1
+    wp = (wpack, wpack_off)
     for l in range(first, n_layers):
         W, b = layer_weights(net.params, net.offs, dims, l)
         Z = layer_rows(act_ws, act_off[l], m, dims[l + 1])[r0:r1]
         code = net.acts[l] if l < n_layers - 1 else NO_ACTIVATION
         gemm(a, W, Z, NO_ACC, BIAS_ACT, code, b, Z, pack, weight_panels(net, wp, l))
         a = Z
-    return a
+
+
+def _forward_layers_signature(dtype):
+    net = bundle_types(dtype)[0]
+    f = numba.from_dtype(np.dtype(dtype))
+    vector, matrix = types.Array(f, 1, "C"), types.Array(f, 2, "C")
+    ints = types.Array(types.int64, 1, "C")
+    i64 = types.int64
+    return (net, i64, matrix, i64, vector, ints, i64, i64, vector, vector, ints)
+
+
+# The forward pass, compiled once per dtype and called by symbol from the
+# training step's shards, the sparse step and the prediction (inlined, each
+# typed, lowered and optimised it anew in a cold first run).
+FORWARD_LAYERS = SharedFunction(forward_layers_kernel, _forward_layers_signature,
+                                "fastnn.forward_layers")
+
+
+@calls_by_symbol(FORWARD_LAYERS)
+def forward_layers(net, first, a, m, act_ws, act_off, r0, r1, pack, wpack, wpack_off):
+    """forward_layers_kernel (by its shared symbol in compiled code)."""
+    forward_layers_kernel(net, first, a, m, act_ws, act_off, r0, r1, pack, wpack, wpack_off)
 
 
 @jit(refcount=False)
