@@ -108,15 +108,16 @@ caching.CacheImpl._locator_classes[:0] = [
     _stamped(c) for c in (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator,
                           caching.UserWideCacheLocator)]
 
+
 class _LoadingCache(caching.FunctionCache):
     """numba's cache of one function, loading without refreshing the target.
 
     numba refreshes its target context before loading each cached function:
     the first load in a process imports and registers every implementation
-    numba has (linalg, random, typed containers, ...), 0.13-0.2 s of a warm
-    ``fastnn train`` that otherwise spends 0.08 s training.  Loaded machine
-    code needs none of them, only numba's runtime (NRT), whose C helpers it
-    may call; and numba refreshes the context itself before anything is
+    numba has (linalg, random, typed containers, ...), about 0.1 s of a warm
+    ``fastnn train`` whose 2000 epochs take 0.08 s.  Loaded machine code
+    needs none of them, only numba's runtime (NRT), whose C helpers it may
+    call; and numba refreshes the context itself before anything is
     compiled (compiler.compile_extra) or lowered (BaseContext.get_function).
     """
 
@@ -167,11 +168,17 @@ def jit(fn=None, refcount=True, **overrides):
     return _with_loading_cache(numba.njit(**options)(fn))
 
 
+# the numba internals _LoadingCache.load_overload calls (0.68 has them): without
+# them, the dispatchers keep numba's own cache
+_LOADS_WITHOUT_REFRESH = all(hasattr(caching.FunctionCache, name) for name in
+                             ("_load_overload", "_guard_against_spurious_io_errors"))
+
+
 def _with_loading_cache(dispatcher):
     """``dispatcher`` with its cache replaced by a _LoadingCache (numba made
-    a FunctionCache when it read cache=True)."""
-    if getattr(dispatcher, "_cache", None) is not None and dispatcher._cache.__class__ \
-            is caching.FunctionCache:
+    a FunctionCache when it read cache=True), where numba has what it needs."""
+    if (_LOADS_WITHOUT_REFRESH and getattr(dispatcher, "_cache", None) is not None
+            and dispatcher._cache.__class__ is caching.FunctionCache):
         dispatcher._cache = _LoadingCache(dispatcher.py_func)
     return dispatcher
 
