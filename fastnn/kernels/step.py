@@ -425,12 +425,19 @@ def block_rows(dims, l, lanes):
 
 
 @jit(inline="always")
+def layer_block_count(dims, l, lanes):
+    """Blocks of the weights pass in W_l (block_rows rows each, the last one
+    possibly fewer)."""
+    rows = block_rows(dims, l, lanes)
+    return (dims[l] + rows - 1) // rows
+
+
+@jit(inline="always")
 def weight_block_count(dims, lanes):
-    """Number of blocks of the weights pass (block_rows rows of each W_l)."""
+    """Number of blocks of the weights pass, over every W_l."""
     count = 0
     for l in range(dims.shape[0] - 1):
-        rows = block_rows(dims, l, lanes)
-        count += (dims[l] + rows - 1) // rows
+        count += layer_block_count(dims, l, lanes)
     return count
 
 
@@ -439,11 +446,12 @@ def weight_block(dims, t, lanes):
     """(layer l, first row, end row) of block t of the weights pass."""
     l = 0
     first = 0
-    rows = block_rows(dims, l, lanes)
-    while t >= first + (dims[l] + rows - 1) // rows:
-        first += (dims[l] + rows - 1) // rows
+    blocks = layer_block_count(dims, l, lanes)
+    while t >= first + blocks:
+        first += blocks
         l += 1
-        rows = block_rows(dims, l, lanes)
+        blocks = layer_block_count(dims, l, lanes)
+    rows = block_rows(dims, l, lanes)
     i0 = (t - first) * rows
     return l, i0, min(dims[l], i0 + rows)
 
@@ -544,19 +552,18 @@ def update_rows(net, work, update, l, i0, i1, g_rows):
     n = net.dims[l + 1]
     lo = net.offs[l] + i0 * n
     hi = net.offs[l] + i1 * n
+    b0 = net.offs[l] + k * n   # where b_l starts
     squares = sum_squares(params, lo, hi, 0.0) if l2 != 0 else 0.0
     if update.apply:
         u = update
         if u.keep_now:   # a transaction's first step: its rollback point, block by block
             # the rows, then with the first block the bias: one keep_range
             # in the code (each inlined copy was 0.45 s of a cold first run)
-            b0 = net.offs[l] + k * n
             for part in range(2 if i0 == 0 else 1):
                 keep_range(u, params, lo if part == 0 else b0, hi if part == 0 else b0 + n)
         probe = update_range(params[lo:hi], g_rows, u.state1[lo:hi], u.state2[lo:hi], FIRST,
                              hi - lo, u.kind, u.lr, u.momentum, u.beta1, u.beta2, u.eps, l2)
         if i0 == 0:  # the bias: no weight decay
-            b0 = net.offs[l] + k * n
             probe += update_range(params, work.grad, u.state1, u.state2, b0, b0 + n, u.kind,
                                   u.lr, u.momentum, u.beta1, u.beta2, u.eps,
                                   params.dtype.type(0))
